@@ -1,0 +1,299 @@
+/*
+ * timebox: run a C function in a child process under a deadline.
+ *
+ * The caller packs the arguments with msgpack; the function runs in a child
+ * made by fork (other start methods follow); the result, or the error, comes
+ * back over a pipe.  At the deadline the child's process group gets SIGTERM,
+ * and SIGKILL after a grace period.  Nothing of a call outlives it: when a call
+ * returns, its child has been reaped and its process group killed.
+ *
+ * Conventions, as in libuv:
+ *   - Functions that can fail return 0 or a negative code: -errno for system
+ *     failures (-EAGAIN, -EMFILE, ...) or one of the TBX_E* codes below, which
+ *     sit far away from errno and libuv's ranges.
+ *   - Inputs are borrowed for the duration of the call.  Results are owned by
+ *     the tbx_result until tbx_result_free(), which is NULL-safe and idempotent.
+ *   - The async API lives in <timebox/uv.h>, the one header that includes uv.h.
+ */
+#ifndef TIMEBOX_H
+#define TIMEBOX_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <msgpack.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TBX_EXTERN __attribute__((visibility("default")))
+#define TBX_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define TBX_EXTERN
+#define TBX_PRINTF(f, a)
+#endif
+
+#define TBX_VERSION_MAJOR 0
+#define TBX_VERSION_MINOR 1
+#define TBX_VERSION_PATCH 0
+#define TBX_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------
+ * Error codes
+ *
+ * XX(name, value, message).  TBX_ERRNO_MAP generates the enum, tbx_strerror()
+ * and tbx_err_name(); code outside the library may use it the same way.
+ */
+#define TBX_ERRNO_MAP(XX)                                                       \
+    XX(ETIMEDOUT, -30001, "deadline passed, child killed")                      \
+    XX(ECRASHED, -30002, "child died from a signal timebox did not send")       \
+    XX(EEXITED, -30003, "child exited without a result")                        \
+    XX(EFAILED, -30004, "function reported a failure with tbx_fail")            \
+    XX(ETOOBIG, -30005, "result larger than max_result, child killed")          \
+    XX(EPROTO, -30006, "malformed data from the child")                         \
+    XX(ENOTREG, -30007, "function not registered")                              \
+    XX(ECANCELED, -30008, "call cancelled by the caller")                       \
+    XX(EINVAL, -30009, "invalid argument")
+
+typedef enum {
+#define TBX__ERR_ENUM(name, value, msg) TBX_##name = (value),
+    TBX_ERRNO_MAP(TBX__ERR_ENUM)
+#undef TBX__ERR_ENUM
+} tbx_errno;
+
+/* A static, human-readable message for any code this library returns:
+ * a TBX_E* code, a negative errno, or 0.  Never NULL.  Thread-safe. */
+TBX_EXTERN const char *tbx_strerror(int code);
+
+/* The code's name ("TBX_ETIMEDOUT", "EAGAIN", "OK"; "UNKNOWN" for a code
+ * that is neither).  Static, never NULL.  Thread-safe. */
+TBX_EXTERN const char *tbx_err_name(int code);
+
+/* ------------------------------------------------------------------------
+ * The function run in the child
+ *
+ * args: the unpacked msgpack object the caller sent (valid for the call).
+ * Pack exactly one object into `result` and return 0, or report a failure
+ * with tbx_fail() and return its value.  Returning another non-zero value
+ * without tbx_fail() is reported as TBX_EFAILED with that value as fail_code.
+ * ctx: opts.ctx (fork only; NULL with other methods).
+ *
+ * The function runs in a child process: whatever it changes in memory is
+ * lost when it returns, and only the packed result comes back.
+ */
+typedef int tbx_fn(const msgpack_object *args, msgpack_packer *result, void *ctx);
+
+/* ------------------------------------------------------------------------
+ * Registry: functions callable by name
+ *
+ * The fork method calls a function by pointer and needs no registration.
+ * Methods that start a fresh program (spawn, the forkserver) find the
+ * function by its registered name, so it must be registered at file scope:
+ *
+ *     static int add(const msgpack_object *args, msgpack_packer *r, void *c);
+ *     TBX_REGISTER(add);
+ *
+ * Registration runs as a constructor when the executable or the shared
+ * library that holds the macro is loaded, and is undone when a shared library
+ * is unloaded; it allocates nothing.  Names must be unique within a process.
+ */
+typedef struct tbx_registration {
+    const char *name;
+    tbx_fn *fn;
+    struct tbx_registration *next; /* private */
+} tbx_registration;
+
+/* Called by TBX_REGISTER's constructor and destructor.  Thread-safe. */
+TBX_EXTERN void tbx_register(tbx_registration *reg);
+TBX_EXTERN void tbx_unregister(tbx_registration *reg);
+
+/* The registered function of that name, or NULL.  Thread-safe. */
+TBX_EXTERN tbx_fn *tbx_lookup(const char *name);
+
+/* The registered name of fn, or NULL if fn is not registered.  Thread-safe. */
+TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
+
+#define TBX_REGISTER(fn)                                                        \
+    static tbx_registration tbx__registration_##fn = {#fn, fn, NULL};          \
+    __attribute__((constructor)) static void tbx__register_##fn(void)          \
+    {                                                                           \
+        tbx_register(&tbx__registration_##fn);                                 \
+    }                                                                           \
+    __attribute__((destructor)) static void tbx__unregister_##fn(void)         \
+    {                                                                           \
+        tbx_unregister(&tbx__registration_##fn);                               \
+    }                                                                           \
+    typedef int tbx__registered_##fn
+
+/* ------------------------------------------------------------------------
+ * Per-child hooks
+ *
+ * A hook runs in every child, after the signal reset and before the
+ * function: reseed a random generator, drop a connection pool inherited from
+ * the parent, close a listening socket.  Hooks run in the order they were
+ * added.  A hook that returns non-zero stops the call: the function does not
+ * run and the call ends with TBX_EFAILED, fail_code = the hook's value.
+ *
+ * Hooks added with tbx_add_child_hook() reach children made by fork (they are
+ * inherited in memory).  A child that is a fresh program (spawn) runs the
+ * hooks that program adds before it calls tbx_init(), which includes every
+ * TBX_CHILD_HOOK in it.
+ */
+typedef int tbx_hook_fn(void *arg);
+
+#define TBX_MAX_CHILD_HOOKS 32
+
+/* Adds a hook.  Returns 0, or -ENOSPC past TBX_MAX_CHILD_HOOKS.  Thread-safe;
+ * a call already launched does not see a hook added after its launch. */
+TBX_EXTERN int tbx_add_child_hook(tbx_hook_fn *hook, void *arg);
+
+/* Removes the first hook added with this (hook, arg).  Returns 0 or -ENOENT. */
+TBX_EXTERN int tbx_remove_child_hook(tbx_hook_fn *hook, void *arg);
+
+/* File-scope form: adds hook(NULL) when the program or library loads. */
+#define TBX_CHILD_HOOK(hook)                                                    \
+    __attribute__((constructor)) static void tbx__child_hook_##hook(void)      \
+    {                                                                           \
+        (void)tbx_add_child_hook(hook, NULL);                                   \
+    }                                                                           \
+    typedef int tbx__child_hooked_##hook
+
+/* ------------------------------------------------------------------------
+ * Options
+ */
+typedef enum {
+    TBX_METHOD_DEFAULT = 0, /* the process default: fork unless changed */
+    TBX_FORK,               /* fork the caller: fastest for a small caller */
+    TBX_FORKSERVER,         /* fork from a small clean server (not yet built) */
+    TBX_SPAWN               /* posix_spawn a fresh copy (not yet built) */
+} tbx_method;
+
+typedef struct tbx_opts {
+    double timeout_s;     /* <= 0: no deadline.  Default 0. */
+    double grace_s;       /* SIGTERM -> SIGKILL delay.  Default 1 s; < 0 is
+                             TBX_EINVAL, 0 sends SIGKILL at the deadline. */
+    tbx_method method;    /* Default TBX_METHOD_DEFAULT. */
+    int hard_timeout;     /* 1 (default): the deadline counts from the call,
+                             start-up included; 0: the clock starts when the
+                             child starts running fn. */
+    int reset_signals;    /* 1 (default): in the child every handler goes
+                             back to SIG_DFL and the mask is emptied, so an
+                             inherited handler cannot act on the caller's
+                             resources; 0 keeps the handlers and the caller's
+                             mask. */
+    size_t max_result;    /* Largest result accepted, in bytes of msgpack.
+                             Default 256 MiB; larger -> TBX_ETOOBIG, child
+                             killed, parent memory bounded by it. */
+    void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
+                             methods, since a pointer cannot cross an exec. */
+} tbx_opts;
+
+/* Fills *opts with the defaults above.  Always call it first: fields added in
+ * later versions get their defaults from it. */
+TBX_EXTERN void tbx_opts_init(tbx_opts *opts);
+
+/* Sets the method used for TBX_METHOD_DEFAULT.  Returns 0, or TBX_EINVAL for
+ * a method this build does not provide.  Thread-safe (an atomic store). */
+TBX_EXTERN int tbx_set_default_method(tbx_method method);
+
+/* ------------------------------------------------------------------------
+ * Results
+ */
+typedef struct tbx_result {
+    int status;           /* 0 or an error code, same as tbx_call's return */
+    msgpack_object value; /* the result when status == 0 (nil otherwise);
+                             owned by the tbx_result */
+    const char *message;  /* NULL when status == 0; otherwise the child's
+                             tbx_fail message or what went wrong; owned by the
+                             tbx_result */
+    int fail_code;        /* the code the child passed to tbx_fail */
+    int exit_code;        /* the child's exit status; -1 if it did not exit
+                             normally or never ran */
+    int term_signal;      /* the signal that ended the child; 0 if none */
+    int kill_signal;      /* the strongest signal timebox sent because of the
+                             deadline, a cancel or an oversize result: 0,
+                             SIGTERM, or SIGKILL (SIGTERM was not enough, or
+                             none was tried).  The group kill done after every
+                             call to remove stragglers does not count. */
+    pid_t pid;            /* the child's pid (already reaped); 0 if none */
+    double elapsed_s;     /* from the call to its result */
+    void *priv_[3];       /* private: memory owned by the result */
+} tbx_result;
+
+/* Frees what the result owns and resets it to an empty result.  NULL-safe,
+ * idempotent.  Thread-safe for distinct results. */
+TBX_EXTERN void tbx_result_free(tbx_result *r);
+
+/* ------------------------------------------------------------------------
+ * Calls
+ *
+ * tbx_call runs fn in a child and waits for its result, its failure or its
+ * deadline.  args/args_len: exactly one msgpack object (checked before any
+ * child is made; TBX_EINVAL otherwise).  opts may be NULL for the defaults.
+ *
+ * Always fills *out, whatever it returns (out->status == the return value),
+ * so tbx_result_free(out) is always right afterwards.
+ *
+ * Returns 0 or:
+ *   TBX_ETIMEDOUT  the deadline passed; the child's group was sent SIGTERM,
+ *                  then SIGKILL after grace_s (out->kill_signal says which)
+ *   TBX_ECRASHED   the child died from a signal not ours (out->term_signal)
+ *   TBX_EEXITED    the child exited without a result (out->exit_code)
+ *   TBX_EFAILED    fn called tbx_fail (out->fail_code, out->message)
+ *   TBX_ETOOBIG    the result was over max_result; the child was killed
+ *   TBX_EPROTO     the child wrote something that is not a result frame, or
+ *                  a result that is not exactly one msgpack object
+ *   TBX_EINVAL     bad arguments or options
+ *   -errno         a system call failed: -EAGAIN (fork, process limit),
+ *                  -EMFILE, -ENOMEM; nothing is left open or running
+ *
+ * Thread-safe: any number of threads may call at once.  Each blocking call
+ * runs timebox's engine on a private event loop of its own.
+ *
+ * The fork method and threads: a forked child holds a copy of only the
+ * calling thread.  A lock held by another thread at the moment of the fork
+ * (malloc's, stdio's, one of the program's own) stays held forever in the
+ * child, and fn deadlocks on it; the call then ends at its deadline with
+ * TBX_ETIMEDOUT, the child killed, but it never succeeds.  A program with
+ * threads should use the forkserver or spawn methods, as CPython now advises
+ * for multiprocessing.  timebox itself takes no lock and allocates nothing
+ * in a fork child before fn runs.
+ *
+ * Nesting: fn may itself call tbx_call (a nested deadline).  The child starts
+ * with no timebox state of its parent's.
+ */
+TBX_EXTERN int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
+                        const tbx_opts *opts, tbx_result *out);
+
+/* ------------------------------------------------------------------------
+ * Inside the child
+ */
+
+/* Records a failure: the call returns TBX_EFAILED with fail_code = code and
+ * message = the formatted text (truncated at 1023 bytes).  Anything already
+ * packed into `result` is discarded.  Returns TBX_EFAILED, for
+ * `return tbx_fail(result, 42, "bad input %d", x);`.  Called outside a
+ * timebox child it only returns TBX_EFAILED. */
+TBX_EXTERN int tbx_fail(msgpack_packer *result, int code, const char *fmt, ...)
+    TBX_PRINTF(3, 4);
+
+/* Seconds until this call's deadline, as seen by the function; 0 once it has
+ * passed; HUGE_VAL when the call has no deadline or when called outside a
+ * timebox child.  Async-signal-safe. */
+TBX_EXTERN double tbx_remaining(void);
+
+/* ------------------------------------------------------------------------
+ * Process set-up
+ *
+ * Call first in main(), before threads.  In a process that timebox started
+ * as a worker (spawn) it serves the call and never returns; otherwise it
+ * returns 0 at once.  Idempotent, thread-safe.  argc/argv may be 0/NULL.
+ */
+TBX_EXTERN int tbx_init(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TIMEBOX_H */

@@ -1,0 +1,61 @@
+/*
+ * timebox on a libuv loop: many deadlined calls in flight on one loop.
+ *
+ * The one timebox header that includes <uv.h>.  Everything here must be used
+ * from the thread that runs the loop, as with libuv itself.
+ */
+#ifndef TIMEBOX_UV_H
+#define TIMEBOX_UV_H
+
+#include <timebox.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tbx_req tbx_req;
+
+/* Runs exactly once per accepted call, on the loop's thread, after the child
+ * has been reaped and its process group killed.  result is valid only for the
+ * callback's duration, and the callback owns what it holds: call
+ * tbx_result_free(result) (or move its contents out and then free it).  Once
+ * the callback runs, req is the caller's again: it may be freed or reused for
+ * another call from inside the callback. */
+typedef void tbx_cb(tbx_req *req, tbx_result *result);
+
+/* A request, allocated by the caller (like uv_fs_t).  Only `data` is public;
+ * the rest is private.  It must stay valid and unmoved until the callback. */
+struct tbx_req {
+    void *data;             /* the caller's */
+    struct tbx__call *priv_; /* private */
+};
+
+/* Starts fn in a child; cb runs when it is done.  Same arguments and options
+ * as tbx_call.  The deadline runs from this call (hard_timeout = 1) or from
+ * the moment the child starts fn (hard_timeout = 0).
+ *
+ * Returns 0 when the call is under way: cb then runs exactly once.  Returns an
+ * error (TBX_EINVAL, -EAGAIN, -EMFILE, ...) when nothing was started: cb
+ * never runs and req is the caller's at once.
+ *
+ * The loop stays alive while calls are in flight.  Not thread-safe: call it
+ * on the loop's thread.  Thousands of calls may be in flight on one loop; each
+ * holds two file descriptors (the result pipe and a pidfd), and a loop with
+ * deadlines shares one timer descriptor among all its calls.
+ */
+TBX_EXTERN int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn,
+                              const void *args, size_t args_len,
+                              const tbx_opts *opts, tbx_cb *cb);
+
+/* Ends a call in flight as its deadline would: SIGTERM to the child's group,
+ * SIGKILL after grace_s.  cb still runs, once, with TBX_ECANCELED, after the
+ * child is reaped (unless the result was already complete, in which case the
+ * call finishes normally).  Returns 0, or TBX_EINVAL if req is not in flight.
+ * Loop thread only. */
+TBX_EXTERN int tbx_cancel(tbx_req *req);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TIMEBOX_UV_H */

@@ -1,0 +1,154 @@
+/*
+ * The two front doors to the engine.  tbx_call runs it on the calling
+ * thread's private loop until the call is done; tbx_call_async runs it on the
+ * caller's loop and reports through a callback.  There is no second path.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static atomic_int default_method = TBX_FORK;
+
+void tbx_opts_init(tbx_opts *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->timeout_s = 0;
+    opts->grace_s = 1.0;
+    opts->method = TBX_METHOD_DEFAULT;
+    opts->hard_timeout = 1;
+    opts->reset_signals = 1;
+    opts->max_result = (size_t)256 << 20;
+    opts->ctx = NULL;
+}
+
+int tbx_set_default_method(tbx_method method)
+{
+    if (method != TBX_FORK)
+        return TBX_EINVAL;
+    atomic_store(&default_method, (int)method);
+    return 0;
+}
+
+static void result_init(tbx_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->value.type = MSGPACK_OBJECT_NIL;
+    r->exit_code = -1;
+}
+
+void tbx_result_free(tbx_result *r)
+{
+    if (r == NULL)
+        return;
+    free(r->priv_[0]);
+    if (r->priv_[1] != NULL)
+        msgpack_zone_free(r->priv_[1]);
+    free(r->priv_[2]);
+    result_init(r);
+}
+
+/* A call that never got under way: the result says why. */
+static int refuse(tbx_result *out, int rc)
+{
+    out->status = rc;
+    out->message = tbx_strerror(rc);
+    return rc;
+}
+
+static int setup(tbx__call *c, uv_loop_t *loop, tbx_fn *fn, const void *args,
+                 size_t args_len, const tbx_opts *opts, tbx_result *out)
+{
+    memset(c, 0, sizeof *c);
+    result_init(out);
+    c->start_ns = tbx__now_ns();
+    c->loop = loop;
+    c->fn = fn;
+    c->out = out;
+    int rc = tbx__engine_prepare(c, args, args_len, opts);
+    if (rc == 0 && c->opts.method == TBX_METHOD_DEFAULT)
+        c->opts.method = (tbx_method)atomic_load(&default_method);
+    return rc;
+}
+
+static void blocking_done_cb(tbx__call *c)
+{
+    TBX__UNUSED(c); /* the result is already in c->out */
+}
+
+int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
+             const tbx_opts *opts, tbx_result *out)
+{
+    tbx__call c;
+    tbx_result scratch;
+    if (out == NULL)
+        out = &scratch;
+    uv_loop_t *loop = tbx__private_loop();
+    int rc = setup(&c, loop, fn, args, args_len, opts, out);
+    if (rc == 0 && loop == NULL)
+        rc = -ENOMEM;
+    if (rc != 0)
+        return refuse(out, rc);
+    c.done_cb = blocking_done_cb;
+    rc = tbx__engine_run(&c);
+    /* On error the loop may still hold closing handles of c: run it dry
+     * either way before c leaves the stack. */
+    uv_run(loop, UV_RUN_DEFAULT);
+    if (rc != 0)
+        return refuse(out, rc);
+    rc = out->status;
+    if (out == &scratch)
+        tbx_result_free(&scratch);
+    return rc;
+}
+
+static void async_done_cb(tbx__call *c)
+{
+    tbx_req *req = c->req;
+    req->priv_ = NULL;
+    /* req is the caller's again from here: the callback may reuse it. */
+    c->cb(req, &c->result);
+    free(c);
+}
+
+static void async_abandoned_cb(tbx__call *c)
+{
+    free(c);
+}
+
+int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const void *args,
+                   size_t args_len, const tbx_opts *opts, tbx_cb *cb)
+{
+    if (loop == NULL || req == NULL || cb == NULL)
+        return TBX_EINVAL;
+    tbx__call *c = malloc(sizeof *c);
+    if (c == NULL)
+        return -ENOMEM;
+    int rc = setup(c, loop, fn, args, args_len, opts, &c->result);
+    if (rc != 0) {
+        free(c);
+        return rc;
+    }
+    c->req = req;
+    c->cb = cb;
+    c->done_cb = async_done_cb;
+    c->abandoned_cb = async_abandoned_cb;
+    rc = tbx__engine_run(c);
+    if (rc != 0) {
+        if (!c->abandoned)
+            free(c);
+        return rc;
+    }
+    req->priv_ = c;
+    return 0;
+}
+
+int tbx_cancel(tbx_req *req)
+{
+    if (req == NULL || req->priv_ == NULL)
+        return TBX_EINVAL;
+    return tbx__engine_stop(req->priv_, TBX_ECANCELED);
+}

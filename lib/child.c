@@ -1,0 +1,235 @@
+/*
+ * The child side of a call, for every start method.
+ *
+ * ======================== CHILD SIDE ========================
+ * This code runs in a freshly forked child.  With the fork method it goes on
+ * to run the user's function, by design, so the process as a whole is not
+ * limited to async-signal-safe calls; but timebox's own part is: it takes no
+ * lock and calls no malloc.  The arguments were unpacked by the parent; the
+ * result is packed into a buffer on this stack, which grows with mmap and
+ * mremap (system calls, not the allocator) when the result is large.  A child
+ * forked from a threaded caller therefore cannot deadlock on an allocator
+ * lock inside timebox.  The child always ends with _exit.
+ * =============================================================
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define RESULT_MAGIC 0x72786274u /* "tbxr" */
+#define INLINE_RESULT 4096
+
+/* What the running call knows about itself.  Zero in any process that is
+ * not a timebox child. */
+static struct {
+    uint64_t deadline_ns; /* absolute; 0: none */
+    int in_child;
+} self;
+
+typedef struct result_buf {
+    uint32_t magic;
+    int failed;
+    int fail_code;
+    int out_of_memory;
+    char *data;
+    size_t len;           /* bytes packed (also counted past max) */
+    size_t cap;
+    size_t max;
+    size_t msg_len;
+    char msg[TBX__MAX_MESSAGE + 1];
+    char inline_data[INLINE_RESULT];
+} result_buf;
+
+static int grow(result_buf *rb, size_t need)
+{
+    size_t cap = rb->cap;
+    while (cap < need)
+        cap = cap < ((size_t)1 << 62) ? 2 * cap : need;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    cap = (cap + page - 1) & ~(page - 1);
+    void *p;
+    if (rb->data == rb->inline_data) {
+        p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED)
+            memcpy(p, rb->data, rb->len);
+    } else {
+        p = mremap(rb->data, rb->cap, cap, MREMAP_MAYMOVE);
+    }
+    if (p == MAP_FAILED)
+        return -1;
+    rb->data = p;
+    rb->cap = cap;
+    return 0;
+}
+
+static int result_write(void *data, const char *buf, size_t len)
+{
+    result_buf *rb = data;
+    if (rb->len + len > rb->max || rb->out_of_memory) {
+        /* Over max_result: stop storing but keep counting, so the header
+         * tells the parent the size it refuses. */
+        rb->len += len;
+        return 0;
+    }
+    if (rb->len + len > rb->cap && grow(rb, rb->len + len) != 0) {
+        rb->out_of_memory = 1;
+        return -1;
+    }
+    memcpy(rb->data + rb->len, buf, len);
+    rb->len += len;
+    return 0;
+}
+
+int tbx_fail(msgpack_packer *result, int code, const char *fmt, ...)
+{
+    result_buf *rb = result != NULL ? result->data : NULL;
+    if (rb == NULL || !self.in_child || rb->magic != RESULT_MAGIC)
+        return TBX_EFAILED;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = fmt != NULL ? vsnprintf(rb->msg, sizeof rb->msg, fmt, ap) : 0;
+    va_end(ap);
+    rb->msg_len = n < 0 ? 0 : (size_t)n >= sizeof rb->msg ? sizeof rb->msg - 1 : (size_t)n;
+    rb->failed = 1;
+    rb->fail_code = code;
+    rb->len = 0;
+    return TBX_EFAILED;
+}
+
+double tbx_remaining(void)
+{
+    if (!self.in_child || self.deadline_ns == 0)
+        return HUGE_VAL;
+    uint64_t now = tbx__now_ns();
+    return now >= self.deadline_ns ? 0.0 : (double)(self.deadline_ns - now) / 1e9;
+}
+
+/* One frame, header and payload, in as few writes as the pipe allows. */
+static int write_frame(int fd, uint32_t kind, int32_t code, const void *p, size_t len)
+{
+    tbx__frame_header h = {TBX__FRAME_MAGIC, kind, code, 0, len};
+    struct iovec iov[2] = {{&h, sizeof h}, {(void *)p, len}};
+    int n = len > 0 ? 2 : 1, i = 0;
+    while (i < n) {
+        ssize_t w = writev(fd, iov + i, n - i);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        while (i < n && (size_t)w >= iov[i].iov_len)
+            w -= (ssize_t)iov[i++].iov_len;
+        if (i < n) {
+            iov[i].iov_base = (char *)iov[i].iov_base + w;
+            iov[i].iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+static void reset_signals(const tbx__child_spec *spec)
+{
+    sigset_t empty;
+    if (spec->reset_signals) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP)
+                (void)sigaction(sig, &sa, NULL); /* EINVAL for libc's own */
+        sigemptyset(&empty);
+        (void)sigprocmask(SIG_SETMASK, &empty, NULL);
+    } else if (spec->parent_mask != NULL) {
+        (void)sigprocmask(SIG_SETMASK, spec->parent_mask, NULL);
+    }
+}
+
+/* stdio buffers the function filled are flushed, unless another thread of
+ * the parent held a stream's lock at the fork: then that lock is never
+ * released here, and waiting on it would hang a call that otherwise worked. */
+static void flush_stdio(void)
+{
+    FILE *streams[2] = {stdout, stderr};
+    for (int i = 0; i < 2; i++) {
+        if (ftrylockfile(streams[i]) == 0) {
+            fflush_unlocked(streams[i]);
+            funlockfile(streams[i]);
+        }
+    }
+}
+
+void tbx__child_forget_parent(void)
+{
+    tbx__deadline_forget_parent();
+    tbx__loop_forget_parent();
+}
+
+void tbx__child_main(const tbx__child_spec *spec)
+{
+    result_buf rb;
+    msgpack_packer pk;
+    int rc;
+
+    (void)setpgid(0, 0);
+    /* If the caller dies, so does the call.  The check after it closes the
+     * window where the parent died before the prctl. */
+    (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (spec->parent_pid != 0 && getppid() != spec->parent_pid)
+        _exit(127);
+    reset_signals(spec);
+    tbx__child_forget_parent();
+
+    self.in_child = 1;
+    self.deadline_ns = spec->deadline_ns;
+    if (spec->soft_deadline && spec->timeout_s > 0)
+        self.deadline_ns = tbx__now_ns() + (uint64_t)(spec->timeout_s * 1e9);
+
+    rb.magic = RESULT_MAGIC;
+    rb.failed = rb.fail_code = rb.out_of_memory = 0;
+    rb.data = rb.inline_data;
+    rb.len = 0;
+    rb.cap = sizeof rb.inline_data;
+    rb.max = spec->max_result;
+    rb.msg_len = 0;
+
+    rc = tbx__run_child_hooks();
+    if (rc != 0) {
+        rb.msg_len = (size_t)snprintf(rb.msg, sizeof rb.msg, "a child hook failed with %d", rc);
+        rb.failed = 1;
+        rb.fail_code = rc;
+    } else {
+        if (spec->soft_deadline && write_frame(spec->result_fd, TBX__FRAME_START, 0, NULL, 0) != 0)
+            _exit(126);
+        msgpack_packer_init(&pk, &rb, result_write);
+        rc = spec->fn(spec->args, &pk, spec->ctx);
+        if (rc != 0 && !rb.failed) {
+            rb.msg_len = (size_t)snprintf(rb.msg, sizeof rb.msg,
+                                          "the function returned %d without tbx_fail", rc);
+            rb.failed = 1;
+            rb.fail_code = rc;
+        } else if (rb.out_of_memory && !rb.failed) {
+            rb.msg_len = (size_t)snprintf(rb.msg, sizeof rb.msg,
+                                          "out of memory packing a %zu-byte result", rb.len);
+            rb.failed = 1;
+            rb.fail_code = -ENOMEM;
+        }
+    }
+    flush_stdio();
+    if (rb.failed)
+        rc = write_frame(spec->result_fd, TBX__FRAME_FAIL, rb.fail_code, rb.msg, rb.msg_len);
+    else if (rb.len > rb.max) { /* the header alone: the parent refuses it */
+        tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK, 0, 0, rb.len};
+        rc = tbx__write_all(spec->result_fd, &h, sizeof h);
+    } else
+        rc = write_frame(spec->result_fd, TBX__FRAME_OK, 0, rb.data, rb.len);
+    _exit(rc == 0 ? 0 : 126);
+}

@@ -1,0 +1,511 @@
+/*
+ * The engine: one call's life, the same for every start method and for both
+ * front doors (the blocking call runs it on a private loop).
+ *
+ * A launched child is watched three ways at once:
+ *   - the result pipe, drained as data arrives so a large result never blocks
+ *     the child against a full pipe, and bounded by max_result;
+ *   - the child's exit, through a pidfd (no SIGCHLD handler, no pid reuse);
+ *   - the deadline, on the loop's shared timerfd: SIGTERM to the child's
+ *     process group, SIGKILL after the grace period.
+ * The call ends when the child has exited, never on EOF: a grandchild that
+ * still holds the pipe cannot delay it.  Before the child is reaped its group
+ * gets SIGKILL; the zombie still holds the group's id, so the signal cannot
+ * reach a stranger that reused it.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TBX__DEFAULT_MAX_RESULT ((size_t)256 << 20)
+#define TBX__READ_CHUNK ((size_t)64 << 10)
+
+static void finish(tbx__call *c);
+
+static uint64_t seconds_to_ns(double s)
+{
+    return s >= 18e9 ? UINT64_MAX / 2 : (uint64_t)(s * 1e9);
+}
+
+/* ------------------------------------------------------------ preparation */
+
+int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
+                        const tbx_opts *opts)
+{
+    if (opts != NULL)
+        c->opts = *opts;
+    else
+        tbx_opts_init(&c->opts);
+    if (c->fn == NULL || (args == NULL && args_len != 0) || c->opts.grace_s < 0 ||
+        c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s)
+        return TBX_EINVAL;
+    if (c->opts.max_result == 0)
+        c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
+    if (c->opts.method == TBX_METHOD_DEFAULT)
+        c->opts.method = TBX_FORK;
+    if (c->opts.method != TBX_FORK)
+        return TBX_EINVAL; /* the other methods are not built yet */
+    if (tbx__msgpack_check(args, args_len, TBX__MAX_DEPTH) != 0)
+        return TBX_EINVAL;
+    c->args_buf = args;
+    c->args_len = args_len;
+    c->child.pid = 0;
+    c->child.pidfd = -1;
+    c->child.result_fd = -1;
+    tbx__deadline_init(&c->deadline, NULL);
+
+    /* The fork child reads the args in memory, so they are unpacked here, in
+     * the parent: the child allocates nothing on timebox's side. */
+    if (!msgpack_zone_init(&c->args_zone, 1024))
+        return -ENOMEM;
+    size_t off = 0;
+    msgpack_unpack_return u =
+        msgpack_unpack(args, args_len, &off, &c->args_zone, &c->args);
+    if (u != MSGPACK_UNPACK_SUCCESS) {
+        msgpack_zone_destroy(&c->args_zone);
+        return u == MSGPACK_UNPACK_NOMEM_ERROR ? -ENOMEM : TBX_EINVAL;
+    }
+    c->args_unpacked = 1;
+    return 0;
+}
+
+static void release_args(tbx__call *c)
+{
+    if (c->args_unpacked) {
+        msgpack_zone_destroy(&c->args_zone);
+        c->args_unpacked = 0;
+    }
+}
+
+/* -------------------------------------------------------------- signalling */
+
+/* Signals the child's whole process group, and the child itself if it has
+ * left the group.  Only called before the child is reaped. */
+static void signal_child(tbx__call *c, int sig)
+{
+    pid_t pid = c->child.pid;
+    int group_ok = kill(-pid, sig) == 0;
+    if (!group_ok || getpgid(pid) != pid) {
+        if (c->child.pidfd >= 0)
+            (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
+        else
+            (void)kill(pid, sig);
+    }
+}
+
+static void escalate_cb(tbx__deadline *d);
+
+/* Ends the child: SIGTERM, then SIGKILL after grace (or SIGKILL at once). */
+static void escalate(tbx__call *c, int why, int hard)
+{
+    if (c->finishing || c->reaped)
+        return;
+    if (c->verdict == 0 && !c->frame_done)
+        c->verdict = why;
+    if (hard || c->opts.grace_s <= 0 || c->frame_done || c->kill_signal == SIGTERM) {
+        tbx__deadline_stop(&c->deadline);
+        c->kill_signal = SIGKILL;
+        signal_child(c, SIGKILL);
+        return;
+    }
+    c->kill_signal = SIGTERM;
+    signal_child(c, SIGTERM);
+    c->deadline.cb = escalate_cb;
+    uint64_t at = tbx__now_ns() + seconds_to_ns(c->opts.grace_s);
+    if (tbx__deadline_start(&c->deadline, c->loop, at) != 0) {
+        c->kill_signal = SIGKILL; /* no timer for the grace: no grace */
+        signal_child(c, SIGKILL);
+    }
+}
+
+static void escalate_cb(tbx__deadline *d)
+{
+    tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
+    escalate(c, TBX_ETIMEDOUT, 0);
+}
+
+static int arm_deadline(tbx__call *c, uint64_t from_ns)
+{
+    if (c->opts.timeout_s <= 0)
+        return 0;
+    c->deadline.cb = escalate_cb;
+    return tbx__deadline_start(&c->deadline, c->loop,
+                               from_ns + seconds_to_ns(c->opts.timeout_s));
+}
+
+int tbx__engine_stop(tbx__call *c, int why)
+{
+    if (c->finishing || c->reaped)
+        return TBX_EINVAL;
+    escalate(c, why, 0);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- reading */
+
+static void stop_reading(tbx__call *c)
+{
+    if (c->reading) {
+        uv_poll_stop(&c->result_poll);
+        c->reading = 0;
+    }
+}
+
+/* A frame is bad: nothing more is read from this child, which is killed. */
+static void reject(tbx__call *c, int why)
+{
+    stop_reading(c);
+    if (c->verdict == 0)
+        c->verdict = why;
+    escalate(c, why, 1);
+}
+
+static int grow_payload(tbx__call *c)
+{
+    /* Grow with the data actually received, never straight to a length the
+     * child claims: the claim is bounded by max_result, the memory by what
+     * arrived. */
+    uint64_t want = c->payload_cap ? 2 * (uint64_t)c->payload_cap : TBX__READ_CHUNK;
+    if (want > c->hdr.len)
+        want = c->hdr.len;
+    char *p = realloc(c->payload, (size_t)want);
+    if (p == NULL)
+        return -ENOMEM;
+    c->payload = p;
+    c->payload_cap = (size_t)want;
+    return 0;
+}
+
+/* The header is complete: check it and start on its payload. */
+static void on_header(tbx__call *c)
+{
+    int rc = tbx__frame_check(&c->hdr, c->opts.max_result);
+    if (rc != 0) {
+        reject(c, rc);
+        return;
+    }
+    if (c->hdr.kind == TBX__FRAME_START) {
+        c->hdr_got = 0;
+        if (c->started)
+            return reject(c, TBX_EPROTO);
+        c->started = 1;
+        if (!c->opts.hard_timeout && (rc = arm_deadline(c, tbx__now_ns())) != 0) {
+            c->sys_error = rc;
+            escalate(c, rc, 1);
+        }
+        return;
+    }
+    if (c->hdr.len == 0) {
+        c->frame_done = 1;
+        stop_reading(c);
+    }
+}
+
+/* Reads what the pipe holds now.  Returns when it would block, at EOF, or
+ * when the frame is complete (what follows it is never read). */
+static void drain(tbx__call *c)
+{
+    while (c->reading) {
+        ssize_t n;
+        if (c->hdr_got < sizeof c->hdr) {
+            n = tbx__read(c->child.result_fd, (char *)&c->hdr + c->hdr_got,
+                          sizeof c->hdr - c->hdr_got);
+        } else {
+            if (c->payload_got == c->payload_cap && grow_payload(c) != 0) {
+                c->sys_error = -ENOMEM;
+                return reject(c, -ENOMEM);
+            }
+            n = tbx__read(c->child.result_fd, c->payload + c->payload_got,
+                          c->payload_cap - (size_t)c->payload_got);
+        }
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0) { /* EOF, or an error on our own pipe */
+            if (n < 0)
+                c->sys_error = (int)n;
+            stop_reading(c);
+            return;
+        }
+        if (c->hdr_got < sizeof c->hdr) {
+            c->hdr_got += (size_t)n;
+            if (c->hdr_got == sizeof c->hdr)
+                on_header(c);
+        } else {
+            c->payload_got += (uint64_t)n;
+            if (c->payload_got == c->hdr.len) {
+                c->frame_done = 1;
+                stop_reading(c);
+            }
+        }
+    }
+}
+
+static void result_cb(uv_poll_t *h, int status, int events)
+{
+    tbx__call *c = h->data;
+    TBX__UNUSED(events);
+    if (status < 0) {
+        c->sys_error = status;
+        stop_reading(c);
+        return;
+    }
+    drain(c);
+}
+
+/* ------------------------------------------------------------------ exiting */
+
+/* The child has exited (or may have): reap it, after killing its group. */
+static void check_exit(tbx__call *c)
+{
+    int wstatus;
+    if (c->reaped || c->finishing)
+        return;
+    /* The group may hold grandchildren; nothing of the call outlives it.  The
+     * unreaped zombie keeps the group id from being reused meanwhile. */
+    if (c->child.pidfd < 0) {
+        /* No pidfd: the poll timer asks; a live child is left alone. */
+        siginfo_t si;
+        si.si_pid = 0;
+        if (waitid(P_PID, (id_t)c->child.pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+            si.si_pid == 0)
+            return;
+    }
+    (void)kill(-c->child.pid, SIGKILL);
+    int r = tbx__reap(c->child.pid, &wstatus, 1);
+    if (r == 0)
+        return; /* not yet: a spurious wake-up */
+    if (r < 0) {
+        /* ECHILD: someone else reaped our child (a waitpid(-1) in the
+         * host).  It is gone; its status is lost. */
+        wstatus = -1;
+    }
+    c->reaped = 1;
+    c->wstatus = wstatus;
+    /* Every byte the child wrote is in the pipe now. */
+    drain(c);
+    finish(c);
+}
+
+static void exit_cb(uv_poll_t *h, int status, int events)
+{
+    TBX__UNUSED(status);
+    TBX__UNUSED(events);
+    check_exit(h->data);
+}
+
+static void exit_timer_cb(uv_timer_t *t)
+{
+    check_exit(t->data);
+}
+
+/* ------------------------------------------------------------ the verdict */
+
+static void set_message(tbx_result *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void set_message(tbx_result *r, const char *fmt, ...)
+{
+    char *m = malloc(256);
+    if (m == NULL)
+        return; /* the static message stays */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, 256, fmt, ap);
+    va_end(ap);
+    r->priv_[2] = m;
+    r->message = m;
+}
+
+/* The complete OK payload becomes the result's value, owned by the result. */
+static int take_value(tbx__call *c, tbx_result *r)
+{
+    size_t len = (size_t)c->hdr.len, off = 0;
+    if (tbx__msgpack_check(c->payload, len, TBX__MAX_DEPTH) != 0)
+        return TBX_EPROTO;
+    msgpack_zone *zone = msgpack_zone_new(256);
+    if (zone == NULL)
+        return -ENOMEM;
+    /* Strings and binaries in the value point into the payload: the result
+     * keeps both. */
+    if (msgpack_unpack(c->payload, len, &off, zone, &r->value) != MSGPACK_UNPACK_SUCCESS) {
+        msgpack_zone_free(zone);
+        r->value.type = MSGPACK_OBJECT_NIL;
+        return TBX_EPROTO;
+    }
+    r->priv_[0] = c->payload;
+    r->priv_[1] = zone;
+    c->payload = NULL;
+    return 0;
+}
+
+static int classify(tbx__call *c, tbx_result *r)
+{
+    if (c->sys_error != 0)
+        return c->sys_error;
+    if (c->verdict != 0)
+        return c->verdict;
+    if (c->frame_done && c->hdr.kind == TBX__FRAME_OK) {
+        int rc = take_value(c, r);
+        if (rc == TBX_EPROTO)
+            set_message(r, "the result is not exactly one msgpack object");
+        return rc;
+    }
+    if (c->frame_done && c->hdr.kind == TBX__FRAME_FAIL) {
+        char *m = malloc((size_t)c->hdr.len + 1);
+        if (m != NULL) {
+            memcpy(m, c->payload, (size_t)c->hdr.len);
+            m[c->hdr.len] = '\0';
+            r->priv_[2] = m;
+            r->message = m;
+        }
+        r->fail_code = c->hdr.fail_code;
+        return TBX_EFAILED;
+    }
+    if (c->hdr_got > 0) {
+        set_message(r, "the child's result frame was cut short (%llu of %llu bytes)",
+                    (unsigned long long)c->payload_got,
+                    (unsigned long long)(c->hdr_got == sizeof c->hdr ? c->hdr.len : 0));
+        return TBX_EPROTO;
+    }
+    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus)) {
+        int sig = WTERMSIG(c->wstatus);
+        set_message(r, "child killed by signal %d (%s)", sig, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?");
+        return TBX_ECRASHED;
+    }
+    if (c->wstatus != -1)
+        set_message(r, "child exited with code %d without a result", WEXITSTATUS(c->wstatus));
+    else
+        set_message(r, "child was reaped by someone else before timebox");
+    return TBX_EEXITED;
+}
+
+static void finalize(tbx__call *c)
+{
+    tbx_result *r = c->out;
+    r->pid = c->child.pid;
+    r->kill_signal = c->kill_signal;
+    if (c->wstatus != -1 && WIFEXITED(c->wstatus))
+        r->exit_code = WEXITSTATUS(c->wstatus);
+    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus))
+        r->term_signal = WTERMSIG(c->wstatus);
+    r->status = classify(c, r);
+    if (r->status != 0 && r->message == NULL)
+        r->message = tbx_strerror(r->status);
+    free(c->payload);
+    c->payload = NULL;
+    r->elapsed_s = (double)(tbx__now_ns() - c->start_ns) / 1e9;
+    c->done_cb(c);
+}
+
+static void close_cb(uv_handle_t *h)
+{
+    tbx__call *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    if (!c->abandoned)
+        finalize(c);
+    else if (c->abandoned_cb != NULL)
+        c->abandoned_cb(c);
+}
+
+static void finish(tbx__call *c)
+{
+    c->finishing = 1;
+    stop_reading(c);
+    tbx__deadline_stop(&c->deadline);
+    uv_close((uv_handle_t *)&c->result_poll, close_cb);
+    if (c->child.pidfd >= 0)
+        uv_close((uv_handle_t *)&c->exit_poll, close_cb);
+    else
+        uv_close((uv_handle_t *)&c->exit_timer, close_cb);
+    tbx__close(c->child.result_fd);
+    tbx__close(c->child.pidfd);
+    c->child.result_fd = c->child.pidfd = -1;
+}
+
+/* ------------------------------------------------------------------ launch */
+
+/* The launch worked but watching it did not: end the child here and now. */
+static void abandon(tbx__call *c)
+{
+    int wstatus;
+    (void)kill(-c->child.pid, SIGKILL);
+    (void)kill(c->child.pid, SIGKILL);
+    (void)tbx__reap(c->child.pid, &wstatus, 0);
+    tbx__close(c->child.result_fd);
+    tbx__close(c->child.pidfd);
+}
+
+static int watch(tbx__call *c)
+{
+    int rc = uv_poll_init(c->loop, &c->result_poll, c->child.result_fd);
+    if (rc != 0)
+        return rc;
+    c->result_poll.data = c;
+    c->open_handles = 1;
+    c->reading = 1;
+    if (c->child.pidfd >= 0) {
+        rc = uv_poll_init(c->loop, &c->exit_poll, c->child.pidfd);
+        if (rc == 0) {
+            c->exit_poll.data = c;
+            c->open_handles++;
+            rc = uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
+        }
+    } else {
+        rc = uv_timer_init(c->loop, &c->exit_timer);
+        if (rc == 0) {
+            c->exit_timer.data = c;
+            c->open_handles++;
+            rc = uv_timer_start(&c->exit_timer, exit_timer_cb, 1, 1);
+        }
+    }
+    if (rc == 0)
+        rc = uv_poll_start(&c->result_poll, UV_READABLE, result_cb);
+    return rc;
+}
+
+int tbx__engine_run(tbx__call *c)
+{
+    const tbx__launcher *launcher = &tbx__launch_fork;
+    int rc;
+
+    c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
+    c->out->exit_code = -1;
+    /* The hard deadline is armed before anything is launched, so that a
+     * timer that cannot be made fails the call with nothing to undo. */
+    if (c->opts.hard_timeout && (rc = arm_deadline(c, c->start_ns)) != 0) {
+        release_args(c);
+        return rc;
+    }
+    rc = launcher->launch(c, &c->child);
+    release_args(c); /* the child has its own copy */
+    if (rc != 0) {
+        tbx__deadline_stop(&c->deadline);
+        return rc;
+    }
+    rc = watch(c);
+    if (rc != 0) {
+        /* The child is ended here; a handle that was initialised still needs
+         * its close callback, which then hands c to abandoned_cb instead of
+         * done_cb: the caller hears only this return value. */
+        tbx__deadline_stop(&c->deadline);
+        abandon(c);
+        c->abandoned = c->open_handles > 0;
+        if (c->open_handles > 0)
+            uv_close((uv_handle_t *)&c->result_poll, close_cb);
+        if (c->open_handles > 1)
+            uv_close(c->child.pidfd >= 0 ? (uv_handle_t *)&c->exit_poll
+                                         : (uv_handle_t *)&c->exit_timer,
+                     close_cb);
+        c->child.result_fd = c->child.pidfd = -1;
+        return rc;
+    }
+    return 0;
+}

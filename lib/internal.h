@@ -1,0 +1,212 @@
+/*
+ * timebox internals: the tbx__ types shared between the library's files.
+ *
+ * Layers, each above what it uses (no cycles):
+ *   os_linux.c  errors.c  registry.c  hooks.c  wire.c    (no timebox deps)
+ *   deadline.c                                           (per-loop timerfd heap)
+ *   child.c                                              (the child side)
+ *   launch_fork.c                                        (one file per method)
+ *   engine.c                                             (one call's life)
+ *   call.c  init.c                                       (the public entry points)
+ */
+#ifndef TBX_INTERNAL_H
+#define TBX_INTERNAL_H
+
+#include "timebox.h"
+#include "timebox/uv.h"
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#define TBX__UNUSED(x) ((void)(x))
+
+/* ---------------------------------------------------------------- os layer
+ * Thin wrappers over Linux system calls, each retrying on EINTR where that is
+ * meaningful, each returning -errno on failure.  A kernel without pidfd makes
+ * tbx__pidfd_open return -ENOSYS, and the engine falls back to polling. */
+uint64_t tbx__now_ns(void); /* CLOCK_MONOTONIC */
+int tbx__pidfd_open(pid_t pid);
+int tbx__pidfd_send_signal(int pidfd, int sig);
+int tbx__pipe(int fds[2], int flags); /* pipe2(O_CLOEXEC | flags) */
+int tbx__close(int fd);               /* close, EINTR treated as closed */
+ssize_t tbx__read(int fd, void *buf, size_t len);  /* retries EINTR */
+int tbx__write_all(int fd, const void *buf, size_t len); /* blocking fd */
+int tbx__timerfd_create(void);        /* CLOCK_MONOTONIC, CLOEXEC|NONBLOCK */
+int tbx__timerfd_arm(int fd, uint64_t abs_ns); /* 0 disarms */
+int tbx__reap(pid_t pid, int *wstatus, int nohang); /* waitpid, our pid only */
+
+
+/* ------------------------------------------------------------------ wire
+ * A frame from the child: a fixed header, then `len` bytes of payload.
+ *   TBX__FRAME_OK     payload = the msgpack result
+ *   TBX__FRAME_FAIL   payload = the tbx_fail message (<= TBX__MAX_MESSAGE)
+ *   TBX__FRAME_START  no payload: fn is starting (soft deadlines only)
+ * All fields are in host byte order: both ends are the same machine. */
+#define TBX__FRAME_MAGIC 0x31584254u /* "TBX1" */
+#define TBX__MAX_MESSAGE 1023
+#define TBX__MAX_DEPTH 32 /* msgpack-c unpacks at most 32 open containers */
+
+enum { TBX__FRAME_OK = 1, TBX__FRAME_FAIL = 2, TBX__FRAME_START = 3 };
+
+typedef struct tbx__frame_header {
+    uint32_t magic;
+    uint32_t kind;
+    int32_t fail_code;
+    uint32_t reserved;
+    uint64_t len;
+} tbx__frame_header;
+
+/* 0 if hdr is a well-formed header whose payload fits in max_len bytes;
+ * TBX_ETOOBIG if only its length is over; TBX_EPROTO otherwise. */
+int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
+
+/* 0 if buf holds exactly one msgpack object, nested at most max_depth deep,
+ * with no container count larger than the bytes that remain (so unpacking
+ * allocates in proportion to the input).  TBX_EINVAL otherwise. */
+int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth);
+
+/* ------------------------------------------------------------- registry */
+typedef struct tbx__hook {
+    tbx_hook_fn *fn;
+    void *arg;
+} tbx__hook;
+
+/* Runs every child hook; returns 0 or the first non-zero hook value.  Reads
+ * the hook table without a lock: called in a child, which has one thread. */
+int tbx__run_child_hooks(void);
+
+/* ------------------------------------------------------------- deadlines
+ * One timerfd per loop, shared by every call on it, armed at the earliest
+ * deadline of a min-heap.  libuv's own timers tick in whole milliseconds;
+ * this keeps a deadline's lateness near the kernel's floor. */
+typedef struct tbx__timers tbx__timers;
+typedef struct tbx__deadline tbx__deadline;
+typedef void tbx__deadline_cb(tbx__deadline *d);
+
+struct tbx__deadline {
+    uint64_t when_ns;
+    size_t index;          /* position in the heap; SIZE_MAX when not armed */
+    tbx__deadline_cb *cb;
+    tbx__timers *timers;   /* non-NULL while the deadline holds a reference */
+};
+
+void tbx__deadline_init(tbx__deadline *d, tbx__deadline_cb *cb);
+/* Arms (or re-arms) d at when_ns on loop.  Returns 0 or -errno. */
+int tbx__deadline_start(tbx__deadline *d, uv_loop_t *loop, uint64_t when_ns);
+/* Disarms d and drops its reference to the loop's timer.  Idempotent. */
+void tbx__deadline_stop(tbx__deadline *d);
+/* A fork child: drops the parent's loops' timers without touching them. */
+void tbx__deadline_forget_parent(void);
+
+/* ---------------------------------------------------------------- a call */
+typedef struct tbx__call tbx__call;
+typedef void tbx__done_cb(tbx__call *call);
+
+/* What a launcher gives the engine: a running child, leading its own process
+ * group (pgid == pid), and the parent's ends of its channels. */
+typedef struct tbx__child {
+    pid_t pid;
+    int pidfd;     /* -1 when the kernel has no pidfd */
+    int result_fd; /* read end of the result pipe, CLOEXEC */
+} tbx__child;
+
+/* The launcher interface: one per start method, each in its own file.
+ * launch() starts the child for call and fills *child, or returns -errno /
+ * TBX_E* with nothing left open or running. */
+typedef struct tbx__launcher {
+    const char *name;
+    int (*launch)(tbx__call *call, tbx__child *child);
+} tbx__launcher;
+
+extern const tbx__launcher tbx__launch_fork;
+
+struct tbx__call {
+    /* Set by the front door before tbx__engine_start. */
+    uv_loop_t *loop;
+    tbx_fn *fn;
+    const char *args_buf;
+    size_t args_len;
+    tbx_opts opts;
+    uint64_t start_ns;
+    tbx__done_cb *done_cb;
+    tbx__done_cb *abandoned_cb; /* a failed launch whose handles closed late;
+                                   NULL: the front door runs the loop dry */
+    tbx_req *req;              /* async only */
+    tbx_cb *cb;                /* async only */
+    tbx_result *out;
+
+    /* Args unpacked in the parent (fork: the child reads them in memory). */
+    msgpack_zone args_zone;
+    msgpack_object args;
+
+    /* The running child and its watchers. */
+    tbx__child child;
+    uv_poll_t result_poll;
+    uv_poll_t exit_poll;       /* on the pidfd */
+    uv_timer_t exit_timer;     /* polls waitpid when there is no pidfd */
+    tbx__deadline deadline;
+    int open_handles;          /* closes still to come before done */
+
+    /* Reading the result frame. */
+    tbx__frame_header hdr;
+    size_t hdr_got;
+    char *payload;             /* [msgpack_zone][payload bytes] when OK */
+    size_t payload_cap;
+    uint64_t payload_got;
+
+    /* What happened. */
+    unsigned frame_done : 1;
+    unsigned reading : 1;
+    unsigned started : 1;      /* soft deadline: START seen */
+    unsigned reaped : 1;
+    unsigned finishing : 1;
+    unsigned args_unpacked : 1;
+    unsigned abandoned : 1;
+    int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
+    int kill_signal;
+    int wstatus;
+    int sys_error;             /* a -errno met while watching */
+    tbx_result result;         /* async: handed to the callback */
+};
+
+/* Validates call's options and arguments and prepares them for launch:
+ * TBX_EINVAL, -ENOMEM or 0.  On error nothing is held. */
+int tbx__engine_prepare(tbx__call *call, const void *args, size_t args_len,
+                        const tbx_opts *opts);
+/* Launches the child and starts watching it on call->loop.  Returns 0, after
+ * which call->done_cb runs exactly once with call->out filled; or an error,
+ * with nothing left open or running and done_cb never run. */
+int tbx__engine_run(tbx__call *call);
+/* Ends the call as its deadline would, with `why` as the verdict. */
+int tbx__engine_stop(tbx__call *call, int why);
+
+/* -------------------------------------------------------- the child side */
+
+/* What the child needs to know about its call, prepared by the parent. */
+typedef struct tbx__child_spec {
+    tbx_fn *fn;
+    const msgpack_object *args;
+    void *ctx;
+    int result_fd;
+    int reset_signals;
+    int soft_deadline;         /* send START, clock starts in the child */
+    double timeout_s;
+    uint64_t deadline_ns;      /* absolute, hard deadlines; 0: none */
+    size_t max_result;
+    const sigset_t *parent_mask; /* restored when !reset_signals */
+    pid_t parent_pid;          /* the child dies with it; 0: not checked */
+} tbx__child_spec;
+
+/* Runs the call in this (child) process and _exits.  Never returns. */
+__attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);
+
+/* Forgets every timebox state inherited from a parent (a fork child). */
+void tbx__child_forget_parent(void);
+
+/* The calling thread's private loop for blocking calls, made on first use;
+ * NULL if it cannot be made. */
+uv_loop_t *tbx__private_loop(void);
+/* A fork child: forgets the thread's private loop (the parent's). */
+void tbx__loop_forget_parent(void);
+
+#endif /* TBX_INTERNAL_H */

@@ -1,0 +1,82 @@
+/*
+ * The fork method: the child is a copy of the caller, and runs fn by pointer
+ * on arguments the parent already unpacked.
+ *
+ * All signals are blocked across the fork so that no handler of the caller's
+ * runs in the child before the child has reset them (as libuv does).  Both
+ * sides call setpgid, so the group exists whichever runs first, and the
+ * deadline can kill it as soon as launch returns.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Output the caller buffered but did not write would be written twice, once
+ * by each process: flush it first, as CPython's multiprocessing does. */
+static void flush_caller_stdio(void)
+{
+    fflush(stdout);
+    fflush(stderr);
+}
+
+static int fork_launch(tbx__call *c, tbx__child *child)
+{
+    int fds[2], rc;
+    sigset_t all, old;
+    tbx__child_spec spec;
+
+    rc = tbx__pipe(fds, 0);
+    if (rc != 0)
+        return rc;
+    spec.fn = c->fn;
+    spec.args = &c->args;
+    spec.ctx = c->opts.ctx;
+    spec.result_fd = fds[1];
+    spec.reset_signals = c->opts.reset_signals;
+    spec.soft_deadline = !c->opts.hard_timeout;
+    spec.timeout_s = c->opts.timeout_s;
+    spec.deadline_ns = c->opts.hard_timeout && c->opts.timeout_s > 0
+                           ? c->deadline.when_ns
+                           : 0;
+    spec.max_result = c->opts.max_result;
+    spec.parent_mask = &old;
+    spec.parent_pid = getpid();
+
+    flush_caller_stdio();
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0)
+        tbx__child_main(&spec);
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    tbx__close(fds[1]);
+    if (pid < 0) {
+        tbx__close(fds[0]);
+        return -err;
+    }
+    (void)setpgid(pid, pid);
+
+    child->pid = pid;
+    child->result_fd = fds[0];
+    child->pidfd = tbx__pidfd_open(pid);
+    if (child->pidfd == -ENOSYS) {
+        child->pidfd = -1; /* an old kernel: the engine polls instead */
+    } else if (child->pidfd < 0) {
+        /* EMFILE and friends: nothing may be left half-open or running. */
+        int wstatus;
+        rc = child->pidfd;
+        (void)kill(-pid, SIGKILL);
+        (void)kill(pid, SIGKILL);
+        (void)tbx__reap(pid, &wstatus, 0);
+        tbx__close(fds[0]);
+        return rc;
+    }
+    return 0;
+}
+
+const tbx__launcher tbx__launch_fork = {"fork", fork_launch};

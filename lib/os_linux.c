@@ -1,0 +1,106 @@
+/*
+ * The system calls timebox makes, on Linux.  Each returns -errno on failure and
+ * retries EINTR where a retry is what the caller wants.  pidfd calls go through
+ * syscall(2) so that an older glibc (or a kernel without them, -ENOSYS) still
+ * builds and runs: the engine falls back to polling waitpid on our own pid.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+uint64_t tbx__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int tbx__pidfd_open(pid_t pid)
+{
+    /* pidfds are always close-on-exec. */
+    long fd = syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int tbx__pidfd_send_signal(int pidfd, int sig)
+{
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+}
+
+int tbx__pipe(int fds[2], int flags)
+{
+    return pipe2(fds, O_CLOEXEC | flags) < 0 ? -errno : 0;
+}
+
+int tbx__close(int fd)
+{
+    /* On Linux the descriptor is released even when close reports EINTR;
+     * retrying could close a descriptor another thread just opened. */
+    if (fd < 0)
+        return 0;
+    return close(fd) < 0 && errno != EINTR ? -errno : 0;
+}
+
+ssize_t tbx__read(int fd, void *buf, size_t len)
+{
+    ssize_t n;
+    do
+        n = read(fd, buf, len);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+int tbx__write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int tbx__timerfd_create(void)
+{
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int tbx__timerfd_arm(int fd, uint64_t abs_ns)
+{
+    struct itimerspec its = {{0, 0}, {0, 0}};
+    its.it_value.tv_sec = (time_t)(abs_ns / 1000000000u);
+    its.it_value.tv_nsec = (long)(abs_ns % 1000000000u);
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) < 0 ? -errno : 0;
+}
+
+int tbx__reap(pid_t pid, int *wstatus, int nohang)
+{
+    pid_t r;
+    do
+        r = waitpid(pid, wstatus, nohang ? WNOHANG : 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -errno;
+    return r == pid ? 1 : 0;
+}
