@@ -1,0 +1,172 @@
+#define _GNU_SOURCE
+#include "common.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+uint64_t bench_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void bench_series_init(bench_series *s, const char *name, size_t cap)
+{
+    s->name = name;
+    s->n = 0;
+    s->cap = cap ? cap : 16;
+    s->v = malloc(s->cap * sizeof *s->v);
+    if (s->v == NULL) {
+        perror("malloc");
+        exit(1);
+    }
+}
+
+void bench_series_add(bench_series *s, double us)
+{
+    if (s->n == s->cap) {
+        double *v = realloc(s->v, 2 * s->cap * sizeof *v);
+        if (v == NULL) {
+            perror("realloc");
+            exit(1);
+        }
+        s->v = v;
+        s->cap *= 2;
+    }
+    s->v[s->n++] = us;
+}
+
+void bench_series_free(bench_series *s)
+{
+    free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double bench_percentile(const double *sorted, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    size_t rank = (size_t)(p / 100.0 * (double)n + 0.999999); /* ceil */
+    if (rank < 1)
+        rank = 1;
+    if (rank > n)
+        rank = n;
+    return sorted[rank - 1];
+}
+
+bench_stats bench_summarise(bench_series *s)
+{
+    bench_stats st = {0};
+    if (s->n == 0)
+        return st;
+    qsort(s->v, s->n, sizeof *s->v, cmp_double);
+    double sum = 0;
+    for (size_t i = 0; i < s->n; i++)
+        sum += s->v[i];
+    st.n = s->n;
+    st.min = s->v[0];
+    st.max = s->v[s->n - 1];
+    st.mean = sum / (double)s->n;
+    st.median = s->n % 2 ? s->v[s->n / 2] : (s->v[s->n / 2 - 1] + s->v[s->n / 2]) / 2;
+    st.p90 = bench_percentile(s->v, s->n, 90);
+    st.p99 = bench_percentile(s->v, s->n, 99);
+    return st;
+}
+
+static void csv_append(const char *scenario, const char *name, const bench_stats *st,
+                       double mx, double px)
+{
+    const char *dir = getenv("BENCH_RESULTS_DIR");
+    if (dir == NULL || *dir == '\0')
+        return;
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "bench: cannot create %s: %s\n", dir, strerror(errno));
+        return;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.csv", dir, scenario);
+    struct stat sb;
+    int fresh = stat(path, &sb) != 0 || sb.st_size == 0;
+    FILE *f = fopen(path, "a");
+    if (f == NULL) {
+        fprintf(stderr, "bench: cannot open %s: %s\n", path, strerror(errno));
+        return;
+    }
+    if (fresh)
+        fprintf(f, "unix_time,name,n,min_us,median_us,p90_us,p99_us,max_us,mean_us,"
+                   "median_x,p99_x\n");
+    fprintf(f, "%lld,%s,%zu,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,", (long long)time(NULL), name,
+            st->n, st->min, st->median, st->p90, st->p99, st->max, st->mean);
+    if (mx > 0)
+        fprintf(f, "%.3f,%.3f\n", mx, px);
+    else
+        fprintf(f, ",\n");
+    fclose(f);
+}
+
+static void ratios(const bench_row *r, double *mx, double *px)
+{
+    *mx = *px = 0;
+    if (r->base != NULL && r->base->median > 0 && r->base->p99 > 0) {
+        *mx = r->st.median / r->base->median;
+        *px = r->st.p99 / r->base->p99;
+    }
+}
+
+void bench_report(const char *scenario, const char *title, const bench_row *rows,
+                  size_t n)
+{
+    double mx, px;
+    printf("\n%s (microseconds)\n", title);
+    printf("%-24s %6s %9s %9s %9s %9s %9s %8s %8s\n", "series", "n", "min", "median",
+           "p90", "p99", "max", "med/flr", "p99/flr");
+    for (size_t i = 0; i < n; i++) {
+        const bench_stats *st = &rows[i].st;
+        ratios(&rows[i], &mx, &px);
+        printf("%-24s %6zu %9.1f %9.1f %9.1f %9.1f %9.1f", rows[i].name, st->n, st->min,
+               st->median, st->p90, st->p99, st->max);
+        if (mx > 0)
+            printf(" %7.2fx %7.2fx\n", mx, px);
+        else
+            printf(" %8s %8s\n", "-", "-");
+    }
+    printf("\n");
+    for (size_t i = 0; i < n; i++) {
+        const bench_stats *st = &rows[i].st;
+        ratios(&rows[i], &mx, &px);
+        printf("RESULT scenario=%s name=%s n=%zu min_us=%.2f median_us=%.2f p90_us=%.2f "
+               "p99_us=%.2f max_us=%.2f mean_us=%.2f",
+               scenario, rows[i].name, st->n, st->min, st->median, st->p90, st->p99,
+               st->max, st->mean);
+        if (mx > 0)
+            printf(" median_x=%.3f p99_x=%.3f", mx, px);
+        printf("\n");
+        csv_append(scenario, rows[i].name, st, mx, px);
+    }
+    fflush(stdout);
+}
+
+size_t bench_arg_count(int argc, char **argv, int i, size_t def)
+{
+    if (i >= argc)
+        return def;
+    char *end;
+    unsigned long long v = strtoull(argv[i], &end, 10);
+    if (*end != '\0' || v == 0) {
+        fprintf(stderr, "usage: %s [iterations]\n", argv[0]);
+        exit(2);
+    }
+    return (size_t)v;
+}

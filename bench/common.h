@@ -1,0 +1,58 @@
+/*
+ * Helpers shared by the benchmarks: a monotonic clock, summary statistics,
+ * a table on stdout, one machine-readable RESULT line per series, and an
+ * optional CSV row per series.
+ *
+ * RESULT lines look like
+ *   RESULT scenario=fork_latency name=floor n=2000 median_us=... p99_us=...
+ * and carry median_x= / p99_x= (the ratio to the scenario's floor) when a
+ * baseline is given.  CSV rows are appended to $BENCH_RESULTS_DIR/<scenario>.csv
+ * when that variable is set (the directory is created if needed).
+ */
+#ifndef BENCH_COMMON_H
+#define BENCH_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+uint64_t bench_now_ns(void);
+
+typedef struct bench_stats {
+    size_t n;
+    double min, median, p90, p99, max, mean; /* same unit as the samples */
+} bench_stats;
+
+/* A growable series of samples, in microseconds. */
+typedef struct bench_series {
+    const char *name;
+    double *v;
+    size_t n, cap;
+} bench_series;
+
+void bench_series_init(bench_series *s, const char *name, size_t cap);
+void bench_series_add(bench_series *s, double us);
+void bench_series_free(bench_series *s);
+
+/* The p-th percentile (0..100, nearest rank) of sorted samples. */
+double bench_percentile(const double *sorted, size_t n, double p);
+
+/* Sorts the series' samples in place and summarises them. */
+bench_stats bench_summarise(bench_series *s);
+
+/* One row of a report: a series' summary and the floor it is compared with
+ * (NULL for none, or for the floor itself). */
+typedef struct bench_row {
+    const char *name;
+    bench_stats st;
+    const bench_stats *base;
+} bench_row;
+
+/* Prints the rows as a table (values in microseconds), then one RESULT line
+ * per row, and appends them to the scenario's CSV file if asked to. */
+void bench_report(const char *scenario, const char *title, const bench_row *rows,
+                  size_t n);
+
+/* Parses a positive count from argv[i] if present, else returns def. */
+size_t bench_arg_count(int argc, char **argv, int i, size_t def);
+
+#endif

@@ -1,0 +1,130 @@
+/*
+ * fork_latency: what a trivial tbx_call costs over the bare system calls.
+ *
+ *   fork_latency [iterations]     (default 2000, after 200 of warm-up)
+ *
+ * Three series, measured in one run and interleaved (each iteration runs all
+ * three, in an order that rotates), so that machine noise hits them alike:
+ *   floor         pipe2 + fork; the child writes a 16-byte result and _exits;
+ *                 the parent reads it, waitpids and closes the pipe
+ *   tbx_deadline  tbx_call(TBX_FORK) of a function returning an int, with
+ *                 timeout_s = 10
+ *   tbx_nodeadline  the same without a deadline
+ * The issue's target: the median within 1.5x of the floor (later 1.2x).
+ */
+#define _GNU_SOURCE
+#include "common.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <timebox.h>
+
+#define WARMUP 200
+
+static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
+{
+    (void)args, (void)ctx;
+    return msgpack_pack_int(result, 42);
+}
+
+static void die(const char *what)
+{
+    perror(what);
+    exit(1);
+}
+
+/* The floor: the least any fork-and-return-a-result can do. */
+static double run_floor(void)
+{
+    char buf[16] = "0123456789abcdef";
+    int fds[2], wstatus;
+    uint64_t t0 = bench_now_ns();
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        die("pipe2");
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        ssize_t w = write(fds[1], buf, sizeof buf);
+        _exit(w == (ssize_t)sizeof buf ? 0 : 1);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    while (got < sizeof buf) {
+        ssize_t r = read(fds[0], buf + got, sizeof buf - got);
+        if (r <= 0)
+            die("read");
+        got += (size_t)r;
+    }
+    if (waitpid(pid, &wstatus, 0) != pid || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
+        die("waitpid");
+    close(fds[0]);
+    return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+static const unsigned char args_nil[1] = {0xc0}; /* one msgpack nil */
+
+static double run_tbx(const tbx_opts *opts)
+{
+    tbx_result r;
+    uint64_t t0 = bench_now_ns();
+    int rc = tbx_call(answer, args_nil, sizeof args_nil, opts, &r);
+    double us = (double)(bench_now_ns() - t0) / 1e3;
+    if (rc != 0 || r.value.type != MSGPACK_OBJECT_POSITIVE_INTEGER || r.value.via.u64 != 42) {
+        fprintf(stderr, "tbx_call: %s (%s)\n", tbx_err_name(rc), r.message ? r.message : "");
+        exit(1);
+    }
+    tbx_result_free(&r);
+    return us;
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = bench_arg_count(argc, argv, 1, 2000);
+    tbx_init(argc, argv);
+
+    tbx_opts with, without;
+    tbx_opts_init(&with);
+    with.method = TBX_FORK;
+    with.timeout_s = 10;
+    tbx_opts_init(&without);
+    without.method = TBX_FORK;
+
+    enum { FLOOR, DEADLINE, NODEADLINE, KINDS };
+    bench_series s[KINDS];
+    bench_series_init(&s[FLOOR], "floor", n);
+    bench_series_init(&s[DEADLINE], "tbx_deadline", n);
+    bench_series_init(&s[NODEADLINE], "tbx_nodeadline", n);
+
+    for (size_t i = 0; i < WARMUP + n; i++) {
+        for (int k = 0; k < KINDS; k++) {
+            int kind = (int)((i + (size_t)k) % KINDS);
+            double us = kind == FLOOR      ? run_floor()
+                        : kind == DEADLINE ? run_tbx(&with)
+                                           : run_tbx(&without);
+            if (i >= WARMUP)
+                bench_series_add(&s[kind], us);
+        }
+    }
+
+    bench_row rows[KINDS];
+    for (int k = 0; k < KINDS; k++) {
+        rows[k].name = s[k].name;
+        rows[k].st = bench_summarise(&s[k]);
+        rows[k].base = k == FLOOR ? NULL : &rows[FLOOR].st;
+    }
+    bench_report("fork_latency", "fork_latency: trivial call vs fork+pipe+waitpid", rows,
+                 KINDS);
+    for (int k = DEADLINE; k < KINDS; k++) {
+        double x = rows[k].st.median / rows[FLOOR].st.median;
+        printf("%-16s median %.2fx the floor: target 1.5x %s, long-term 1.2x %s\n",
+               rows[k].name, x, x <= 1.5 ? "met" : "MISSED", x <= 1.2 ? "met" : "missed");
+    }
+    for (int k = 0; k < KINDS; k++)
+        bench_series_free(&s[k]);
+    return 0;
+}
