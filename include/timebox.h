@@ -167,7 +167,12 @@ typedef enum {
     TBX_METHOD_DEFAULT = 0, /* the process default: fork unless changed */
     TBX_FORK,               /* fork the caller: fastest for a small caller */
     TBX_FORKSERVER,         /* fork from a small clean server (not yet built) */
-    TBX_SPAWN               /* posix_spawn a fresh copy (not yet built) */
+    TBX_SPAWN               /* posix_spawn a fresh program: this one (via
+                               /proc/self/exe) or opts.executable.  Its cost
+                               does not grow with the caller's memory, and it
+                               is safe in a multi-threaded caller.  The program
+                               must call tbx_init() first in main(), and fn
+                               must be registered (TBX_REGISTER). */
 } tbx_method;
 
 typedef struct tbx_opts {
@@ -188,6 +193,15 @@ typedef struct tbx_opts {
                              killed, parent memory bounded by it. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
+    const char *executable; /* spawn: the program to run as the worker;
+                             NULL: the process default (tbx_set_spawn_
+                             executable), else this program itself.  It must
+                             call tbx_init() first in main(), or be
+                             timebox-worker. */
+    char *const *argv;    /* spawn: argv for executable (argv[0] first,
+                             NULL-terminated); NULL: { executable, NULL }.
+                             With timebox-worker: { "timebox-worker",
+                             "--preload", "libplugin.so", NULL }. */
 } tbx_opts;
 
 /* Fills *opts with the defaults above.  Always call it first: fields added in
@@ -197,6 +211,12 @@ TBX_EXTERN void tbx_opts_init(tbx_opts *opts);
 /* Sets the method used for TBX_METHOD_DEFAULT.  Returns 0, or TBX_EINVAL for
  * a method this build does not provide.  Thread-safe (an atomic store). */
 TBX_EXTERN int tbx_set_default_method(tbx_method method);
+
+/* Sets the program spawn runs when opts.executable is NULL, and its argv
+ * (NULL: { executable, NULL }).  NULL executable: back to this program.  The
+ * strings are copied.  Returns 0, -ENOMEM, or TBX_EINVAL.  Thread-safe; a
+ * call already launched keeps the program it had. */
+TBX_EXTERN int tbx_set_spawn_executable(const char *executable, char *const *argv);
 
 /* ------------------------------------------------------------------------
  * Results
@@ -287,9 +307,22 @@ TBX_EXTERN double tbx_remaining(void);
 /* ------------------------------------------------------------------------
  * Process set-up
  *
- * Call first in main(), before threads.  In a process that timebox started
- * as a worker (spawn) it serves the call and never returns; otherwise it
- * returns 0 at once.  Idempotent, thread-safe.  argc/argv may be 0/NULL.
+ * Call first in main(), before threads:
+ *
+ *     int main(int argc, char **argv) { tbx_init(argc, argv); ... }
+ *
+ * In a process that timebox spawned as a worker it reads the call, finds the
+ * function by its registered name, runs the child hooks and the function,
+ * writes the result and exits: it never returns there.  In any other process
+ * it returns 0 at once (one getenv).  It is the C form of Python's "protect
+ * __main__" rule: whatever main() does before tbx_init, every spawned worker
+ * does too.  A spawned program that never calls tbx_init makes the call fail
+ * with TBX_EEXITED (or TBX_ETIMEDOUT), with a message naming this fix; its
+ * own tbx_call()s fail with TBX_EINVAL, so it cannot spawn itself in a loop.
+ * Idempotent, thread-safe.  argc/argv are not used today and may be 0/NULL.
+ *
+ * Workers find their request through the environment variable
+ * TIMEBOX_WORKER, which tbx_init removes before the function runs.
  */
 TBX_EXTERN int tbx_init(int argc, char **argv);
 

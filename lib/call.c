@@ -7,11 +7,8 @@
 
 #include <errno.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-
-static atomic_int default_method = TBX_FORK;
 
 void tbx_opts_init(tbx_opts *opts)
 {
@@ -23,14 +20,6 @@ void tbx_opts_init(tbx_opts *opts)
     opts->reset_signals = 1;
     opts->max_result = (size_t)256 << 20;
     opts->ctx = NULL;
-}
-
-int tbx_set_default_method(tbx_method method)
-{
-    if (method != TBX_FORK)
-        return TBX_EINVAL;
-    atomic_store(&default_method, (int)method);
-    return 0;
 }
 
 static void result_init(tbx_result *r)
@@ -68,10 +57,7 @@ static int setup(tbx__call *c, uv_loop_t *loop, tbx_fn *fn, const void *args,
     c->loop = loop;
     c->fn = fn;
     c->out = out;
-    int rc = tbx__engine_prepare(c, args, args_len, opts);
-    if (rc == 0 && c->opts.method == TBX_METHOD_DEFAULT)
-        c->opts.method = (tbx_method)atomic_load(&default_method);
-    return rc;
+    return tbx__engine_prepare(c, args, args_len, opts);
 }
 
 static void blocking_done_cb(tbx__call *c)

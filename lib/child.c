@@ -207,7 +207,7 @@ void tbx__child_main(const tbx__child_spec *spec)
         rb.failed = 1;
         rb.fail_code = rc;
     } else {
-        if (spec->soft_deadline && write_frame(spec->result_fd, TBX__FRAME_START, 0, NULL, 0) != 0)
+        if (spec->send_start && write_frame(spec->result_fd, TBX__FRAME_START, 0, NULL, 0) != 0)
             _exit(126);
         msgpack_packer_init(&pk, &rb, result_write);
         rc = spec->fn(spec->args, &pk, spec->ctx);

@@ -18,9 +18,12 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +31,17 @@
 #define TBX__READ_CHUNK ((size_t)64 << 10)
 
 static void finish(tbx__call *c);
+static void close_cb(uv_handle_t *h);
+
+static atomic_int default_method = TBX_FORK;
+
+int tbx_set_default_method(tbx_method method)
+{
+    if (method != TBX_FORK && method != TBX_SPAWN)
+        return TBX_EINVAL;
+    atomic_store(&default_method, (int)method);
+    return 0;
+}
 
 static uint64_t seconds_to_ns(double s)
 {
@@ -49,9 +63,13 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     if (c->opts.max_result == 0)
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     if (c->opts.method == TBX_METHOD_DEFAULT)
-        c->opts.method = TBX_FORK;
-    if (c->opts.method != TBX_FORK)
-        return TBX_EINVAL; /* the other methods are not built yet */
+        c->opts.method = (tbx_method)atomic_load(&default_method);
+    if (c->opts.method != TBX_FORK && c->opts.method != TBX_SPAWN)
+        return TBX_EINVAL; /* the forkserver is not built yet */
+    /* A program spawned as a worker that skipped tbx_init would otherwise
+     * spawn itself again, and again. */
+    if (tbx__worker_unserved())
+        return TBX_EINVAL;
     if (tbx__msgpack_check(args, args_len, TBX__MAX_DEPTH) != 0)
         return TBX_EINVAL;
     c->args_buf = args;
@@ -59,7 +77,30 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     c->child.pid = 0;
     c->child.pidfd = -1;
     c->child.result_fd = -1;
+    c->child.request_fd = -1;
+    c->child.worker = 0;
     tbx__deadline_init(&c->deadline, NULL);
+    if (c->opts.method != TBX_FORK) {
+        /* A fresh program finds fn by name, and a pointer cannot cross an
+         * exec: both are refused here, before anything is launched. */
+        if (c->opts.ctx != NULL || args_len > TBX__MAX_ARGS)
+            return TBX_EINVAL;
+        c->name = tbx_name_of(c->fn);
+        if (c->name == NULL)
+            return TBX_ENOTREG;
+        size_t name_len = strlen(c->name);
+        if (name_len == 0 || name_len > TBX__MAX_NAME)
+            return TBX_ENOTREG;
+        memset(&c->request, 0, sizeof c->request);
+        c->request.magic = TBX__REQUEST_MAGIC;
+        c->request.flags = (c->opts.reset_signals ? TBX__REQ_RESET_SIGNALS : 0) |
+                           (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE);
+        c->request.name_len = (uint32_t)name_len;
+        c->request.args_len = args_len;
+        c->request.timeout_ns = c->opts.timeout_s > 0 ? seconds_to_ns(c->opts.timeout_s) : 0;
+        c->request.max_result = c->opts.max_result;
+        return 0;
+    }
 
     /* The fork child reads the args in memory, so they are unpacked here, in
      * the parent: the child allocates nothing on timebox's side. */
@@ -259,6 +300,109 @@ static void result_cb(uv_poll_t *h, int status, int events)
     drain(c);
 }
 
+/* ----------------------------------------------------------------- request */
+
+static size_t request_len(const tbx__call *c)
+{
+    return sizeof c->request + c->request.name_len + (size_t)c->request.args_len;
+}
+
+/* Sends what the socket takes of the request.  Returns 1 when all of it is
+ * sent, 0 when the socket is full, or -errno (EPIPE: the child is gone, which
+ * its exit will explain).  MSG_NOSIGNAL: a dead child never raises SIGPIPE in
+ * the caller. */
+static int request_send(tbx__call *c)
+{
+    size_t total = request_len(c);
+    while (c->request_sent < total) {
+        struct iovec iov[3];
+        int n = 0;
+        if (c->request_copy != NULL) {
+            size_t at = total - c->request_copy_len;
+            iov[n++] = (struct iovec){c->request_copy + (c->request_sent - at),
+                                      total - c->request_sent};
+        } else {
+            const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
+            size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
+            size_t skip = c->request_sent;
+            for (int i = 0; i < 3; i++) {
+                if (skip >= len[i]) {
+                    skip -= len[i];
+                    continue;
+                }
+                iov[n++] = (struct iovec){(char *)part[i] + skip, len[i] - skip};
+                skip = 0;
+            }
+        }
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)n;
+        ssize_t w = sendmsg(c->child.request_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return errno == EAGAIN ? 0 : -errno;
+        c->request_sent += (size_t)w;
+    }
+    return 1;
+}
+
+static void request_end(tbx__call *c)
+{
+    if (c->writing) {
+        uv_close((uv_handle_t *)&c->request_poll, close_cb);
+        c->writing = 0;
+    }
+    tbx__close(c->child.request_fd);
+    c->child.request_fd = -1;
+    free(c->request_copy);
+    c->request_copy = NULL;
+}
+
+static void request_cb(uv_poll_t *h, int status, int events)
+{
+    tbx__call *c = h->data;
+    TBX__UNUSED(events);
+    if (status < 0 || request_send(c) != 0)
+        request_end(c);
+}
+
+/* Starts the request on its way.  The caller's args are borrowed only for
+ * the launch: what the socket did not take at once is copied. */
+static int request_start(tbx__call *c)
+{
+    if (c->child.request_fd < 0)
+        return 0;
+    int rc = request_send(c);
+    if (rc != 0) {
+        request_end(c);
+        return 0;
+    }
+    size_t total = request_len(c), left = total - c->request_sent;
+    char *copy = malloc(left);
+    if (copy == NULL)
+        return -ENOMEM;
+    const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
+    size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
+    size_t skip = c->request_sent, k = 0;
+    for (int i = 0; i < 3; i++) {
+        size_t from = skip < len[i] ? skip : len[i];
+        memcpy(copy + k, part[i] + from, len[i] - from);
+        k += len[i] - from;
+        skip -= from;
+    }
+    c->request_copy = copy;
+    c->request_copy_len = left;
+    rc = uv_poll_init(c->loop, &c->request_poll, c->child.request_fd);
+    if (rc != 0)
+        return rc;
+    c->request_poll.data = c;
+    c->open_handles++;
+    c->writing = 1;
+    return uv_poll_start(&c->request_poll, UV_WRITABLE, request_cb);
+}
+
 /* ------------------------------------------------------------------ exiting */
 
 /* The child has exited (or may have): reap it, after killing its group. */
@@ -345,10 +489,19 @@ static int take_value(tbx__call *c, tbx_result *r)
     return 0;
 }
 
+/* The codes a worker may report for a request it could not serve. */
+static int worker_error(int code)
+{
+    return code == TBX_ENOTREG || code == TBX_EPROTO || code == -ENOMEM ? code : TBX_EPROTO;
+}
+
 static int classify(tbx__call *c, tbx_result *r)
 {
     if (c->sys_error != 0)
         return c->sys_error;
+    if (c->verdict == TBX_ETIMEDOUT && c->child.worker && !c->started)
+        set_message(r, "deadline passed before the spawned program started the function "
+                       "(does its main() call tbx_init(argc, argv) first?)");
     if (c->verdict != 0)
         return c->verdict;
     if (c->frame_done && c->hdr.kind == TBX__FRAME_OK) {
@@ -357,7 +510,7 @@ static int classify(tbx__call *c, tbx_result *r)
             set_message(r, "the result is not exactly one msgpack object");
         return rc;
     }
-    if (c->frame_done && c->hdr.kind == TBX__FRAME_FAIL) {
+    if (c->frame_done && (c->hdr.kind == TBX__FRAME_FAIL || c->hdr.kind == TBX__FRAME_ERROR)) {
         char *m = malloc((size_t)c->hdr.len + 1);
         if (m != NULL) {
             memcpy(m, c->payload, (size_t)c->hdr.len);
@@ -365,6 +518,8 @@ static int classify(tbx__call *c, tbx_result *r)
             r->priv_[2] = m;
             r->message = m;
         }
+        if (c->hdr.kind == TBX__FRAME_ERROR)
+            return worker_error(c->hdr.fail_code);
         r->fail_code = c->hdr.fail_code;
         return TBX_EFAILED;
     }
@@ -373,6 +528,12 @@ static int classify(tbx__call *c, tbx_result *r)
                     (unsigned long long)c->payload_got,
                     (unsigned long long)(c->hdr_got == sizeof c->hdr ? c->hdr.len : 0));
         return TBX_EPROTO;
+    }
+    if (c->child.worker && !c->started && c->wstatus != -1 && WIFEXITED(c->wstatus)) {
+        set_message(r, "the spawned program exited with code %d before serving the call: "
+                       "does its main() call tbx_init(argc, argv) first?",
+                    WEXITSTATUS(c->wstatus));
+        return TBX_EEXITED;
     }
     if (c->wstatus != -1 && WIFSIGNALED(c->wstatus)) {
         int sig = WTERMSIG(c->wstatus);
@@ -419,6 +580,7 @@ static void finish(tbx__call *c)
 {
     c->finishing = 1;
     stop_reading(c);
+    request_end(c);
     tbx__deadline_stop(&c->deadline);
     uv_close((uv_handle_t *)&c->result_poll, close_cb);
     if (c->child.pidfd >= 0)
@@ -441,6 +603,9 @@ static void abandon(tbx__call *c)
     (void)tbx__reap(c->child.pid, &wstatus, 0);
     tbx__close(c->child.result_fd);
     tbx__close(c->child.pidfd);
+    tbx__close(c->child.request_fd);
+    free(c->request_copy);
+    c->request_copy = NULL;
 }
 
 static int watch(tbx__call *c)
@@ -468,12 +633,15 @@ static int watch(tbx__call *c)
     }
     if (rc == 0)
         rc = uv_poll_start(&c->result_poll, UV_READABLE, result_cb);
+    if (rc == 0)
+        rc = request_start(c);
     return rc;
 }
 
 int tbx__engine_run(tbx__call *c)
 {
-    const tbx__launcher *launcher = &tbx__launch_fork;
+    const tbx__launcher *launcher =
+        c->opts.method == TBX_SPAWN ? &tbx__launch_spawn : &tbx__launch_fork;
     int rc;
 
     c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
@@ -484,6 +652,8 @@ int tbx__engine_run(tbx__call *c)
         release_args(c);
         return rc;
     }
+    if (c->opts.hard_timeout && c->opts.timeout_s > 0)
+        c->request.deadline_ns = c->deadline.when_ns;
     rc = launcher->launch(c, &c->child);
     release_args(c); /* the child has its own copy */
     if (rc != 0) {
@@ -504,7 +674,9 @@ int tbx__engine_run(tbx__call *c)
             uv_close(c->child.pidfd >= 0 ? (uv_handle_t *)&c->exit_poll
                                          : (uv_handle_t *)&c->exit_timer,
                      close_cb);
-        c->child.result_fd = c->child.pidfd = -1;
+        if (c->writing)
+            uv_close((uv_handle_t *)&c->request_poll, close_cb);
+        c->child.result_fd = c->child.pidfd = c->child.request_fd = -1;
         return rc;
     }
     return 0;

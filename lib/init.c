@@ -1,6 +1,6 @@
 /*
- * tbx_init: the process set-up.  Today every process is a caller: it returns
- * 0 at once.  The spawn method's workers will be recognised here.
+ * tbx_init: the process set-up.  A process that timebox spawned as a worker
+ * serves its call here and never returns; any other returns 0 at once.
  */
 #include "internal.h"
 
@@ -8,5 +8,6 @@ int tbx_init(int argc, char **argv)
 {
     TBX__UNUSED(argc);
     TBX__UNUSED(argv);
+    tbx__worker_maybe_serve();
     return 0;
 }

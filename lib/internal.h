@@ -46,7 +46,13 @@ int tbx__reap(pid_t pid, int *wstatus, int nohang); /* waitpid, our pid only */
 #define TBX__MAX_MESSAGE 1023
 #define TBX__MAX_DEPTH 32 /* msgpack-c unpacks at most 32 open containers */
 
-enum { TBX__FRAME_OK = 1, TBX__FRAME_FAIL = 2, TBX__FRAME_START = 3 };
+enum {
+    TBX__FRAME_OK = 1,
+    TBX__FRAME_FAIL = 2,
+    TBX__FRAME_START = 3,
+    TBX__FRAME_ERROR = 4 /* the worker could not serve: fail_code is a
+                            TBX_E* code (ENOTREG, EPROTO), payload a message */
+};
 
 typedef struct tbx__frame_header {
     uint32_t magic;
@@ -59,6 +65,28 @@ typedef struct tbx__frame_header {
 /* 0 if hdr is a well-formed header whose payload fits in max_len bytes;
  * TBX_ETOOBIG if only its length is over; TBX_EPROTO otherwise. */
 int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
+
+/* A request to a worker (spawn): this header, the function's name
+ * (name_len bytes, no NUL), then args_len bytes of msgpack args. */
+#define TBX__REQUEST_MAGIC 0x51584254u /* "TBXQ" */
+#define TBX__MAX_NAME 255
+#define TBX__MAX_ARGS ((uint64_t)1 << 32)
+enum { TBX__REQ_RESET_SIGNALS = 1, TBX__REQ_SOFT_DEADLINE = 2 };
+
+typedef struct tbx__request_header {
+    uint32_t magic;
+    uint32_t flags;
+    uint32_t name_len;
+    uint32_t reserved;
+    uint64_t args_len;
+    uint64_t deadline_ns;  /* absolute CLOCK_MONOTONIC (hard); 0: none */
+    uint64_t timeout_ns;   /* soft deadlines: counted from START */
+    uint64_t max_result;
+} tbx__request_header;
+
+/* 0 if hdr is a well-formed request header within the limits above;
+ * TBX_EPROTO otherwise. */
+int tbx__request_check(const tbx__request_header *hdr);
 
 /* 0 if buf holds exactly one msgpack object, nested at most max_depth deep,
  * with no container count larger than the bytes that remain (so unpacking
@@ -108,6 +136,8 @@ typedef struct tbx__child {
     pid_t pid;
     int pidfd;     /* -1 when the kernel has no pidfd */
     int result_fd; /* read end of the result pipe, CLOEXEC */
+    int request_fd; /* -1, or our end of a socket the request goes down */
+    int worker;    /* 1: a fresh program that must say START before fn */
 } tbx__child;
 
 /* The launcher interface: one per start method, each in its own file.
@@ -119,6 +149,10 @@ typedef struct tbx__launcher {
 } tbx__launcher;
 
 extern const tbx__launcher tbx__launch_fork;
+extern const tbx__launcher tbx__launch_spawn;
+
+/* The process-wide spawn executable and argv, NULL for /proc/self/exe. */
+const char *tbx__spawn_default_executable(char *const **argv);
 
 struct tbx__call {
     /* Set by the front door before tbx__engine_start. */
@@ -138,6 +172,15 @@ struct tbx__call {
     /* Args unpacked in the parent (fork: the child reads them in memory). */
     msgpack_zone args_zone;
     msgpack_object args;
+    const char *name;          /* registered name (spawn) */
+
+    /* The request to a worker: header, name, args, written as the socket
+     * takes them.  What did not fit at launch is copied to request_copy. */
+    tbx__request_header request;
+    size_t request_sent;
+    char *request_copy;        /* the last request_copy_len bytes */
+    size_t request_copy_len;
+    uv_poll_t request_poll;
 
     /* The running child and its watchers. */
     tbx__child child;
@@ -162,6 +205,7 @@ struct tbx__call {
     unsigned finishing : 1;
     unsigned args_unpacked : 1;
     unsigned abandoned : 1;
+    unsigned writing : 1;
     int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
     int kill_signal;
     int wstatus;
@@ -189,7 +233,8 @@ typedef struct tbx__child_spec {
     void *ctx;
     int result_fd;
     int reset_signals;
-    int soft_deadline;         /* send START, clock starts in the child */
+    int soft_deadline;         /* the clock starts in the child */
+    int send_start;            /* say START before fn (soft, or a worker) */
     double timeout_s;
     uint64_t deadline_ns;      /* absolute, hard deadlines; 0: none */
     size_t max_result;
@@ -199,6 +244,14 @@ typedef struct tbx__child_spec {
 
 /* Runs the call in this (child) process and _exits.  Never returns. */
 __attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);
+
+/* The worker side of spawn: if this process was started as a worker, serve
+ * the request and _exit; otherwise return. */
+void tbx__worker_maybe_serve(void);
+/* Reads one request from req_fd and runs it, writing to res_fd; _exits. */
+__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd);
+/* 1 if this process was started as a worker but never called tbx_init. */
+int tbx__worker_unserved(void);
 
 /* Forgets every timebox state inherited from a parent (a fork child). */
 void tbx__child_forget_parent(void);

@@ -38,6 +38,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.result_fd = fds[1];
     spec.reset_signals = c->opts.reset_signals;
     spec.soft_deadline = !c->opts.hard_timeout;
+    spec.send_start = spec.soft_deadline;
     spec.timeout_s = c->opts.timeout_s;
     spec.deadline_ns = c->opts.hard_timeout && c->opts.timeout_s > 0
                            ? c->deadline.when_ns

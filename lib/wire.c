@@ -15,6 +15,7 @@ int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
     case TBX__FRAME_OK:
         return hdr->len > max_len ? TBX_ETOOBIG : 0;
     case TBX__FRAME_FAIL:
+    case TBX__FRAME_ERROR:
         return hdr->len > TBX__MAX_MESSAGE ? TBX_EPROTO : 0;
     case TBX__FRAME_START:
         return hdr->len != 0 ? TBX_EPROTO : 0;
@@ -129,4 +130,14 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth)
             depth--;
     } while (pending > 0);
     return p == end ? 0 : TBX_EINVAL;
+}
+
+int tbx__request_check(const tbx__request_header *hdr)
+{
+    const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE;
+    if (hdr->magic != TBX__REQUEST_MAGIC || hdr->reserved != 0 || (hdr->flags & ~known) != 0 ||
+        hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||
+        hdr->args_len > TBX__MAX_ARGS || hdr->max_result == 0)
+        return TBX_EPROTO;
+    return 0;
 }

@@ -1,0 +1,221 @@
+/*
+ * The spawn method: the child is a fresh program started with posix_spawn,
+ * which in glibc is vfork-like, so its cost does not grow with the caller's
+ * memory and it is safe in a threaded caller.  Everything the child needs is
+ * prepared here, in the parent: file actions place the request socket on fd 3
+ * and the result pipe on fd 4 and close the rest; attributes give the child
+ * its own process group and, with reset_signals, default handlers and an
+ * empty mask.  Between clone and exec only glibc runs; timebox allocates and
+ * locks nothing there.  The worker reads its request from fd 3 (worker.c).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define WORKER_ENV "TIMEBOX_WORKER="
+#define WORKER_ENV_VALUE WORKER_ENV "3,4"
+#define FIRST_FREE_FD 5
+
+extern char **environ;
+
+/* The process default program, shared by reference so a launch never holds
+ * the lock while it spawns. */
+typedef struct spawn_config {
+    atomic_int refs;
+    char *path;
+    char **argv;
+} spawn_config;
+
+static pthread_mutex_t config_lock = PTHREAD_MUTEX_INITIALIZER;
+static spawn_config *config;
+
+static void config_unref(spawn_config *cfg)
+{
+    if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) != 1)
+        return;
+    for (char **a = cfg->argv; a != NULL && *a != NULL; a++)
+        free(*a);
+    free(cfg->argv);
+    free(cfg->path);
+    free(cfg);
+}
+
+static spawn_config *config_get(void)
+{
+    pthread_mutex_lock(&config_lock);
+    spawn_config *cfg = config;
+    if (cfg != NULL)
+        atomic_fetch_add(&cfg->refs, 1);
+    pthread_mutex_unlock(&config_lock);
+    return cfg;
+}
+
+int tbx_set_spawn_executable(const char *executable, char *const *argv)
+{
+    spawn_config *cfg = NULL;
+    if (executable != NULL) {
+        size_t n = 0;
+        while (argv != NULL && argv[n] != NULL)
+            n++;
+        cfg = calloc(1, sizeof *cfg);
+        if (cfg == NULL)
+            return -ENOMEM;
+        atomic_init(&cfg->refs, 1);
+        cfg->path = strdup(executable);
+        cfg->argv = calloc(n + 2, sizeof *cfg->argv);
+        int ok = cfg->path != NULL && cfg->argv != NULL;
+        if (ok && n == 0)
+            ok = (cfg->argv[0] = strdup(executable)) != NULL;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (cfg->argv[i] = strdup(argv[i])) != NULL;
+        if (!ok) {
+            config_unref(cfg);
+            return -ENOMEM;
+        }
+    }
+    pthread_mutex_lock(&config_lock);
+    spawn_config *old = config;
+    config = cfg;
+    pthread_mutex_unlock(&config_lock);
+    config_unref(old);
+    return 0;
+}
+
+/* The caller's environment with TIMEBOX_WORKER set to our fds. */
+static char **worker_env(void)
+{
+    size_t n = 0;
+    for (char **e = environ; e != NULL && *e != NULL; e++)
+        n++;
+    char **env = malloc((n + 2) * sizeof *env);
+    if (env == NULL)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], WORKER_ENV, sizeof WORKER_ENV - 1) != 0)
+            env[k++] = environ[i];
+    env[k++] = (char *)WORKER_ENV_VALUE;
+    env[k] = NULL;
+    return env;
+}
+
+/* dup2 onto 3 and 4 is safe only from descriptors above both. */
+static int lift(int *fd)
+{
+    if (*fd >= FIRST_FREE_FD)
+        return 0;
+    int nfd = fcntl(*fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
+    if (nfd < 0)
+        return -errno;
+    tbx__close(*fd);
+    *fd = nfd;
+    return 0;
+}
+
+static int do_spawn(tbx__call *c, pid_t *pid, int req_fd, int res_fd)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t set;
+    short flags = POSIX_SPAWN_SETPGROUP;
+    spawn_config *cfg = NULL;
+    const char *path = c->opts.executable;
+    char *const *argv = c->opts.argv;
+    char *self_argv[2] = {NULL, NULL};
+    int rc;
+
+    if (path == NULL && (cfg = config_get()) != NULL) {
+        path = cfg->path;
+        argv = cfg->argv;
+    }
+    if (path == NULL)
+        path = "/proc/self/exe";
+    if (argv == NULL) {
+        self_argv[0] = (char *)(c->opts.executable || cfg ? path : program_invocation_name);
+        argv = self_argv;
+    }
+    char **env = worker_env();
+    if (env == NULL) {
+        config_unref(cfg);
+        return -ENOMEM;
+    }
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    rc = posix_spawn_file_actions_adddup2(&fa, req_fd, 3);
+    if (rc == 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, res_fd, 4);
+    if (rc == 0)
+        rc = posix_spawn_file_actions_addclosefrom_np(&fa, FIRST_FREE_FD);
+    if (rc == 0)
+        rc = posix_spawnattr_setpgroup(&attr, 0);
+    if (rc == 0 && c->opts.reset_signals) {
+        flags |= POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
+        sigfillset(&set);
+        rc = posix_spawnattr_setsigdefault(&attr, &set);
+        sigemptyset(&set);
+        if (rc == 0)
+            rc = posix_spawnattr_setsigmask(&attr, &set);
+    }
+    if (rc == 0)
+        rc = posix_spawnattr_setflags(&attr, flags);
+    if (rc == 0)
+        rc = posix_spawn(pid, path, &fa, &attr, argv, env);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    free(env);
+    config_unref(cfg);
+    return -rc;
+}
+
+static int spawn_launch(tbx__call *c, tbx__child *child)
+{
+    int sv[2] = {-1, -1}, res[2] = {-1, -1}, rc;
+    pid_t pid;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        return -errno;
+    rc = tbx__pipe(res, 0);
+    if (rc == 0)
+        rc = lift(&sv[1]);
+    if (rc == 0)
+        rc = lift(&res[1]);
+    if (rc == 0)
+        rc = do_spawn(c, &pid, sv[1], res[1]);
+    tbx__close(sv[1]);
+    tbx__close(res[1]);
+    if (rc != 0) {
+        /* glibc reports a failed exec here and has reaped that child. */
+        tbx__close(sv[0]);
+        tbx__close(res[0]);
+        return rc;
+    }
+    child->pid = pid;
+    child->result_fd = res[0];
+    child->request_fd = sv[0];
+    child->worker = 1;
+    child->pidfd = tbx__pidfd_open(pid);
+    if (child->pidfd == -ENOSYS) {
+        child->pidfd = -1;
+    } else if (child->pidfd < 0) {
+        int wstatus;
+        rc = child->pidfd;
+        (void)kill(-pid, SIGKILL);
+        (void)kill(pid, SIGKILL);
+        (void)tbx__reap(pid, &wstatus, 0);
+        tbx__close(sv[0]);
+        tbx__close(res[0]);
+        return rc;
+    }
+    return 0;
+}
+
+const tbx__launcher tbx__launch_spawn = {"spawn", spawn_launch};
