@@ -96,8 +96,10 @@ typedef int tbx_fn(const msgpack_object *args, msgpack_packer *result, void *ctx
  *     TBX_REGISTER(add);
  *
  * Registration runs as a constructor when the executable or the shared
- * library that holds the macro is loaded, and is undone when a shared library
- * is unloaded; it allocates nothing.  Names must be unique within a process.
+ * library that holds the macro is loaded (at priority 101, before ordinary
+ * constructors, so a tbx_init() called from a constructor sees every
+ * function), and is undone when a shared library is unloaded; it allocates
+ * nothing.  Names must be unique within a process.
  */
 typedef struct tbx_registration {
     const char *name;
@@ -117,7 +119,7 @@ TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
 
 #define TBX_REGISTER(fn)                                                        \
     static tbx_registration tbx__registration_##fn = {#fn, fn, NULL};          \
-    __attribute__((constructor)) static void tbx__register_##fn(void)          \
+    __attribute__((constructor(101))) static void tbx__register_##fn(void)     \
     {                                                                           \
         tbx_register(&tbx__registration_##fn);                                 \
     }                                                                           \
@@ -154,7 +156,7 @@ TBX_EXTERN int tbx_remove_child_hook(tbx_hook_fn *hook, void *arg);
 
 /* File-scope form: adds hook(NULL) when the program or library loads. */
 #define TBX_CHILD_HOOK(hook)                                                    \
-    __attribute__((constructor)) static void tbx__child_hook_##hook(void)      \
+    __attribute__((constructor(101))) static void tbx__child_hook_##hook(void) \
     {                                                                           \
         (void)tbx_add_child_hook(hook, NULL);                                   \
     }                                                                           \
