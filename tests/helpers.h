@@ -1,0 +1,144 @@
+/*
+ * Shared helpers for timebox's Criterion suites.
+ *
+ * Every test runs with tbx_fixture_init/tbx_fixture_check: the fixture records
+ * this (test) process's descriptors before the test and checks afterwards that
+ * the same ones are open and that no child process, running or zombie, is
+ * left.  Criterion runs each test in a process of its own, so these checks
+ * never see another test's descriptors or children.
+ *
+ * Start methods: TBX_TEST(suite, name) declares a test parameterized over
+ * tbx_test_methods[]; the body reads the method as `*method` and builds its
+ * options with test_opts(*method).  Adding TBX_SPAWN or TBX_FORKSERVER to the
+ * table when they land runs every such test under them too.
+ */
+#ifndef TBX_TEST_HELPERS_H
+#define TBX_TEST_HELPERS_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <timebox.h>
+
+/* The start methods every parameterized test runs under.  One line to add a
+ * method: TBX_SPAWN and TBX_FORKSERVER return TBX_EINVAL today. */
+static const tbx_method tbx_test_methods[] = {
+    TBX_FORK,
+};
+#define TBX_TEST_NMETHODS (sizeof tbx_test_methods / sizeof tbx_test_methods[0])
+
+/* The fixture every test uses.  init records the state; check asserts it is
+ * back.  The check runs at the end of the test's body, not in Criterion's
+ * .fini: Criterion 2.4 prints an assertion that fails in .fini but still
+ * counts the test as passed.  A test whose body failed earlier has failed
+ * anyway. */
+void tbx_fixture_init(void);
+void tbx_fixture_check(void);
+
+/* A test run once per start method; the body sees `const tbx_method *method`.
+ * Criterion ends a test that runs over 120 s (a hang, not a slow machine). */
+#define TBX_TEST(suite, name, ...)                                              \
+    static void suite##__##name##__body(const tbx_method *method);              \
+    ParameterizedTestParameters(suite, name)                                    \
+    {                                                                           \
+        return cr_make_param_array(tbx_method, (tbx_method *)tbx_test_methods,  \
+                                   TBX_TEST_NMETHODS);                          \
+    }                                                                           \
+    ParameterizedTest(const tbx_method *method, suite, name,                    \
+                      .init = tbx_fixture_init, .timeout = 120.0, ##__VA_ARGS__) \
+    {                                                                           \
+        suite##__##name##__body(method);                                        \
+        tbx_fixture_check();                                                    \
+    }                                                                           \
+    static void suite##__##name##__body(__attribute__((unused)) const tbx_method *method)
+
+/* A test that does not depend on the start method, with the same fixture. */
+#define TBX_PLAIN_TEST(suite, name, ...)                                        \
+    static void suite##__##name##__body(void);                                  \
+    Test(suite, name, .init = tbx_fixture_init, .timeout = 120.0, ##__VA_ARGS__) \
+    {                                                                           \
+        suite##__##name##__body();                                              \
+        tbx_fixture_check();                                                    \
+    }                                                                           \
+    static void suite##__##name##__body(void)
+
+/* Options with the defaults and the given method. */
+tbx_opts test_opts(tbx_method method);
+
+/* ------------------------------------------------------------- arguments
+ * pack(sb, fmt, ...) initialises sb and packs into it, by fmt:
+ *   i int64   u uint64   d double   s string (const char *)   n nil
+ *   t true    f false    x bin (const void *, size_t)
+ *   a array header (int count)   m map header (int count, then 2*count items)
+ * Spaces are ignored.  The caller destroys sb with msgpack_sbuffer_destroy. */
+void pack(msgpack_sbuffer *sb, const char *fmt, ...);
+
+/* -------------------------------------------------------- reading values */
+const msgpack_object *map_get(const msgpack_object *map, const char *key);
+bool obj_str_eq(const msgpack_object *o, const char *s);
+/* An integer of either sign as int64 (asserts it is an integer). */
+int64_t obj_int(const msgpack_object *o);
+
+/* -------------------------------------------------------- process state */
+/* Open descriptors of this process (not counting the one used to list them). */
+int count_fds(void);
+/* Writes "fd -> target" lines for every open descriptor into buf. */
+void describe_fds(char *buf, size_t len);
+/* Children of this process, running or zombie; pids into pids[0..max). */
+int list_children(pid_t *pids, int max);
+/* 'R', 'S', 'Z', ... for pid, or 0 if it does not exist. */
+char proc_state(pid_t pid);
+/* Waits up to timeout_s for pid to be gone: kill(pid, 0) fails with ESRCH,
+ * or it is a zombie that is not our child (dead, its parent's to reap).
+ * Returns true if it is gone. */
+bool wait_gone(pid_t pid, double timeout_s);
+/* Makes this test process the subreaper of its descendants, so orphaned
+ * grandchildren become its children (and the fixture would notice them). */
+void become_subreaper(void);
+
+/* Monotonic seconds. */
+double now_s(void);
+void sleep_s(double s);
+
+/* Raises RLIMIT_NOFILE's soft limit to the hard limit. */
+void raise_nofile_limit(void);
+
+/* ------------------------------------------- functions run in the child
+ * Defined and registered (TBX_REGISTER) in helpers.c. */
+
+/* Packs its argument back. */
+int fn_echo(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* args: milliseconds to sleep (uint); packs the argument back. */
+int fn_sleep_ms(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* args: nil; ignores SIGTERM and sleeps 60 s. */
+int fn_ignore_term(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* raise(SIGSEGV). */
+int fn_segv(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* abort(). */
+int fn_abort(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* _exit(args). */
+int fn_exit(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* args [kind, n]: a mix for stress tests.
+ *   0: ok, packs n * 2     1: sleeps 60 s (to time out)     2: raise(SIGSEGV)
+ *   3: tbx_fail(n)         4: _exit(n)  */
+int fn_mixed(const msgpack_object *args, msgpack_packer *result, void *ctx);
+
+enum { MIX_OK, MIX_HANG, MIX_SEGV, MIX_FAIL, MIX_EXIT, MIX_KINDS };
+
+/* NULL if r (returned as rc by a call of fn_mixed(kind, n)) is what that kind
+ * gives, else what is wrong (a thread-local buffer).  Safe on any thread:
+ * it asserts nothing, so threads can collect and the main thread assert. */
+const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r);
+
+/* Sleeps s seconds even through signals; usable in a child. */
+void child_sleep(double s);
+
+#endif /* TBX_TEST_HELPERS_H */
