@@ -33,8 +33,6 @@ done
 
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
-echo "deps.sh: installing ${missing[*]}" >&2
-
 if [[ $(id -u) -eq 0 ]]; then
     sudo=()
 elif command -v sudo >/dev/null 2>&1; then
@@ -43,6 +41,7 @@ else
     die "need root (or sudo) to install: ${missing[*]}"
 fi
 
+echo "deps.sh: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
