@@ -74,6 +74,8 @@ static int grow(result_buf *rb, size_t need)
 static int result_write(void *data, const char *buf, size_t len)
 {
     result_buf *rb = data;
+    if (len == 0) /* msgpack hands over (NULL, 0) for empty strings */
+        return 0;
     if (rb->len + len > rb->max || rb->out_of_memory) {
         /* Over max_result: stop storing but keep counting, so the header
          * tells the parent the size it refuses. */

@@ -2,7 +2,9 @@
  * timebox on a libuv loop: many deadlined calls in flight on one loop.
  *
  * The one timebox header that includes <uv.h>.  Everything here must be used
- * from the thread that runs the loop, as with libuv itself.
+ * from the thread that runs the loop, as with libuv itself.  Under a strict
+ * -std=c11, define _DEFAULT_SOURCE (or _POSIX_C_SOURCE=200809L) before
+ * including it: <uv.h> needs POSIX types such as pthread_rwlock_t.
  */
 #ifndef TIMEBOX_UV_H
 #define TIMEBOX_UV_H
