@@ -44,8 +44,10 @@ void tbx_fixture_init(void);
 void tbx_fixture_check(void);
 
 /* A test run once per start method; the body sees `const tbx_method *method`.
- * Criterion ends a test that runs over 120 s (a hang, not a slow machine). */
-#define TBX_TEST(suite, name, ...)                                              \
+ * Criterion ends a test that runs over 120 s (a hang, not a slow machine);
+ * TBX_TEST_T sets another limit. */
+#define TBX_TEST(suite, name, ...) TBX_TEST_T(suite, name, 120.0, ##__VA_ARGS__)
+#define TBX_TEST_T(suite, name, timeout_s, ...)                                 \
     static void suite##__##name##__body(const tbx_method *method);              \
     ParameterizedTestParameters(suite, name)                                    \
     {                                                                           \
@@ -53,7 +55,7 @@ void tbx_fixture_check(void);
                                    TBX_TEST_NMETHODS);                          \
     }                                                                           \
     ParameterizedTest(const tbx_method *method, suite, name,                    \
-                      .init = tbx_fixture_init, .timeout = 120.0, ##__VA_ARGS__) \
+                      .init = tbx_fixture_init, .timeout = (timeout_s), ##__VA_ARGS__) \
     {                                                                           \
         suite##__##name##__body(method);                                        \
         tbx_fixture_check();                                                    \
