@@ -1,7 +1,10 @@
 /*
  * fork_latency: what a trivial tbx_call costs over the bare system calls.
  *
- *   fork_latency [iterations]     (default 2000, after 200 of warm-up)
+ *   fork_latency [iterations [floor|tbx_deadline|tbx_nodeadline]]
+ *
+ * Default 2000 iterations, after 200 of warm-up.  Naming a series runs that
+ * one alone, without warm-up, for a profiler (strace -c, perf, valgrind).
  *
  * Three series, measured in one run and interleaved (each iteration runs all
  * three, in an order that rotates), so that machine noise hits them alike:
@@ -18,6 +21,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -100,13 +104,25 @@ int main(int argc, char **argv)
     bench_series_init(&s[DEADLINE], "tbx_deadline", n);
     bench_series_init(&s[NODEADLINE], "tbx_nodeadline", n);
 
-    for (size_t i = 0; i < WARMUP + n; i++) {
+    int only = -1;
+    for (int k = 0; argc > 2 && k < KINDS; k++)
+        if (strcmp(argv[2], s[k].name) == 0)
+            only = k;
+    if (argc > 2 && only < 0) {
+        fprintf(stderr, "fork_latency: unknown series %s\n", argv[2]);
+        return 2;
+    }
+    size_t warmup = only < 0 ? WARMUP : 0;
+
+    for (size_t i = 0; i < warmup + n; i++) {
         for (int k = 0; k < KINDS; k++) {
             int kind = (int)((i + (size_t)k) % KINDS);
+            if (only >= 0 && kind != only)
+                continue;
             double us = kind == FLOOR      ? run_floor()
                         : kind == DEADLINE ? run_tbx(&with)
                                            : run_tbx(&without);
-            if (i >= WARMUP)
+            if (i >= warmup)
                 bench_series_add(&s[kind], us);
         }
     }
@@ -115,11 +131,15 @@ int main(int argc, char **argv)
     for (int k = 0; k < KINDS; k++) {
         rows[k].name = s[k].name;
         rows[k].st = bench_summarise(&s[k]);
-        rows[k].base = k == FLOOR ? NULL : &rows[FLOOR].st;
+        rows[k].base = k == FLOOR || only >= 0 ? NULL : &rows[FLOOR].st;
     }
-    bench_report("fork_latency", "fork_latency: trivial call vs fork+pipe+waitpid", rows,
-                 KINDS);
-    for (int k = DEADLINE; k < KINDS; k++) {
+    if (only >= 0) /* a profiling run: no table, no CSV */
+        printf("%s: n=%zu median_us=%.1f p99_us=%.1f\n", rows[only].name, rows[only].st.n,
+               rows[only].st.median, rows[only].st.p99);
+    else
+        bench_report("fork_latency", "fork_latency: trivial call vs fork+pipe+waitpid", rows,
+                     KINDS);
+    for (int k = DEADLINE; only < 0 && k < KINDS; k++) {
         double x = rows[k].st.median / rows[FLOOR].st.median;
         printf("%-16s median %.2fx the floor: target 1.5x %s, long-term 1.2x %s\n",
                rows[k].name, x, x <= 1.5 ? "met" : "MISSED", x <= 1.2 ? "met" : "missed");
