@@ -163,12 +163,40 @@ TBX_EXTERN int tbx_remove_child_hook(tbx_hook_fn *hook, void *arg);
     typedef int tbx__child_hooked_##hook
 
 /* ------------------------------------------------------------------------
+ * Preload hooks (forkserver)
+ *
+ * A preload hook runs once in the forkserver, before it serves: load a model,
+ * parse a config, warm a cache.  Every child the server forks inherits the
+ * work copy-on-write and does not pay for it again.  A hook returning
+ * non-zero makes the server refuse to start (tbx_forkserver_start returns
+ * TBX_EFAILED).
+ */
+typedef int tbx_preload_fn(void);
+
+/* File scope, like TBX_REGISTER: every TBX_PRELOAD in the program (and in the
+ * libraries the server preloads) runs in the server, in load order. */
+#define TBX_PRELOAD(hook)                                                       \
+    __attribute__((constructor(101))) static void tbx__preload_##hook(void)    \
+    {                                                                           \
+        (void)tbx_add_preload_hook(hook);                                       \
+    }                                                                           \
+    typedef int tbx__preloaded_##hook
+
+/* Adds a preload hook; in the caller it only records it.  Returns 0 or
+ * -ENOSPC past TBX_MAX_CHILD_HOOKS hooks.  Thread-safe. */
+TBX_EXTERN int tbx_add_preload_hook(tbx_preload_fn *hook);
+
+/* ------------------------------------------------------------------------
  * Options
  */
 typedef enum {
     TBX_METHOD_DEFAULT = 0, /* the process default: fork unless changed */
     TBX_FORK,               /* fork the caller: fastest for a small caller */
-    TBX_FORKSERVER,         /* fork from a small clean server (not yet built) */
+    TBX_FORKSERVER,         /* fork from a small, clean, single-threaded server
+                               process (tbx_forkserver_start): cost flat in
+                               the caller's size and threads; fn must be
+                               registered, and the program must call
+                               tbx_init() first in main(). */
     TBX_SPAWN               /* posix_spawn a fresh program: this one (via
                                /proc/self/exe) or opts.executable.  Its cost
                                does not grow with the caller's memory, and it
@@ -191,8 +219,9 @@ typedef struct tbx_opts {
                              resources; 0 keeps the handlers and the caller's
                              mask. */
     size_t max_result;    /* Largest result accepted, in bytes of msgpack.
-                             Default 256 MiB; larger -> TBX_ETOOBIG, child
-                             killed, parent memory bounded by it. */
+                             Default 256 MiB (also when 0); larger ->
+                             TBX_ETOOBIG, child killed, parent memory
+                             bounded by it. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
     const char *executable; /* spawn: the program to run as the worker;
@@ -288,6 +317,53 @@ TBX_EXTERN void tbx_result_free(tbx_result *r);
  */
 TBX_EXTERN int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
                         const tbx_opts *opts, tbx_result *out);
+
+/* ------------------------------------------------------------------------
+ * The forkserver
+ *
+ * A small, clean, single-threaded process that forks the children of
+ * TBX_FORKSERVER calls, whatever the size or threading of the caller.  It is
+ * a fresh copy of this program (or of opts.executable), started with
+ * posix_spawn, that becomes the server inside tbx_init(): the caller never
+ * forks itself.  It is the parent of the children: it reaps them, kills
+ * their process groups, and enforces each call's deadline itself as a
+ * backstop, so a caller that dies mid-call leaves nothing running.  It exits
+ * when its creator closes the connection or exits.
+ *
+ * Children forked by the server run the TBX_CHILD_HOOK hooks of the server's
+ * program (runtime tbx_add_child_hook calls in the caller do not reach it).
+ */
+typedef struct tbx_forkserver_opts {
+    const char *executable;    /* NULL: this program (/proc/self/exe), whose
+                                  main() calls tbx_init() first; or
+                                  timebox-worker */
+    char *const *argv;         /* argv for executable; NULL: { executable } */
+    const char *const *preload; /* shared objects to dlopen in the server
+                                  before it serves (their TBX_REGISTER and
+                                  TBX_PRELOAD run there); NULL-terminated */
+    unsigned max_children;     /* children alive at once; more: -EAGAIN.
+                                  0 (default): 1024 */
+    double request_timeout_s;  /* how long a request may take to arrive
+                                  whole before the server drops it; default 10 */
+} tbx_forkserver_opts;
+
+TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);
+
+/* Starts this process's forkserver and waits until it serves (its preload
+ * hooks have run).  opts may be NULL.  Started on the first TBX_FORKSERVER
+ * call if not started explicitly.  Returns 0 (also when already running),
+ * -errno if it could not be started, TBX_EFAILED if a preload hook failed,
+ * TBX_EEXITED if it exited before serving (does its main() call tbx_init
+ * first?).  Thread-safe and idempotent.  If the server dies, calls in flight
+ * fail at once with -ECONNRESET and the next call starts a new one. */
+TBX_EXTERN int tbx_forkserver_start(const tbx_forkserver_opts *opts);
+
+/* Stops the forkserver: it kills its children and exits; waits for it.
+ * Calls in flight fail with -ECONNRESET.  No-op when none runs.  Thread-safe. */
+TBX_EXTERN void tbx_forkserver_stop(void);
+
+/* The forkserver's pid, or 0 when none runs. */
+TBX_EXTERN pid_t tbx_forkserver_pid(void);
 
 /* ------------------------------------------------------------------------
  * Inside the child

@@ -173,6 +173,7 @@ void tbx__child_forget_parent(void)
 {
     tbx__deadline_forget_parent();
     tbx__loop_forget_parent();
+    tbx__forkserver_forget_parent();
 }
 
 void tbx__child_main(const tbx__child_spec *spec)

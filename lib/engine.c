@@ -28,16 +28,16 @@
 #include <unistd.h>
 
 #define TBX__DEFAULT_MAX_RESULT ((size_t)256 << 20)
-#define TBX__READ_CHUNK ((size_t)64 << 10)
 
 static void finish(tbx__call *c);
 static void close_cb(uv_handle_t *h);
+static void request_end(tbx__call *c);
 
 static atomic_int default_method = TBX_FORK;
 
 int tbx_set_default_method(tbx_method method)
 {
-    if (method != TBX_FORK && method != TBX_SPAWN)
+    if (method != TBX_FORK && method != TBX_SPAWN && method != TBX_FORKSERVER)
         return TBX_EINVAL;
     atomic_store(&default_method, (int)method);
     return 0;
@@ -64,8 +64,9 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     if (c->opts.method == TBX_METHOD_DEFAULT)
         c->opts.method = (tbx_method)atomic_load(&default_method);
-    if (c->opts.method != TBX_FORK && c->opts.method != TBX_SPAWN)
-        return TBX_EINVAL; /* the forkserver is not built yet */
+    if (c->opts.method != TBX_FORK && c->opts.method != TBX_SPAWN &&
+        c->opts.method != TBX_FORKSERVER)
+        return TBX_EINVAL;
     /* A program spawned as a worker that skipped tbx_init would otherwise
      * spawn itself again, and again. */
     if (tbx__worker_unserved())
@@ -78,6 +79,8 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     c->child.pidfd = -1;
     c->child.result_fd = -1;
     c->child.request_fd = -1;
+    c->child.control_fd = -1;
+    c->control_fd_in = -1;
     c->child.worker = 0;
     tbx__deadline_init(&c->deadline, NULL);
     if (c->opts.method != TBX_FORK) {
@@ -98,6 +101,7 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
         c->request.name_len = (uint32_t)name_len;
         c->request.args_len = args_len;
         c->request.timeout_ns = c->opts.timeout_s > 0 ? seconds_to_ns(c->opts.timeout_s) : 0;
+        c->request.grace_ns = seconds_to_ns(c->opts.grace_s);
         c->request.max_result = c->opts.max_result;
         return 0;
     }
@@ -132,6 +136,23 @@ static void release_args(tbx__call *c)
 static void signal_child(tbx__call *c, int sig)
 {
     pid_t pid = c->child.pid;
+    if (c->child.control_fd >= 0 && c->child.request_fd >= 0) {
+        /* The request is still on its way, and a KILL would land in the
+         * middle of it: the server hears our end close instead, drops the
+         * call, and closes its end. */
+        request_end(c);
+        (void)shutdown(c->child.control_fd, SHUT_WR);
+        return;
+    }
+    if (c->child.control_fd >= 0) {
+        /* The server's child: the server signals the group (it alone may,
+         * since it reaps), the pidfd reaches the child at once. */
+        tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_KILL, 0, sig};
+        (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (c->child.pidfd >= 0)
+            (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
+        return;
+    }
     int group_ok = kill(-pid, sig) == 0;
     if (!group_ok || getpgid(pid) != pid) {
         if (c->child.pidfd >= 0)
@@ -208,22 +229,6 @@ static void reject(tbx__call *c, int why)
     escalate(c, why, 1);
 }
 
-static int grow_payload(tbx__call *c)
-{
-    /* Grow with the data actually received, never straight to a length the
-     * child claims: the claim is bounded by max_result, the memory by what
-     * arrived. */
-    uint64_t want = c->payload_cap ? 2 * (uint64_t)c->payload_cap : TBX__READ_CHUNK;
-    if (want > c->hdr.len)
-        want = c->hdr.len;
-    char *p = realloc(c->payload, (size_t)want);
-    if (p == NULL)
-        return -ENOMEM;
-    c->payload = p;
-    c->payload_cap = (size_t)want;
-    return 0;
-}
-
 /* The header is complete: check it and start on its payload. */
 static void on_header(tbx__call *c)
 {
@@ -259,7 +264,10 @@ static void drain(tbx__call *c)
             n = tbx__read(c->child.result_fd, (char *)&c->hdr + c->hdr_got,
                           sizeof c->hdr - c->hdr_got);
         } else {
-            if (c->payload_got == c->payload_cap && grow_payload(c) != 0) {
+            /* The buffer grows with the data that arrived, never straight to
+             * the length the child claims. */
+            if (c->payload_got == c->payload_cap &&
+                tbx__grow_buffer(&c->payload, &c->payload_cap, c->hdr.len) != 0) {
                 c->sys_error = -ENOMEM;
                 return reject(c, -ENOMEM);
             }
@@ -437,6 +445,73 @@ static void check_exit(tbx__call *c)
     finish(c);
 }
 
+/* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
+ * server reaps; its EXITED comes after the child's group is gone.  The socket
+ * closing before that means the server died. */
+static void server_gone(tbx__call *c)
+{
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, SIGKILL);
+    c->server_gone = 1;
+    c->wstatus = -1;
+    c->reaped = 1;
+    drain(c);
+    finish(c);
+}
+
+static void control_cb(uv_poll_t *h, int status, int events)
+{
+    tbx__call *c = h->data;
+    TBX__UNUSED(events);
+    while (!c->reaped && status >= 0) {
+        int fd = -1, nfds = 1;
+        ssize_t n = tbx__recv_fds(c->child.control_fd, (char *)&c->control + c->control_got,
+                                  sizeof c->control - c->control_got, &fd, &nfds, MSG_DONTWAIT);
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0)
+            break;
+        if (nfds == 1) { /* only LAUNCHED brings one, and only once */
+            if (c->control_fd_in >= 0)
+                tbx__close(c->control_fd_in);
+            c->control_fd_in = fd;
+        }
+        c->control_got += (size_t)n;
+        if (c->control_got < sizeof c->control)
+            continue;
+        c->control_got = 0;
+        tbx__control *m = &c->control;
+        if (tbx__control_check(m, 1) != 0)
+            break;
+        if (m->kind == TBX__CTL_LAUNCHED && c->child.pid == 0 && m->pid > 0) {
+            c->child.pid = m->pid;
+            c->child.pidfd = c->control_fd_in;
+            c->control_fd_in = -1;
+            if (c->kill_signal != 0 && c->child.pidfd >= 0)
+                (void)tbx__pidfd_send_signal(c->child.pidfd, c->kill_signal);
+        } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
+            c->wstatus = m->code;
+            c->reaped = 1;
+            drain(c);
+            finish(c);
+            return;
+        } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {
+            /* Nothing launched; a worker-style ERROR frame may explain. */
+            if (m->code < 0 && m->code > -4096)
+                c->sys_error = m->code;
+            c->wstatus = -1;
+            c->reaped = 1;
+            drain(c);
+            finish(c);
+            return;
+        } else {
+            break;
+        }
+    }
+    if (!c->reaped)
+        server_gone(c);
+}
+
 static void exit_cb(uv_poll_t *h, int status, int events)
 {
     TBX__UNUSED(status);
@@ -499,6 +574,10 @@ static int classify(tbx__call *c, tbx_result *r)
 {
     if (c->sys_error != 0)
         return c->sys_error;
+    if (c->server_gone && c->verdict == 0) {
+        set_message(r, "the forkserver exited during the call");
+        return -ECONNRESET;
+    }
     if (c->verdict == TBX_ETIMEDOUT && c->child.worker && !c->started)
         set_message(r, "deadline passed before the spawned program started the function "
                        "(does its main() call tbx_init(argc, argv) first?)");
@@ -576,6 +655,16 @@ static void close_cb(uv_handle_t *h)
         c->abandoned_cb(c);
 }
 
+/* The handle that learns of the child's end: control, pidfd or timer. */
+static uv_handle_t *exit_handle(tbx__call *c)
+{
+    if (c->child.control_fd >= 0)
+        return (uv_handle_t *)&c->control_poll;
+    if (c->child.pidfd >= 0)
+        return (uv_handle_t *)&c->exit_poll;
+    return (uv_handle_t *)&c->exit_timer;
+}
+
 static void finish(tbx__call *c)
 {
     c->finishing = 1;
@@ -583,13 +672,12 @@ static void finish(tbx__call *c)
     request_end(c);
     tbx__deadline_stop(&c->deadline);
     uv_close((uv_handle_t *)&c->result_poll, close_cb);
-    if (c->child.pidfd >= 0)
-        uv_close((uv_handle_t *)&c->exit_poll, close_cb);
-    else
-        uv_close((uv_handle_t *)&c->exit_timer, close_cb);
+    uv_close(exit_handle(c), close_cb);
     tbx__close(c->child.result_fd);
     tbx__close(c->child.pidfd);
-    c->child.result_fd = c->child.pidfd = -1;
+    tbx__close(c->child.control_fd);
+    tbx__close(c->control_fd_in);
+    c->child.result_fd = c->child.pidfd = c->child.control_fd = c->control_fd_in = -1;
 }
 
 /* ------------------------------------------------------------------ launch */
@@ -598,9 +686,14 @@ static void finish(tbx__call *c)
 static void abandon(tbx__call *c)
 {
     int wstatus;
-    (void)kill(-c->child.pid, SIGKILL);
-    (void)kill(c->child.pid, SIGKILL);
-    (void)tbx__reap(c->child.pid, &wstatus, 0);
+    /* A server's child is the server's to end: closing the control socket
+     * tells it to. */
+    if (c->child.control_fd < 0) {
+        (void)kill(-c->child.pid, SIGKILL);
+        (void)kill(c->child.pid, SIGKILL);
+        (void)tbx__reap(c->child.pid, &wstatus, 0);
+    }
+    tbx__close(c->child.control_fd);
     tbx__close(c->child.result_fd);
     tbx__close(c->child.pidfd);
     tbx__close(c->child.request_fd);
@@ -616,7 +709,14 @@ static int watch(tbx__call *c)
     c->result_poll.data = c;
     c->open_handles = 1;
     c->reading = 1;
-    if (c->child.pidfd >= 0) {
+    if (c->child.control_fd >= 0) {
+        rc = uv_poll_init(c->loop, &c->control_poll, c->child.control_fd);
+        if (rc == 0) {
+            c->control_poll.data = c;
+            c->open_handles++;
+            rc = uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
+        }
+    } else if (c->child.pidfd >= 0) {
         rc = uv_poll_init(c->loop, &c->exit_poll, c->child.pidfd);
         if (rc == 0) {
             c->exit_poll.data = c;
@@ -640,8 +740,9 @@ static int watch(tbx__call *c)
 
 int tbx__engine_run(tbx__call *c)
 {
-    const tbx__launcher *launcher =
-        c->opts.method == TBX_SPAWN ? &tbx__launch_spawn : &tbx__launch_fork;
+    const tbx__launcher *launcher = c->opts.method == TBX_SPAWN        ? &tbx__launch_spawn
+                                    : c->opts.method == TBX_FORKSERVER ? &tbx__launch_forkserver
+                                                                       : &tbx__launch_fork;
     int rc;
 
     c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
@@ -671,12 +772,10 @@ int tbx__engine_run(tbx__call *c)
         if (c->open_handles > 0)
             uv_close((uv_handle_t *)&c->result_poll, close_cb);
         if (c->open_handles > 1)
-            uv_close(c->child.pidfd >= 0 ? (uv_handle_t *)&c->exit_poll
-                                         : (uv_handle_t *)&c->exit_timer,
-                     close_cb);
+            uv_close(exit_handle(c), close_cb);
         if (c->writing)
             uv_close((uv_handle_t *)&c->request_poll, close_cb);
-        c->child.result_fd = c->child.pidfd = c->child.request_fd = -1;
+        c->child.result_fd = c->child.pidfd = c->child.request_fd = c->child.control_fd = -1;
         return rc;
     }
     return 0;

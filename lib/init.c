@@ -1,6 +1,7 @@
 /*
  * tbx_init: the process set-up.  A process that timebox spawned as a worker
- * serves its call here and never returns; any other returns 0 at once.
+ * serves its call here, and one spawned as a forkserver serves until its
+ * creator is gone; neither returns.  Any other returns 0 at once.
  */
 #include "internal.h"
 
@@ -9,5 +10,6 @@ int tbx_init(int argc, char **argv)
     TBX__UNUSED(argc);
     TBX__UNUSED(argv);
     tbx__worker_maybe_serve();
+    tbx__forkserver_maybe_serve();
     return 0;
 }

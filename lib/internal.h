@@ -81,12 +81,66 @@ typedef struct tbx__request_header {
     uint64_t args_len;
     uint64_t deadline_ns;  /* absolute CLOCK_MONOTONIC (hard); 0: none */
     uint64_t timeout_ns;   /* soft deadlines: counted from START */
+    uint64_t grace_ns;     /* SIGTERM -> SIGKILL, for the server's backstop */
     uint64_t max_result;
 } tbx__request_header;
 
 /* 0 if hdr is a well-formed request header within the limits above;
  * TBX_EPROTO otherwise. */
 int tbx__request_check(const tbx__request_header *hdr);
+
+/* The forkserver.  A client's connection (SOCK_SEQPACKET) carries one
+ * message per call: a tbx__hello and, by SCM_RIGHTS, exactly two fds: the
+ * server's end of the call's control socket and the write end of its result
+ * pipe.  The control socket (SOCK_STREAM) then carries the request (as for
+ * spawn) to the server, tbx__control messages from it (LAUNCHED with a pidfd
+ * by SCM_RIGHTS, then EXITED; or ERROR), and KILL messages to it.  The
+ * client closing its end means it is gone: the server kills the child. */
+#define TBX__HELLO_MAGIC 0x43584254u   /* "TBXC" */
+#define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
+
+typedef struct tbx__hello {
+    uint32_t magic;
+    uint32_t version;
+} tbx__hello;
+
+enum {
+    TBX__CTL_LAUNCHED = 1, /* pid; a pidfd rides along */
+    TBX__CTL_EXITED = 2,   /* wstatus: the child is reaped, its group gone */
+    TBX__CTL_ERROR = 3,    /* code: nothing was launched */
+    TBX__CTL_KILL = 4      /* client -> server: code = the signal */
+};
+
+typedef struct tbx__control {
+    uint32_t magic;
+    uint32_t kind;
+    int32_t pid;
+    int32_t code; /* wstatus, error code or signal */
+} tbx__control;
+
+/* 0 if m is a well-formed control message of a kind the receiver accepts
+ * (from_server: LAUNCHED, EXITED, ERROR; else KILL); TBX_EPROTO otherwise. */
+int tbx__control_check(const tbx__control *m, int from_server);
+
+/* SCM_RIGHTS.  send: one message with len bytes and nfds fds.  recv: up to
+ * *nfds fds into fds (CLOEXEC); a message with more, or truncated control
+ * data, closes every fd it brought and fails with -EBADMSG.  Both retry EINTR
+ * and never raise SIGPIPE.  Return bytes, or -errno. */
+ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds,
+                      int flags);
+ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags);
+
+/* Grows *buf toward total bytes with what has arrived: doubles from 64 KiB,
+ * never past total.  0 or -ENOMEM (*buf unchanged). */
+#define TBX__READ_CHUNK ((size_t)64 << 10)
+int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total);
+
+/* The forkserver's environment: its connection's fd, its limits
+ * ("max_children:request_timeout_ms"), and shared objects to preload
+ * (newline-separated). */
+#define TBX__FS_VAR "TIMEBOX_FORKSERVER"
+#define TBX__FS_LIMITS_VAR "TIMEBOX_FORKSERVER_LIMITS"
+#define TBX__FS_PRELOAD_VAR "TIMEBOX_FORKSERVER_PRELOAD"
 
 /* 0 if buf holds exactly one msgpack object, nested at most max_depth deep,
  * with no container count larger than the bytes that remain (so unpacking
@@ -95,7 +149,8 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth);
 
 /* ------------------------------------------------------------- registry */
 typedef struct tbx__hook {
-    tbx_hook_fn *fn;
+    tbx_hook_fn *fn;      /* a child hook, or NULL */
+    tbx_preload_fn *pre;  /* a preload hook, or NULL */
     void *arg;
 } tbx__hook;
 
@@ -137,6 +192,7 @@ typedef struct tbx__child {
     int pidfd;     /* -1 when the kernel has no pidfd */
     int result_fd; /* read end of the result pipe, CLOEXEC */
     int request_fd; /* -1, or our end of a socket the request goes down */
+    int control_fd; /* forkserver: the call's control socket; -1 otherwise */
     int worker;    /* 1: a fresh program that must say START before fn */
 } tbx__child;
 
@@ -150,9 +206,23 @@ typedef struct tbx__launcher {
 
 extern const tbx__launcher tbx__launch_fork;
 extern const tbx__launcher tbx__launch_spawn;
+extern const tbx__launcher tbx__launch_forkserver;
 
-/* The process-wide spawn executable and argv, NULL for /proc/self/exe. */
-const char *tbx__spawn_default_executable(char *const **argv);
+/* Starts a fresh program with posix_spawn: fds[i] placed at 3 + i, every
+ * other descriptor closed, env (NAME=value, NULL-terminated) added to the
+ * caller's environment, its own process group.  executable NULL: the process
+ * default, else this program.  Returns 0 or -errno (a failed exec too). */
+typedef struct tbx__spawn_spec {
+    const char *executable;
+    char *const *argv;
+    int fds[3];                /* each lifted (tbx__lift_fd) first */
+    int nfds;
+    const char *const *env;
+    int reset_signals;
+} tbx__spawn_spec;
+int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid);
+/* Moves *fd above the descriptors tbx__spawn places (CLOEXEC). */
+int tbx__lift_fd(int *fd);
 
 struct tbx__call {
     /* Set by the front door before tbx__engine_start. */
@@ -182,6 +252,12 @@ struct tbx__call {
     size_t request_copy_len;
     uv_poll_t request_poll;
 
+    /* forkserver: what arrives on the control socket. */
+    uv_poll_t control_poll;
+    tbx__control control;
+    size_t control_got;
+    int control_fd_in;         /* a pidfd that came with a partial message */
+
     /* The running child and its watchers. */
     tbx__child child;
     uv_poll_t result_poll;
@@ -206,6 +282,7 @@ struct tbx__call {
     unsigned args_unpacked : 1;
     unsigned abandoned : 1;
     unsigned writing : 1;
+    unsigned server_gone : 1;
     int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
     int kill_signal;
     int wstatus;
@@ -252,6 +329,34 @@ void tbx__worker_maybe_serve(void);
 __attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd);
 /* 1 if this process was started as a worker but never called tbx_init. */
 int tbx__worker_unserved(void);
+
+/* Reads one request of h.args_len args and name from fd (blocking), checks
+ * and unpacks it.  Returns 0, or a TBX_E* / -errno code with *why set. */
+typedef struct tbx__request {
+    tbx__request_header h;
+    char name[TBX__MAX_NAME + 1];
+    char *args_buf;
+    msgpack_zone zone;
+    msgpack_object args;
+    tbx_fn *fn;
+} tbx__request;
+/* Checks a complete request whose header, name and args_buf are filled in:
+ * looks fn up and unpacks the args.  Returns 0 or TBX_ENOTREG / TBX_EPROTO /
+ * -ENOMEM with a message in why. */
+int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len);
+void tbx__request_free(tbx__request *rq);
+/* The child spec that runs a resolved request. */
+void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *spec);
+
+/* The forkserver process: serves on conn (fd of its creator's connection)
+ * until that closes; never returns. */
+__attribute__((noreturn)) void tbx__forkserver_main(int conn);
+/* If this process was started as a forkserver, becomes it. */
+void tbx__forkserver_maybe_serve(void);
+/* A fork child: forgets the parent's forkserver connection. */
+void tbx__forkserver_forget_parent(void);
+/* Runs every TBX_PRELOAD hook; 0 or the first failure. */
+int tbx__run_preload_hooks(void);
 
 /* Forgets every timebox state inherited from a parent (a fork child). */
 void tbx__child_forget_parent(void);

@@ -21,9 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define WORKER_ENV "TIMEBOX_WORKER="
-#define WORKER_ENV_VALUE WORKER_ENV "3,4"
-#define FIRST_FREE_FD 5
+#define WORKER_ENV_VALUE "TIMEBOX_WORKER=3,4"
+#define FIRST_FREE_FD 6
 
 extern char **environ;
 
@@ -90,25 +89,33 @@ int tbx_set_spawn_executable(const char *executable, char *const *argv)
     return 0;
 }
 
-/* The caller's environment with TIMEBOX_WORKER set to our fds. */
-static char **worker_env(void)
+/* The caller's environment with `extra` (NAME=value strings) set in it. */
+static char **env_with(const char *const *extra)
 {
-    size_t n = 0;
+    size_t n = 0, k = 0, nx = 0;
     for (char **e = environ; e != NULL && *e != NULL; e++)
         n++;
-    char **env = malloc((n + 2) * sizeof *env);
+    while (extra[nx] != NULL)
+        nx++;
+    char **env = malloc((n + nx + 1) * sizeof *env);
     if (env == NULL)
         return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], WORKER_ENV, sizeof WORKER_ENV - 1) != 0)
+    for (size_t i = 0; i < n; i++) {
+        int replaced = 0;
+        for (size_t j = 0; j < nx && !replaced; j++) {
+            size_t len = (size_t)(strchr(extra[j], '=') - extra[j]) + 1;
+            replaced = strncmp(environ[i], extra[j], len) == 0;
+        }
+        if (!replaced)
             env[k++] = environ[i];
-    env[k++] = (char *)WORKER_ENV_VALUE;
+    }
+    for (size_t j = 0; j < nx; j++)
+        env[k++] = (char *)extra[j];
     env[k] = NULL;
     return env;
 }
 
-/* dup2 onto 3 and 4 is safe only from descriptors above both. */
+/* dup2 onto 3, 4, ... is safe only from descriptors above them all. */
 static int lift(int *fd)
 {
     if (*fd >= FIRST_FREE_FD)
@@ -121,18 +128,28 @@ static int lift(int *fd)
     return 0;
 }
 
-static int do_spawn(tbx__call *c, pid_t *pid, int req_fd, int res_fd)
+int tbx__lift_fd(int *fd)
+{
+    return lift(fd);
+}
+
+int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     sigset_t set;
     short flags = POSIX_SPAWN_SETPGROUP;
     spawn_config *cfg = NULL;
-    const char *path = c->opts.executable;
-    char *const *argv = c->opts.argv;
+    const char *path = sp->executable;
+    char *const *argv = sp->argv;
     char *self_argv[2] = {NULL, NULL};
-    int rc;
+    int rc = 0;
 
+    if (sp->nfds < 0 || sp->nfds > FIRST_FREE_FD - 3)
+        return -EINVAL;
+    for (int i = 0; i < sp->nfds; i++)
+        if (sp->fds[i] < FIRST_FREE_FD)
+            return -EINVAL; /* lift them first */
     if (path == NULL && (cfg = config_get()) != NULL) {
         path = cfg->path;
         argv = cfg->argv;
@@ -140,24 +157,23 @@ static int do_spawn(tbx__call *c, pid_t *pid, int req_fd, int res_fd)
     if (path == NULL)
         path = "/proc/self/exe";
     if (argv == NULL) {
-        self_argv[0] = (char *)(c->opts.executable || cfg ? path : program_invocation_name);
+        self_argv[0] = (char *)(sp->executable || cfg ? path : program_invocation_name);
         argv = self_argv;
     }
-    char **env = worker_env();
+    char **env = env_with(sp->env);
     if (env == NULL) {
         config_unref(cfg);
         return -ENOMEM;
     }
     posix_spawn_file_actions_init(&fa);
     posix_spawnattr_init(&attr);
-    rc = posix_spawn_file_actions_adddup2(&fa, req_fd, 3);
+    for (int i = 0; rc == 0 && i < sp->nfds; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, sp->fds[i], 3 + i);
     if (rc == 0)
-        rc = posix_spawn_file_actions_adddup2(&fa, res_fd, 4);
-    if (rc == 0)
-        rc = posix_spawn_file_actions_addclosefrom_np(&fa, FIRST_FREE_FD);
+        rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3 + sp->nfds);
     if (rc == 0)
         rc = posix_spawnattr_setpgroup(&attr, 0);
-    if (rc == 0 && c->opts.reset_signals) {
+    if (rc == 0 && sp->reset_signals) {
         flags |= POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
         sigfillset(&set);
         rc = posix_spawnattr_setsigdefault(&attr, &set);
@@ -188,8 +204,12 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         rc = lift(&sv[1]);
     if (rc == 0)
         rc = lift(&res[1]);
-    if (rc == 0)
-        rc = do_spawn(c, &pid, sv[1], res[1]);
+    if (rc == 0) {
+        static const char *const env[] = {WORKER_ENV_VALUE, NULL};
+        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1]}, 2,
+                              env, c->opts.reset_signals};
+        rc = tbx__spawn(&sp, &pid);
+    }
     tbx__close(sv[1]);
     tbx__close(res[1]);
     if (rc != 0) {

@@ -69,54 +69,83 @@ const char *tbx_name_of(tbx_fn *fn)
     return name;
 }
 
-/* Hooks: a fixed table, so a child never allocates to run them.  Writers take
- * the lock; the child reads the count atomically and then the entries. */
-static pthread_mutex_t hooks_lock = PTHREAD_MUTEX_INITIALIZER;
-static tbx__hook hooks[TBX_MAX_CHILD_HOOKS];
-static atomic_size_t nhooks;
+/* Hooks: fixed tables, so a child never allocates to run them.  Writers take
+ * the lock; a child (one thread) reads the count atomically, then the
+ * entries.  A preload hook is an entry with `pre` set instead of `fn`. */
+typedef struct hook_table {
+    pthread_mutex_t lock;
+    tbx__hook entries[TBX_MAX_CHILD_HOOKS];
+    atomic_size_t n;
+} hook_table;
 
-int tbx_add_child_hook(tbx_hook_fn *hook, void *arg)
+static hook_table child_hooks = {PTHREAD_MUTEX_INITIALIZER, {{0}}, 0};
+static hook_table preload_hooks = {PTHREAD_MUTEX_INITIALIZER, {{0}}, 0};
+
+static int table_add(hook_table *t, tbx__hook h)
 {
     int rc = 0;
-    if (hook == NULL)
-        return TBX_EINVAL;
-    pthread_mutex_lock(&hooks_lock);
-    size_t n = atomic_load(&nhooks);
+    pthread_mutex_lock(&t->lock);
+    size_t n = atomic_load(&t->n);
     if (n == TBX_MAX_CHILD_HOOKS) {
         rc = -ENOSPC;
     } else {
-        hooks[n].fn = hook;
-        hooks[n].arg = arg;
-        atomic_store(&nhooks, n + 1);
+        t->entries[n] = h;
+        atomic_store(&t->n, n + 1);
     }
-    pthread_mutex_unlock(&hooks_lock);
+    pthread_mutex_unlock(&t->lock);
     return rc;
+}
+
+static int table_run(hook_table *t)
+{
+    size_t n = atomic_load(&t->n);
+    for (size_t i = 0; i < n; i++) {
+        tbx__hook *h = &t->entries[i];
+        int rc = h->fn != NULL ? h->fn(h->arg) : h->pre();
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int tbx_add_child_hook(tbx_hook_fn *hook, void *arg)
+{
+    if (hook == NULL)
+        return TBX_EINVAL;
+    return table_add(&child_hooks, (tbx__hook){hook, NULL, arg});
+}
+
+int tbx_add_preload_hook(tbx_preload_fn *hook)
+{
+    if (hook == NULL)
+        return TBX_EINVAL;
+    return table_add(&preload_hooks, (tbx__hook){NULL, hook, NULL});
 }
 
 int tbx_remove_child_hook(tbx_hook_fn *hook, void *arg)
 {
+    hook_table *t = &child_hooks;
     int rc = -ENOENT;
-    pthread_mutex_lock(&hooks_lock);
-    size_t n = atomic_load(&nhooks);
+    pthread_mutex_lock(&t->lock);
+    size_t n = atomic_load(&t->n);
     for (size_t i = 0; i < n; i++) {
-        if (hooks[i].fn == hook && hooks[i].arg == arg) {
-            memmove(&hooks[i], &hooks[i + 1], (n - i - 1) * sizeof hooks[0]);
-            atomic_store(&nhooks, n - 1);
+        if (t->entries[i].fn == hook && t->entries[i].arg == arg) {
+            memmove(&t->entries[i], &t->entries[i + 1], (n - i - 1) * sizeof t->entries[0]);
+            atomic_store(&t->n, n - 1);
             rc = 0;
             break;
         }
     }
-    pthread_mutex_unlock(&hooks_lock);
+    pthread_mutex_unlock(&t->lock);
     return rc;
 }
 
 int tbx__run_child_hooks(void)
 {
-    size_t n = atomic_load(&nhooks);
-    for (size_t i = 0; i < n; i++) {
-        int rc = hooks[i].fn(hooks[i].arg);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return table_run(&child_hooks);
+}
+
+int tbx__run_preload_hooks(void)
+{
+    return table_run(&preload_hooks);
 }

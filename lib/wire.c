@@ -5,6 +5,8 @@
  */
 #include "internal.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
@@ -139,5 +141,32 @@ int tbx__request_check(const tbx__request_header *hdr)
         hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||
         hdr->args_len > TBX__MAX_ARGS || hdr->max_result == 0)
         return TBX_EPROTO;
+    return 0;
+}
+
+int tbx__control_check(const tbx__control *m, int from_server)
+{
+    if (m->magic != TBX__CONTROL_MAGIC)
+        return TBX_EPROTO;
+    if (from_server)
+        return m->kind == TBX__CTL_LAUNCHED || m->kind == TBX__CTL_EXITED ||
+                       m->kind == TBX__CTL_ERROR
+                   ? 0
+                   : TBX_EPROTO;
+    return m->kind == TBX__CTL_KILL && m->code > 0 && m->code < 65 ? 0 : TBX_EPROTO;
+}
+
+int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total)
+{
+    uint64_t want = *cap ? 2 * (uint64_t)*cap : TBX__READ_CHUNK;
+    if (want > total)
+        want = total;
+    if (want > SIZE_MAX)
+        return -ENOMEM;
+    char *p = realloc(*buf, (size_t)want);
+    if (p == NULL)
+        return -ENOMEM;
+    *buf = p;
+    *cap = (size_t)want;
     return 0;
 }

@@ -44,46 +44,78 @@ static void refuse(int res_fd, int code, const char *fmt, ...)
     _exit(125);
 }
 
+int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len)
+{
+    size_t off = 0;
+    rq->name[rq->h.name_len] = '\0';
+    rq->fn = tbx_lookup(rq->name);
+    if (rq->fn == NULL) {
+        snprintf(why, why_len, "function '%s' is not registered in the program serving the call",
+                 rq->name);
+        return TBX_ENOTREG;
+    }
+    if (tbx__msgpack_check(rq->args_buf, (size_t)rq->h.args_len, TBX__MAX_DEPTH) != 0) {
+        snprintf(why, why_len, "the args are not one msgpack object");
+        return TBX_EPROTO;
+    }
+    if (!msgpack_zone_init(&rq->zone, 1024)) {
+        snprintf(why, why_len, "no memory to unpack the args");
+        return -ENOMEM;
+    }
+    if (msgpack_unpack(rq->args_buf, (size_t)rq->h.args_len, &off, &rq->zone, &rq->args) !=
+        MSGPACK_UNPACK_SUCCESS) {
+        msgpack_zone_destroy(&rq->zone);
+        snprintf(why, why_len, "the args could not be unpacked");
+        return TBX_EPROTO;
+    }
+    return 0;
+}
+
+void tbx__request_free(tbx__request *rq)
+{
+    if (rq->fn != NULL && rq->args_buf != NULL)
+        msgpack_zone_destroy(&rq->zone);
+    free(rq->args_buf);
+    rq->args_buf = NULL;
+    rq->fn = NULL;
+}
+
+void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *spec)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->fn = rq->fn;
+    spec->args = &rq->args;
+    spec->result_fd = result_fd;
+    spec->reset_signals = (rq->h.flags & TBX__REQ_RESET_SIGNALS) != 0;
+    spec->soft_deadline = (rq->h.flags & TBX__REQ_SOFT_DEADLINE) != 0;
+    spec->send_start = 1; /* the caller learns that fn is starting */
+    spec->timeout_s = (double)rq->h.timeout_ns / 1e9;
+    spec->deadline_ns = rq->h.deadline_ns;
+    spec->max_result = (size_t)rq->h.max_result;
+    spec->parent_pid = getppid();
+}
+
 void tbx__worker_serve(int req_fd, int res_fd)
 {
-    tbx__request_header h;
-    char name[TBX__MAX_NAME + 1];
-    msgpack_zone zone;
-    msgpack_object args;
-    size_t off = 0;
+    tbx__request rq;
+    tbx__child_spec spec;
+    char why[TBX__MAX_MESSAGE + 1];
 
-    if (read_full(req_fd, &h, sizeof h) != 0 || tbx__request_check(&h) != 0)
+    memset(&rq, 0, sizeof rq);
+    if (read_full(req_fd, &rq.h, sizeof rq.h) != 0 || tbx__request_check(&rq.h) != 0)
         refuse(res_fd, TBX_EPROTO, "the worker got a malformed request");
-    char *buf = malloc(h.args_len > 0 ? (size_t)h.args_len : 1);
-    if (buf == NULL)
+    rq.args_buf = malloc((size_t)rq.h.args_len);
+    if (rq.args_buf == NULL)
         refuse(res_fd, -ENOMEM, "the worker has no memory for %llu bytes of args",
-               (unsigned long long)h.args_len);
-    if (read_full(req_fd, name, h.name_len) != 0 ||
-        read_full(req_fd, buf, (size_t)h.args_len) != 0)
+               (unsigned long long)rq.h.args_len);
+    if (read_full(req_fd, rq.name, rq.h.name_len) != 0 ||
+        read_full(req_fd, rq.args_buf, (size_t)rq.h.args_len) != 0)
         refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
     tbx__close(req_fd);
-    name[h.name_len] = '\0';
-    tbx_fn *fn = tbx_lookup(name);
-    if (fn == NULL)
-        refuse(res_fd, TBX_ENOTREG, "function '%s' is not registered in the spawned program",
-               name);
-    if (tbx__msgpack_check(buf, (size_t)h.args_len, TBX__MAX_DEPTH) != 0 ||
-        !msgpack_zone_init(&zone, 1024) ||
-        msgpack_unpack(buf, (size_t)h.args_len, &off, &zone, &args) != MSGPACK_UNPACK_SUCCESS)
-        refuse(res_fd, TBX_EPROTO, "the worker's args are not one msgpack object");
-
-    tbx__child_spec spec;
-    memset(&spec, 0, sizeof spec);
-    spec.fn = fn;
-    spec.args = &args;
-    spec.result_fd = res_fd;
-    spec.reset_signals = (h.flags & TBX__REQ_RESET_SIGNALS) != 0;
-    spec.soft_deadline = (h.flags & TBX__REQ_SOFT_DEADLINE) != 0;
-    spec.send_start = 1;
-    spec.timeout_s = (double)h.timeout_ns / 1e9;
-    spec.deadline_ns = h.deadline_ns;
-    spec.max_result = (size_t)h.max_result;
-    spec.parent_pid = getppid();
+    int rc = tbx__request_resolve(&rq, why, sizeof why);
+    if (rc != 0)
+        refuse(res_fd, rc, "%s", why);
+    tbx__request_spec(&rq, res_fd, &spec);
     tbx__child_main(&spec);
 }
 

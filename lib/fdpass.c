@@ -1,0 +1,92 @@
+/*
+ * Passing descriptors with SCM_RIGHTS, counted.  A receiver takes exactly
+ * the descriptors it asked for room for: a message that brings more, or whose
+ * control data was cut short, has every descriptor it brought closed, so a
+ * hostile or confused peer cannot make us leak them.  Every received
+ * descriptor is close-on-exec from birth (MSG_CMSG_CLOEXEC).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define MAX_FDS 4
+
+ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds,
+                      int flags)
+{
+    union {
+        char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {(void *)buf, len};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds < 0 || nfds > MAX_FDS)
+        return -EINVAL;
+    if (nfds > 0) {
+        memset(&u, 0, sizeof u);
+        msg.msg_control = u.buf;
+        msg.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
+    }
+    ssize_t n;
+    do
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags)
+{
+    union {
+        char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {buf, len};
+    struct msghdr msg;
+    int want = *nfds, got = 0, bad = 0;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    ssize_t n;
+    do
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
+    while (n < 0 && errno == EINTR);
+    *nfds = 0;
+    if (n < 0)
+        return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+            bad = 1;
+            continue;
+        }
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (got < want)
+                fds[got++] = fd;
+            else {
+                tbx__close(fd);
+                bad = 1;
+            }
+        }
+    }
+    if (bad || (msg.msg_flags & MSG_CTRUNC)) {
+        while (got > 0)
+            tbx__close(fds[--got]);
+        return -EBADMSG;
+    }
+    *nfds = got;
+    return n;
+}

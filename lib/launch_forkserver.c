@@ -1,0 +1,285 @@
+/*
+ * The forkserver method, the caller's side: start the server, hand it each
+ * call, restart it when it has died.
+ *
+ * The process holds one connection to its server (SOCK_SEQPACKET: one
+ * message per call, so threads and loops share it without a lock around the
+ * send).  A call sends one message carrying two fds: the server's end of a
+ * fresh control socket and the write end of the result pipe.  The request
+ * then goes down the control socket like spawn's, and the engine watches the
+ * control socket for LAUNCHED and EXITED (see engine.c).
+ *
+ * A read-write lock guards the connection: calls hold it shared while they
+ * send, so a restart or stop (exclusive) never closes the descriptor under a
+ * sender, nor lets its number be reused by another open meanwhile.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
+#define STOP_TIMEOUT_MS 5000
+
+static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
+static int fs_conn = -1;
+static pid_t fs_pid;
+/* The options of the last explicit start, kept for restarts. */
+static char *fs_env_limits, *fs_env_preload, *fs_executable;
+static char **fs_argv;
+
+void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->request_timeout_s = 10;
+}
+
+static void free_argv(char **argv)
+{
+    for (char **a = argv; a != NULL && *a != NULL; a++)
+        free(*a);
+    free(argv);
+}
+
+/* Turns opts into what a start needs, kept across restarts. */
+static int remember(const tbx_forkserver_opts *o)
+{
+    char limits[64], *preload = NULL, *exe = NULL, **argv = NULL;
+    size_t len = 1, n = 0;
+    snprintf(limits, sizeof limits, "%s=%u:%llu", TBX__FS_LIMITS_VAR, o->max_children,
+             (unsigned long long)(o->request_timeout_s > 0 ? o->request_timeout_s * 1000 : 0));
+    for (const char *const *p = o->preload; p != NULL && *p != NULL; p++) {
+        if (strchr(*p, '\n') != NULL)
+            return TBX_EINVAL;
+        len += strlen(*p) + 1;
+    }
+    preload = malloc(sizeof TBX__FS_PRELOAD_VAR + len);
+    if (preload == NULL)
+        return -ENOMEM;
+    strcpy(preload, TBX__FS_PRELOAD_VAR "=");
+    for (const char *const *p = o->preload; p != NULL && *p != NULL; p++)
+        strcat(strcat(preload, *p), "\n");
+    int ok = 1;
+    if (o->executable != NULL)
+        ok = (exe = strdup(o->executable)) != NULL;
+    while (ok && o->argv != NULL && o->argv[n] != NULL)
+        n++;
+    if (ok && o->argv != NULL) {
+        ok = (argv = calloc(n + 1, sizeof *argv)) != NULL;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (argv[i] = strdup(o->argv[i])) != NULL;
+    }
+    char *lim = ok ? strdup(limits) : NULL;
+    if (lim == NULL) {
+        free(preload);
+        free(exe);
+        free_argv(argv);
+        return -ENOMEM;
+    }
+    free(fs_env_limits);
+    free(fs_env_preload);
+    free(fs_executable);
+    free_argv(fs_argv);
+    fs_env_limits = lim;
+    fs_env_preload = preload;
+    fs_executable = exe;
+    fs_argv = argv;
+    return 0;
+}
+
+/* Waits for the server's first word: it serves, or why it will not. */
+static int await_ready(int conn, pid_t pid)
+{
+    struct pollfd p = {conn, POLLIN, 0};
+    uint64_t until = tbx__now_ns() + (uint64_t)START_TIMEOUT_MS * 1000000u;
+    for (;;) {
+        uint64_t now = tbx__now_ns();
+        int r = now >= until ? 0 : poll(&p, 1, (int)((until - now) / 1000000u) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            (void)kill(pid, SIGKILL);
+            return -ETIMEDOUT;
+        }
+        tbx__hello ready;
+        int nfds = 0;
+        ssize_t n = tbx__recv_fds(conn, &ready, sizeof ready, NULL, &nfds, 0);
+        if (n == (ssize_t)sizeof ready && ready.magic == TBX__HELLO_MAGIC)
+            return (int)ready.version; /* 0, or the reason it refused */
+        return TBX_EEXITED; /* it exited first: no tbx_init in main()? */
+    }
+}
+
+/* Ends the server we started: the connection closes, SIGTERM asks, SIGKILL
+ * insists.  Our own child: we reap it. */
+static void stop_locked(void)
+{
+    int wstatus;
+    if (fs_conn < 0)
+        return;
+    tbx__close(fs_conn);
+    fs_conn = -1;
+    (void)kill(fs_pid, SIGTERM);
+    for (int waited = 0; tbx__reap(fs_pid, &wstatus, 1) == 0; waited++) {
+        if (waited == STOP_TIMEOUT_MS) {
+            (void)kill(fs_pid, SIGKILL);
+            (void)tbx__reap(fs_pid, &wstatus, 0);
+            break;
+        }
+        usleep(1000);
+    }
+    fs_pid = 0;
+}
+
+static int start_locked(void)
+{
+    int sv[2], rc;
+    pid_t pid;
+    if (fs_conn >= 0)
+        return 0;
+    if (fs_env_limits == NULL) {
+        tbx_forkserver_opts o;
+        tbx_forkserver_opts_init(&o);
+        if ((rc = remember(&o)) != 0)
+            return rc;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        return -errno;
+    rc = tbx__lift_fd(&sv[1]);
+    if (rc == 0) {
+        const char *env[] = {TBX__FS_VAR "=3", fs_env_limits, fs_env_preload, NULL};
+        tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1};
+        rc = tbx__spawn(&sp, &pid);
+    }
+    tbx__close(sv[1]);
+    if (rc != 0) {
+        tbx__close(sv[0]);
+        return rc;
+    }
+    rc = await_ready(sv[0], pid);
+    if (rc != 0) {
+        int wstatus;
+        tbx__close(sv[0]);
+        (void)kill(pid, SIGKILL);
+        (void)tbx__reap(pid, &wstatus, 0);
+        return rc;
+    }
+    fs_conn = sv[0];
+    fs_pid = pid;
+    return 0;
+}
+
+int tbx_forkserver_start(const tbx_forkserver_opts *opts)
+{
+    int rc = 0;
+    pthread_rwlock_wrlock(&fs_lock);
+    if (fs_conn < 0) {
+        if (opts != NULL)
+            rc = remember(opts);
+        if (rc == 0)
+            rc = start_locked();
+    }
+    pthread_rwlock_unlock(&fs_lock);
+    return rc;
+}
+
+void tbx_forkserver_stop(void)
+{
+    pthread_rwlock_wrlock(&fs_lock);
+    stop_locked();
+    pthread_rwlock_unlock(&fs_lock);
+}
+
+pid_t tbx_forkserver_pid(void)
+{
+    pthread_rwlock_rdlock(&fs_lock);
+    pid_t pid = fs_conn >= 0 ? fs_pid : 0;
+    pthread_rwlock_unlock(&fs_lock);
+    return pid;
+}
+
+/* Hands the call's two fds to the server, starting it if none runs, and
+ * restarting it once if it has died. */
+static int hand_over(const int fds[2])
+{
+    tbx__hello hello = {TBX__HELLO_MAGIC, 1};
+    for (int attempt = 0;; attempt++) {
+        int rc = 0, conn;
+        pthread_rwlock_rdlock(&fs_lock);
+        while ((conn = fs_conn) < 0 && rc == 0) {
+            pthread_rwlock_unlock(&fs_lock);
+            pthread_rwlock_wrlock(&fs_lock);
+            rc = start_locked();
+            pthread_rwlock_unlock(&fs_lock);
+            pthread_rwlock_rdlock(&fs_lock);
+        }
+        if (rc == 0) {
+            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, 2, MSG_DONTWAIT);
+            rc = n < 0 ? (int)n : 0;
+        }
+        pthread_rwlock_unlock(&fs_lock);
+        if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN)
+            return rc;
+        if (attempt == 1)
+            return rc;
+        /* The server died: reap it and start another. */
+        pthread_rwlock_wrlock(&fs_lock);
+        if (fs_conn == conn)
+            stop_locked();
+        pthread_rwlock_unlock(&fs_lock);
+    }
+}
+
+static int forkserver_launch(tbx__call *c, tbx__child *child)
+{
+    int ctl[2], res[2] = {-1, -1}, rc;
+    TBX__UNUSED(c); /* the request itself goes out from the engine */
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
+        return -errno;
+    rc = tbx__pipe(res, 0);
+    if (rc == 0) {
+        int fds[2] = {ctl[1], res[1]};
+        rc = hand_over(fds);
+    }
+    tbx__close(ctl[1]);
+    tbx__close(res[1]);
+    /* The request goes out on a second descriptor of the control socket:
+     * the engine polls for reading and writing separately. */
+    int req = rc == 0 ? fcntl(ctl[0], F_DUPFD_CLOEXEC, 0) : -1;
+    if (rc == 0 && req < 0)
+        rc = -errno;
+    if (rc != 0) {
+        /* Closing our end tells the server, if it has the call, to drop it. */
+        tbx__close(ctl[0]);
+        tbx__close(res[0]);
+        return rc;
+    }
+    child->pid = 0; /* until LAUNCHED */
+    child->pidfd = -1;
+    child->result_fd = res[0];
+    child->control_fd = ctl[0];
+    child->request_fd = req;
+    child->worker = 1;
+    return 0;
+}
+
+const tbx__launcher tbx__launch_forkserver = {"forkserver", forkserver_launch};
+
+void tbx__forkserver_forget_parent(void)
+{
+    /* A fork child: the parent's server is not our child to reap, and its
+     * lock may have been held by a thread that does not exist here. */
+    if (fs_conn >= 0)
+        tbx__close(fs_conn);
+    fs_conn = -1;
+    fs_pid = 0;
+    pthread_rwlock_init(&fs_lock, NULL);
+}
