@@ -385,8 +385,11 @@ const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r)
                             r->exit_code);
         break;
     case MIX_HANG:
+        /* A loop slower than the grace period may follow a SIGTERM that
+         * worked with a SIGKILL (see async::cancel_kill_signal_is_what_was_needed). */
         if (rc != TBX_ETIMEDOUT || (r->kill_signal != SIGTERM && r->kill_signal != SIGKILL) ||
-            r->term_signal != r->kill_signal || r->exit_code != -1)
+            (r->term_signal != SIGTERM && r->term_signal != SIGKILL) ||
+            (r->kill_signal == SIGTERM && r->term_signal != SIGTERM) || r->exit_code != -1)
             return MISMATCH("hang: %s (%s), kill %d, term %d, exit %d", tbx_err_name(rc),
                             r->message ? r->message : "-", r->kill_signal, r->term_signal,
                             r->exit_code);
