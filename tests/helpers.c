@@ -22,11 +22,18 @@ static char fixture_fd_list[4096];
 void tbx_fixture_init(void)
 {
     /* The calling thread's private loop is made on the first tbx_call and
-     * kept for the thread's life: make it now, with a call refused before any
-     * child is made, so that its descriptors count as already open. */
+     * kept for the thread's life, with what it holds between calls (a timer
+     * for deadlines, say).  One call with a deadline first, so that these
+     * count as already open. */
+    msgpack_sbuffer sb;
+    pack(&sb, "n");
+    tbx_opts o = test_opts(TBX_METHOD_DEFAULT);
+    o.timeout_s = 60;
     tbx_result r;
-    cr_assert_eq(tbx_call(NULL, NULL, 0, NULL, &r), TBX_EINVAL);
+    int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "fixture warm-up call: %s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
 
     pid_t kids[8];
     int n = list_children(kids, 8);
