@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -145,9 +146,12 @@ static void reset_signals(const tbx__child_spec *spec)
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; sig++)
-            if (sig != SIGKILL && sig != SIGSTOP)
-                (void)sigaction(sig, &sa, NULL); /* EINVAL for libc's own */
+        for (int sig = 1; sig < NSIG; sig++) {
+            /* SIGKILL and SIGSTOP cannot change; 32 and 33 are glibc's. */
+            if (sig == SIGKILL || sig == SIGSTOP || (sig >= 32 && sig < SIGRTMIN))
+                continue;
+            (void)sigaction(sig, &sa, NULL);
+        }
         sigemptyset(&empty);
         (void)sigprocmask(SIG_SETMASK, &empty, NULL);
     } else if (spec->parent_mask != NULL) {
@@ -162,6 +166,9 @@ static void flush_stdio(void)
 {
     FILE *streams[2] = {stdout, stderr};
     for (int i = 0; i < 2; i++) {
+        /* Nothing buffered: touch nothing (no lock, no page copied). */
+        if (__fpending(streams[i]) == 0)
+            continue;
         if (ftrylockfile(streams[i]) == 0) {
             fflush_unlocked(streams[i]);
             funlockfile(streams[i]);

@@ -138,9 +138,17 @@ static void fire_cb(uv_poll_t *h, int status, int events)
     unref_timers(t);
 }
 
+/* The calling thread's private loop's timer, kept between blocking calls so
+ * each does not make and close a timerfd. */
+static _Thread_local tbx__timers *pinned;
+
 static int timers_get(uv_loop_t *loop, tbx__timers **out)
 {
     tbx__timers *t;
+    if (pinned != NULL && pinned->loop == loop) {
+        *out = pinned;
+        return 0;
+    }
     pthread_mutex_lock(&timers_lock);
     for (t = timers_list; t != NULL && t->loop != loop; t = t->next)
         ;
@@ -174,8 +182,27 @@ static int timers_get(uv_loop_t *loop, tbx__timers **out)
     t->next = timers_list;
     timers_list = t;
     pthread_mutex_unlock(&timers_lock);
+    if (tbx__loop_is_private(loop)) {
+        t->refs++; /* the pin's reference, dropped by tbx__deadline_unpin */
+        pinned = t;
+    }
     *out = t;
     return 0;
+}
+
+int tbx__deadline_pin(uv_loop_t *loop)
+{
+    tbx__timers *t;
+    return timers_get(loop, &t);
+}
+
+void tbx__deadline_unpin(uv_loop_t *loop)
+{
+    if (pinned != NULL && pinned->loop == loop) {
+        tbx__timers *t = pinned;
+        pinned = NULL;
+        unref_timers(t);
+    }
 }
 
 void tbx__deadline_init(tbx__deadline *d, tbx__deadline_cb *cb)
@@ -236,5 +263,6 @@ void tbx__deadline_forget_parent(void)
      * stays (the child exits soon), and the lock may have been held by a
      * thread that does not exist here. */
     timers_list = NULL;
+    pinned = NULL;
     pthread_mutex_init(&timers_lock, NULL);
 }

@@ -108,7 +108,7 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
 
     /* The fork child reads the args in memory, so they are unpacked here, in
      * the parent: the child allocates nothing on timebox's side. */
-    if (!msgpack_zone_init(&c->args_zone, 1024))
+    if (!msgpack_zone_init(&c->args_zone, 256))
         return -ENOMEM;
     size_t off = 0;
     msgpack_unpack_return u =
@@ -179,8 +179,12 @@ static void escalate(tbx__call *c, int why, int hard)
     }
     c->kill_signal = SIGTERM;
     signal_child(c, SIGTERM);
+    /* SIGKILL comes grace_s after the deadline itself, so lateness in
+     * sending SIGTERM is not added again; a cancel counts from now. */
+    uint64_t from = why == TBX_ETIMEDOUT && c->deadline.when_ns != 0 ? c->deadline.when_ns
+                                                                      : tbx__now_ns();
     c->deadline.cb = escalate_cb;
-    uint64_t at = tbx__now_ns() + seconds_to_ns(c->opts.grace_s);
+    uint64_t at = from + seconds_to_ns(c->opts.grace_s);
     if (tbx__deadline_start(&c->deadline, c->loop, at) != 0) {
         c->kill_signal = SIGKILL; /* no timer for the grace: no grace */
         signal_child(c, SIGKILL);
@@ -640,6 +644,7 @@ static void finalize(tbx__call *c)
         r->message = tbx_strerror(r->status);
     free(c->payload);
     c->payload = NULL;
+    release_args(c);
     r->elapsed_s = (double)(tbx__now_ns() - c->start_ns) / 1e9;
     c->done_cb(c);
 }
@@ -756,13 +761,16 @@ int tbx__engine_run(tbx__call *c)
     if (c->opts.hard_timeout && c->opts.timeout_s > 0)
         c->request.deadline_ns = c->deadline.when_ns;
     rc = launcher->launch(c, &c->child);
-    release_args(c); /* the child has its own copy */
+    /* The args are freed when the call ends, not now: freeing writes pages
+     * the fork child still shares, and each write would copy one. */
     if (rc != 0) {
+        release_args(c);
         tbx__deadline_stop(&c->deadline);
         return rc;
     }
     rc = watch(c);
     if (rc != 0) {
+        release_args(c);
         /* The child is ended here; a handle that was initialised still needs
          * its close callback, which then hands c to abandoned_cb instead of
          * done_cb: the caller hears only this return value. */

@@ -178,6 +178,10 @@ void tbx__deadline_init(tbx__deadline *d, tbx__deadline_cb *cb);
 int tbx__deadline_start(tbx__deadline *d, uv_loop_t *loop, uint64_t when_ns);
 /* Disarms d and drops its reference to the loop's timer.  Idempotent. */
 void tbx__deadline_stop(tbx__deadline *d);
+/* Makes the private loop's timer now and keeps it until unpinned. */
+int tbx__deadline_pin(uv_loop_t *loop);
+/* Drops the private loop's pinned timer (the thread is ending). */
+void tbx__deadline_unpin(uv_loop_t *loop);
 /* A fork child: drops the parent's loops' timers without touching them. */
 void tbx__deadline_forget_parent(void);
 
@@ -364,6 +368,8 @@ void tbx__child_forget_parent(void);
 /* The calling thread's private loop for blocking calls, made on first use;
  * NULL if it cannot be made. */
 uv_loop_t *tbx__private_loop(void);
+/* 1 if loop is the calling thread's private loop. */
+int tbx__loop_is_private(const uv_loop_t *loop);
 /* A fork child: forgets the thread's private loop (the parent's). */
 void tbx__loop_forget_parent(void);
 

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,8 +20,10 @@
  * by each process: flush it first, as CPython's multiprocessing does. */
 static void flush_caller_stdio(void)
 {
-    fflush(stdout);
-    fflush(stderr);
+    if (__fpending(stdout) != 0)
+        fflush(stdout);
+    if (__fpending(stderr) != 0)
+        fflush(stderr);
 }
 
 static int fork_launch(tbx__call *c, tbx__child *child)

@@ -24,10 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
 #define STOP_TIMEOUT_MS 5000
+#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN */
 
 static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int fs_conn = -1;
@@ -172,6 +174,8 @@ static int start_locked(void)
         (void)tbx__reap(pid, &wstatus, 0);
         return rc;
     }
+    struct timeval tv = {SEND_TIMEOUT_S, 0};
+    (void)setsockopt(sv[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     fs_conn = sv[0];
     fs_pid = pid;
     return 0;
@@ -222,7 +226,10 @@ static int hand_over(const int fds[2])
             pthread_rwlock_rdlock(&fs_lock);
         }
         if (rc == 0) {
-            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, 2, MSG_DONTWAIT);
+            /* Blocking, bounded by SO_SNDTIMEO: the kernel queues only a
+             * few messages (net.unix.max_dgram_qlen) before the server
+             * reads them, which it does at once. */
+            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, 2, 0);
             rc = n < 0 ? (int)n : 0;
         }
         pthread_rwlock_unlock(&fs_lock);

@@ -1,6 +1,7 @@
 /*
  * Each thread's private loop, on which its blocking calls run the engine.
- * Made on first use and kept, so a blocking call does not pay for a loop's
+ * Made on first use and kept with its deadline timer (two descriptors: an
+ * epoll instance and a timerfd), so a blocking call does not pay for their
  * set-up; closed when the thread exits.
  */
 #include "internal.h"
@@ -15,10 +16,16 @@ static _Thread_local uv_loop_t *thread_loop;
 static void loop_destroy(void *p)
 {
     uv_loop_t *loop = p;
-    /* Blocking calls leave nothing on it: every handle closed before the
-     * call returned. */
+    /* Blocking calls leave nothing on it but the pinned timer, closed here. */
+    tbx__deadline_unpin(loop);
+    uv_run(loop, UV_RUN_DEFAULT);
     if (uv_loop_close(loop) == 0)
         free(loop);
+}
+
+int tbx__loop_is_private(const uv_loop_t *loop)
+{
+    return loop != NULL && loop == thread_loop;
 }
 
 static void loop_key_init(void)
@@ -40,6 +47,10 @@ uv_loop_t *tbx__private_loop(void)
     }
     thread_loop = loop;
     (void)pthread_setspecific(loop_key, loop);
+    /* Its deadline timer is made now and kept with it, so a thread's
+     * descriptors are all made by its first call.  Without one, calls make
+     * their own. */
+    (void)tbx__deadline_pin(loop);
     return loop;
 }
 
