@@ -14,6 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define TBX_TEST_LSAN 1
+#endif
+
 /* ---------------------------------------------------------------- fixture */
 
 static int fixture_fds = -1;
@@ -56,6 +61,11 @@ void tbx_fixture_check(void)
     cr_assert_eq(n, 0, "%d child process(es) left after the test:%s", n, states);
     cr_assert_eq(fds, fixture_fds, "descriptors: %d before the test, %d after\nbefore:\n%s\nafter:\n%s",
                  fixture_fds, fds, fixture_fd_list, now);
+#ifdef TBX_TEST_LSAN
+    /* Criterion ends a passing test's process without exit(), so LeakSanitizer
+     * would never look: look now (the report goes to stderr). */
+    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "memory leaked (LeakSanitizer report above)");
+#endif
 }
 
 tbx_opts test_opts(tbx_method method)
