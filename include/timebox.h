@@ -216,8 +216,11 @@ typedef struct tbx_opts {
     int reset_signals;    /* 1 (default): in the child every handler goes
                              back to SIG_DFL and the mask is emptied, so an
                              inherited handler cannot act on the caller's
-                             resources; 0 keeps the handlers and the caller's
-                             mask. */
+                             resources.  0 keeps what the child inherits:
+                             with fork, the caller's handlers and mask; with
+                             spawn, what survives an exec (ignored signals
+                             and the mask; handlers become SIG_DFL); with
+                             the forkserver, the server's (all SIG_DFL). */
     size_t max_result;    /* Largest result accepted, in bytes of msgpack.
                              Default 256 MiB (also when 0); larger ->
                              TBX_ETOOBIG, child killed, parent memory
