@@ -16,6 +16,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -164,10 +165,28 @@ static void signal_child(tbx__call *c, int sig)
 
 static void escalate_cb(tbx__deadline *d);
 
-/* Ends the child: SIGTERM, then SIGKILL after grace (or SIGKILL at once). */
+/* Whether the child has already exited, its exit not yet handled: the
+ * deadline and the exit can both be ready when the loop wakes. */
+static int child_exited(tbx__call *c)
+{
+    if (c->child.pidfd >= 0) {
+        struct pollfd p = {c->child.pidfd, POLLIN, 0};
+        return poll(&p, 1, 0) == 1;
+    }
+    if (c->child.pid <= 0 || c->child.control_fd >= 0)
+        return 0;
+    siginfo_t si;
+    si.si_pid = 0;
+    return waitid(P_PID, (id_t)c->child.pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           si.si_pid != 0;
+}
+
+/* Ends the child: SIGTERM, then SIGKILL after grace (or SIGKILL at once).
+ * A child that has already exited is left to its exit watcher: it was not
+ * the deadline that ended it, and it needs no signal. */
 static void escalate(tbx__call *c, int why, int hard)
 {
-    if (c->finishing || c->reaped)
+    if (c->finishing || c->reaped || child_exited(c))
         return;
     if (c->verdict == 0 && !c->frame_done)
         c->verdict = why;
@@ -571,7 +590,9 @@ static int take_value(tbx__call *c, tbx_result *r)
 /* The codes a worker may report for a request it could not serve. */
 static int worker_error(int code)
 {
-    return code == TBX_ENOTREG || code == TBX_EPROTO || code == -ENOMEM ? code : TBX_EPROTO;
+    if (code == TBX_ENOTREG || code == TBX_EPROTO || (code < 0 && code > -4096))
+        return code; /* -errno: the worker's or the server's own failure */
+    return TBX_EPROTO;
 }
 
 static int classify(tbx__call *c, tbx_result *r)
