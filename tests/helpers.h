@@ -28,10 +28,14 @@
 #include <sys/types.h>
 #include <timebox.h>
 
-/* The start methods every parameterized test runs under.  One line to add a
- * method: TBX_SPAWN and TBX_FORKSERVER return TBX_EINVAL today. */
+/* The start methods every parameterized test runs under.  Spawn and the
+ * forkserver start fresh copies of the test program: helpers.c calls
+ * tbx_init from a constructor, before Criterion's main, so those copies
+ * serve their call instead of running the suite. */
 static const tbx_method tbx_test_methods[] = {
     TBX_FORK,
+    TBX_SPAWN,
+    TBX_FORKSERVER,
 };
 #define TBX_TEST_NMETHODS (sizeof tbx_test_methods / sizeof tbx_test_methods[0])
 
@@ -96,6 +100,12 @@ int count_fds(void);
 void describe_fds(char *buf, size_t len);
 /* Children of this process, running or zombie; pids into pids[0..max). */
 int list_children(pid_t *pids, int max);
+/* The same, less this process's forkserver: timebox's own long-lived child,
+ * not one of a call's. */
+int list_call_children(pid_t *pids, int max);
+/* Reaps the zombies among our children (orphans a subreaper adopted, such as
+ * a dead caller's forkserver), waiting up to timeout_s for them to exit. */
+void reap_adopted(double timeout_s);
 /* 'R', 'S', 'Z', ... for pid, or 0 if it does not exist. */
 char proc_state(pid_t pid);
 /* Waits up to timeout_s for pid to be gone: kill(pid, 0) fails with ESRCH,

@@ -30,11 +30,19 @@ struct areq {
 
 #define KIND_CANCEL (-1)
 
-/* Whether pid has been reaped (it is no child of ours any more). */
+/* Whether pid has been reaped: it is not a zombie child of ours.  WNOWAIT,
+ * so that the probe itself reaps nothing: with 500 children and pid_max
+ * 32768, the number may already belong to another call's live child.  A
+ * forkserver's child was never ours: the server reaped it. */
 static int was_reaped(pid_t pid)
 {
-    int st;
-    return pid > 0 && waitpid(pid, &st, WNOHANG) < 0 && errno == ECHILD;
+    siginfo_t si;
+    si.si_pid = 0;
+    if (pid <= 0)
+        return 0;
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        return errno == ECHILD;
+    return si.si_pid == 0; /* alive: a reused number, not our zombie */
 }
 
 static void pack_mixed(msgpack_sbuffer *sb, int kind, int64_t n)
