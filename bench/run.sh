@@ -11,7 +11,8 @@
 # (400); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
 # PEERS_DEADLINE_N (see peers.sh).  SKIP_PAYLOAD=1, SKIP_ASYNC=1,
 # SKIP_CALLER_COST=1, SKIP_PEERS=1 and SKIP_PLOTS=1 leave a part out (the
-# whole run takes about 5 minutes on a 2-vCPU VM).
+# whole run takes about 5 minutes on a 2-vCPU VM).  BENCH_COMMIT names the
+# commit in summary.md when bench/ is not in a git checkout (git archive).
 # Appends one row per series to bench/results/<scenario>.csv, keeps each
 # scenario's output in bench/results/<scenario>.log, draws the plots
 # (plot.sh), and rewrites bench/results/summary.md with tables of this run.
@@ -62,7 +63,7 @@ logs() {
     return 0
 }
 
-commit=$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 {
     echo "# timebox benchmarks"
     echo
