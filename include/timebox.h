@@ -346,8 +346,15 @@ typedef struct tbx_forkserver_opts {
                                   TBX_PRELOAD run there); NULL-terminated */
     unsigned max_children;     /* children alive at once; more: -EAGAIN.
                                   0 (default): 1024 */
-    double request_timeout_s;  /* how long a request may take to arrive
-                                  whole before the server drops it; default 10 */
+    double request_timeout_s;  /* how long a request, or a new connection's
+                                  handshake, may take to arrive whole before
+                                  the server drops it; default 10 */
+    /* Sharing (see below).  socket_path NULL (default): a private server. */
+    const char *socket_path;   /* also listen here, for other processes */
+    const uid_t *allow_uids;   /* uids let in besides the server's own */
+    size_t nallow_uids;        /* at most 16 */
+    unsigned max_per_client;   /* children alive at once per connection;
+                                  0 (default): only max_children */
 } tbx_forkserver_opts;
 
 TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);
@@ -365,8 +372,50 @@ TBX_EXTERN int tbx_forkserver_start(const tbx_forkserver_opts *opts);
  * Calls in flight fail with -ECONNRESET.  No-op when none runs.  Thread-safe. */
 TBX_EXTERN void tbx_forkserver_stop(void);
 
-/* The forkserver's pid, or 0 when none runs. */
+/* The forkserver's pid, or 0 when this process has none. */
 TBX_EXTERN pid_t tbx_forkserver_pid(void);
+
+/* ------------------------------------------------------------------------
+ * One forkserver shared by many processes
+ *
+ * With opts.socket_path, the server started by tbx_forkserver_start() also
+ * listens on that Unix socket, so that other processes (the workers of a
+ * pre-forking server, started after it) use it too.  Nobody else gets in:
+ *   - the socket is created mode 0600 (umask 0177 at bind, no window) in a
+ *     directory of mode 0700 that belongs to the server's user (made if
+ *     missing; refused with -EPERM if it is anyone else's or open to them).
+ *     With allow_uids, those users must reach it: the directory may then be
+ *     searchable (not writable) by others, and the socket is made 0666
+ *     after the bind, the two checks below keeping everyone else out;
+ *     never in the abstract namespace; a path too long for sun_path is
+ *     -ENAMETOOLONG, never truncated;
+ *   - each connection's peer uid (SO_PEERCRED) is checked before a byte of
+ *     payload is read: the server's own uid, or opts.allow_uids;
+ *   - each connection proves, both ways, that it knows a 32-byte secret key
+ *     (HMAC-SHA256 of a fresh random nonce, constant-time compare).
+ * tbx_forkserver_start() with a socket_path sets TIMEBOX_FORKSERVER_SOCKET
+ * and TIMEBOX_FORKSERVER_KEY (hex) in this process's environment, so that
+ * processes it starts afterwards find the server without code: their first
+ * TBX_FORKSERVER call attaches to it.  A process forked from the creator also
+ * simply keeps using the connection it inherited.  (Call it before threads:
+ * it changes the environment.)  The server exits when every process holding
+ * its creator's connection has exited, or on tbx_forkserver_stop() from the
+ * creator.
+ *
+ * timebox-forkserver is the same server as a daemon (--socket PATH); it
+ * writes its key to PATH.key (mode 0600) for its clients.
+ */
+
+/* Attaches this process to the shared forkserver listening at path: later
+ * TBX_FORKSERVER calls go to it.  key: the 32-byte secret, or NULL to read it
+ * from $TIMEBOX_FORKSERVER_KEY, else from the file "<path>.key".  Returns 0,
+ * -errno (-ENOENT, -ECONNREFUSED: nobody listens; -EACCES: the socket or
+ * the key file is closed to us, or the server does not let our uid in),
+ * -ETIMEDOUT (no handshake within 10 s), -ENAMETOOLONG,
+ * TBX_EINVAL (a key of the wrong length or form), or TBX_EPROTO (the key was
+ * refused, or the server could not prove it has it).  Replaces a connection
+ * this process had; it never stops a server it did not start.  Thread-safe. */
+TBX_EXTERN int tbx_forkserver_attach(const char *path, const void *key, size_t key_len);
 
 /* ------------------------------------------------------------------------
  * Inside the child

@@ -2,9 +2,13 @@
  * The forkserver process: a fresh copy of the program, single-threaded and
  * small, that forks the children of TBX_FORKSERVER calls.
  *
- * It listens on its creator's connection (SOCK_SEQPACKET, fd 3).  Each
- * message there brings one call: the server's end of the call's control
- * socket and the write end of its result pipe.  The request (name, args,
+ * It serves its creator's connection (SOCK_SEQPACKET) and, when shared, the
+ * connections it accepts on a Unix socket.  An accepted connection is
+ * checked before any byte of payload is read: the peer's uid (SO_PEERCRED)
+ * must be the server's own or allowed, and it must prove it knows the key
+ * (auth.c), and it gets the server's proof in return.  Then each message on a
+ * connection brings one call: the server's end of the call's control socket
+ * and the write end of its result pipe.  The request (name, args,
  * options) then arrives on the control socket, read as it comes with a time
  * limit, so a stalled client cannot hold the server up.  The server forks the
  * child, which writes its result straight into the caller's pipe; the server
@@ -15,9 +19,9 @@
  * is allocated, fds are counted, a malformed request gets an error reply, and
  * no fd of a call outlives it here.  The server is the children's parent and
  * enforces each call's deadline itself, as a backstop: a caller that dies or
- * closes its end mid-call has its child killed.  When the connection closes
- * (every process holding it is gone) or SIGTERM comes, the server kills
- * every child and exits.
+ * closes its end mid-call has its child killed.  When the creator's
+ * connection closes (every process holding it is gone) or SIGTERM comes, the
+ * server kills every child, removes its socket and exits.
  */
 #include "internal.h"
 
@@ -27,8 +31,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,10 +44,25 @@
 
 typedef struct fs_server fs_server;
 typedef struct fs_call fs_call;
+typedef struct fs_client fs_client;
+
+/* A connection: the creator's, or one accepted on the shared socket. */
+struct fs_client {
+    fs_client *next, **prevp;
+    fs_server *srv;
+    int fd;
+    uv_poll_t poll;
+    tbx__deadline deadline;    /* the handshake's time limit */
+    uint8_t nonce[TBX__NONCE_LEN];
+    uid_t uid;
+    unsigned children;         /* its calls' children alive */
+    unsigned ready : 1, creator : 1, closing : 1;
+};
 
 struct fs_call {
     fs_call *next, **prevp;
     fs_server *srv;
+    fs_client *client;        /* NULL once its connection has closed */
     int control_fd, result_fd, pidfd;
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
@@ -57,10 +78,12 @@ struct fs_call {
 
 struct fs_server {
     uv_loop_t loop;
-    int conn;
-    uv_poll_t conn_poll;
+    tbx__fs_config *cfg;
+    int listen_fd;
+    uv_poll_t listen_poll;
     uv_signal_t term;
     fs_call *calls;
+    fs_client *clients;
     unsigned children, max_children;
     uint64_t request_timeout_ns;
 };
@@ -107,6 +130,8 @@ static void exit_cb(uv_poll_t *h, int status, int events)
         return;
     c->reaped = 1;
     c->srv->children--;
+    if (c->client != NULL)
+        c->client->children--;
     send_control(c, TBX__CTL_EXITED, wstatus, -1);
     call_close(c);
 }
@@ -131,7 +156,9 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
      * handler would write to the server's signal pipe. */
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
-    tbx__close(srv->conn);
+    tbx__close(srv->listen_fd);
+    for (fs_client *k = srv->clients; k != NULL; k = k->next)
+        tbx__close(k->fd);
     for (fs_call *o = srv->calls; o != NULL; o = o->next) {
         tbx__close(o->control_fd);
         if (o != c)
@@ -156,6 +183,12 @@ static void launch(fs_call *c)
                  srv->max_children);
         return refuse(c, -EAGAIN, why);
     }
+    unsigned per_client = srv->cfg->max_per_client;
+    if (per_client != 0 && c->client != NULL && c->client->children >= per_client) {
+        snprintf(why, sizeof why, "this client already runs its maximum of %u children",
+                 per_client);
+        return refuse(c, -EAGAIN, why);
+    }
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
     pid_t pid = fork();
@@ -171,6 +204,8 @@ static void launch(fs_call *c)
     c->pid = pid;
     c->running = 1;
     srv->children++;
+    if (c->client != NULL)
+        c->client->children++;
     tbx__request_free(&c->rq); /* the child has its copy */
     tbx__close(c->result_fd);
     c->result_fd = -1;
@@ -182,6 +217,8 @@ static void launch(fs_call *c)
         (void)tbx__reap(pid, &wstatus, 0);
         c->reaped = 1;
         srv->children--;
+        if (c->client != NULL)
+            c->client->children--;
         send_control(c, TBX__CTL_ERROR, rc, -1);
         return call_close(c);
     }
@@ -320,7 +357,7 @@ static void call_close(fs_call *c)
         uv_close((uv_handle_t *)&c->exit_poll, call_free_cb);
 }
 
-static void call_new(fs_server *srv, int control_fd, int result_fd)
+static void call_new(fs_server *srv, fs_client *client, int control_fd, int result_fd)
 {
     fs_call *c = calloc(1, sizeof *c);
     if (c == NULL || uv_poll_init(&srv->loop, &c->control_poll, control_fd) != 0) {
@@ -330,6 +367,7 @@ static void call_new(fs_server *srv, int control_fd, int result_fd)
         return;
     }
     c->srv = srv;
+    c->client = client;
     c->control_fd = control_fd;
     c->result_fd = result_fd;
     c->pidfd = -1;
@@ -345,7 +383,37 @@ static void call_new(fs_server *srv, int control_fd, int result_fd)
     uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
 }
 
-/* ------------------------------------------------------------- the server */
+/* ------------------------------------------------------------ connections */
+
+static void log_refusal(fs_server *srv, const char *what, uid_t uid)
+{
+    if (srv->cfg->verbose)
+        fprintf(stderr, "timebox forkserver: refused a client (uid %u): %s\n", (unsigned)uid,
+                what);
+}
+
+static void client_free_cb(uv_handle_t *h)
+{
+    fs_client *k = h->data;
+    tbx__close(k->fd);
+    free(k);
+}
+
+static void client_close(fs_client *k)
+{
+    if (k->closing)
+        return;
+    k->closing = 1;
+    tbx__deadline_stop(&k->deadline);
+    *k->prevp = k->next;
+    if (k->next != NULL)
+        k->next->prevp = k->prevp;
+    /* Its calls go on: each ends with its own control socket. */
+    for (fs_call *c = k->srv->calls; c != NULL; c = c->next)
+        if (c->client == k)
+            c->client = NULL;
+    uv_close((uv_handle_t *)&k->poll, client_free_cb);
+}
 
 __attribute__((noreturn)) static void shutdown_now(fs_server *srv)
 {
@@ -356,32 +424,159 @@ __attribute__((noreturn)) static void shutdown_now(fs_server *srv)
             (void)tbx__reap(c->pid, &wstatus, 0);
         }
     }
+    if (srv->cfg->listen_path != NULL) {
+        (void)unlink(srv->cfg->listen_path);
+        if (srv->cfg->write_key) {
+            char key_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+            snprintf(key_path, sizeof key_path, "%s.key", srv->cfg->listen_path);
+            (void)unlink(key_path);
+        }
+    }
     _exit(0);
 }
 
-static void conn_cb(uv_poll_t *h, int status, int events)
+/* The client's answer to our challenge: if right, our proof in return. */
+static void handshake(fs_client *k)
 {
-    fs_server *srv = h->data;
+    tbx__response resp;
+    tbx__proof proof;
+    int nfds = 0;
+    ssize_t n = tbx__recv_fds(k->fd, &resp, sizeof resp, NULL, &nfds, MSG_DONTWAIT);
+    if (n == -EAGAIN)
+        return;
+    if (n != (ssize_t)sizeof resp || resp.magic != TBX__AUTH_MAGIC ||
+        tbx__auth_check(k->srv->cfg->key, "timebox client", k->nonce, resp.proof) != 0) {
+        log_refusal(k->srv, "wrong key or malformed handshake", k->uid);
+        client_close(k);
+        return;
+    }
+    proof.magic = TBX__AUTH_MAGIC;
+    tbx__auth_prove(k->srv->cfg->key, "timebox server", resp.nonce, proof.proof);
+    if (tbx__send_fds(k->fd, &proof, sizeof proof, NULL, 0, MSG_DONTWAIT) != (ssize_t)sizeof proof) {
+        client_close(k);
+        return;
+    }
+    tbx__deadline_stop(&k->deadline);
+    k->ready = 1;
+}
+
+static void client_cb(uv_poll_t *h, int status, int events)
+{
+    fs_client *k = h->data;
+    fs_server *srv = k->srv;
     TBX__UNUSED(status);
     TBX__UNUSED(events);
+    if (!k->ready) {
+        handshake(k);
+        return;
+    }
     for (;;) {
         tbx__hello hello;
         int fds[2], nfds = 2;
-        ssize_t n = tbx__recv_fds(srv->conn, &hello, sizeof hello, fds, &nfds, MSG_DONTWAIT);
+        ssize_t n = tbx__recv_fds(k->fd, &hello, sizeof hello, fds, &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN)
             return;
         if (n == -EBADMSG)
             continue; /* its fds are already closed */
-        if (n <= 0)
-            shutdown_now(srv); /* every holder of the connection is gone */
+        if (n <= 0) {
+            /* The creator's connection closes when every process that held
+             * it is gone: so is the reason to serve. */
+            if (k->creator)
+                shutdown_now(srv);
+            client_close(k);
+            return;
+        }
         if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC || nfds != 2) {
             while (nfds > 0)
                 tbx__close(fds[--nfds]);
             continue;
         }
-        call_new(srv, fds[0], fds[1]);
+        call_new(srv, k, fds[0], fds[1]);
+        if (k->closing)
+            return;
     }
 }
+
+static void handshake_timeout_cb(tbx__deadline *d)
+{
+    fs_client *k = (fs_client *)((char *)d - offsetof(fs_client, deadline));
+    log_refusal(k->srv, "no handshake in time", k->uid);
+    client_close(k);
+}
+
+static fs_client *client_new(fs_server *srv, int fd, int creator)
+{
+    fs_client *k = calloc(1, sizeof *k);
+    if (k == NULL || uv_poll_init(&srv->loop, &k->poll, fd) != 0) {
+        free(k);
+        tbx__close(fd);
+        return NULL;
+    }
+    k->srv = srv;
+    k->fd = fd;
+    k->creator = creator;
+    k->uid = geteuid();
+    k->ready = creator; /* the creator made the key: it needs no proof */
+    k->poll.data = k;
+    k->next = srv->clients;
+    k->prevp = &srv->clients;
+    if (srv->clients != NULL)
+        srv->clients->prevp = &k->next;
+    srv->clients = k;
+    tbx__deadline_init(&k->deadline, handshake_timeout_cb);
+    uv_poll_start(&k->poll, UV_READABLE, client_cb);
+    return k;
+}
+
+static int uid_allowed(const fs_server *srv, uid_t uid)
+{
+    if (uid == geteuid())
+        return 1;
+    for (size_t i = 0; i < srv->cfg->nallow; i++)
+        if (srv->cfg->allow[i] == uid)
+            return 1;
+    return 0;
+}
+
+static void listen_cb(uv_poll_t *h, int status, int events)
+{
+    fs_server *srv = h->data;
+    TBX__UNUSED(status);
+    TBX__UNUSED(events);
+    for (;;) {
+        int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return; /* EAGAIN, or out of fds: the next connection retries */
+        }
+        /* Who it is, before a single byte of payload is read. */
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+            !uid_allowed(srv, cred.uid)) {
+            log_refusal(srv, "uid not allowed", len == sizeof cred ? cred.uid : (uid_t)-1);
+            tbx__close(fd);
+            continue;
+        }
+        fs_client *k = client_new(srv, fd, 0);
+        if (k == NULL)
+            continue;
+        k->uid = cred.uid;
+        tbx__challenge ch = {TBX__AUTH_MAGIC, {0}};
+        if (tbx__random(k->nonce, sizeof k->nonce) != 0 ||
+            tbx__deadline_start(&k->deadline, &srv->loop,
+                                tbx__now_ns() + srv->request_timeout_ns) != 0) {
+            client_close(k);
+            continue;
+        }
+        memcpy(ch.nonce, k->nonce, sizeof ch.nonce);
+        if (tbx__send_fds(fd, &ch, sizeof ch, NULL, 0, MSG_DONTWAIT) != (ssize_t)sizeof ch)
+            client_close(k);
+    }
+}
+
+/* ------------------------------------------------------------- the server */
 
 static void term_cb(uv_signal_t *h, int signum)
 {
@@ -389,49 +584,87 @@ static void term_cb(uv_signal_t *h, int signum)
     shutdown_now(h->data);
 }
 
-/* Options come from the creator through the environment: the server is a
- * fresh program, and its argv is the program's own. */
-static int configure(fs_server *srv)
+static int load_preloads(const char *preload)
 {
-    const char *limits = getenv(TBX__FS_LIMITS_VAR);
-    const char *preload = getenv(TBX__FS_PRELOAD_VAR);
-    unsigned max = 0;
-    unsigned long long timeout_ms = 0;
-    if (limits != NULL && sscanf(limits, "%u:%llu", &max, &timeout_ms) != 2)
-        max = 0, timeout_ms = 0;
-    srv->max_children = max ? max : DEFAULT_MAX_CHILDREN;
-    srv->request_timeout_ns = timeout_ms ? timeout_ms * 1000000ull : DEFAULT_REQUEST_TIMEOUT_NS;
-    if (preload != NULL) {
-        char *list = strdup(preload), *save = NULL;
-        for (char *p = list ? strtok_r(list, "\n", &save) : NULL; p != NULL;
-             p = strtok_r(NULL, "\n", &save)) {
-            if (dlopen(p, RTLD_NOW | RTLD_GLOBAL) == NULL) {
-                fprintf(stderr, "timebox forkserver: %s\n", dlerror());
-                free(list);
-                return TBX_EFAILED;
-            }
+    if (preload == NULL)
+        return 0;
+    char *list = strdup(preload), *save = NULL;
+    if (list == NULL)
+        return -ENOMEM;
+    for (char *p = strtok_r(list, "\n", &save); p != NULL; p = strtok_r(NULL, "\n", &save)) {
+        if (dlopen(p, RTLD_NOW | RTLD_GLOBAL) == NULL) {
+            fprintf(stderr, "timebox forkserver: %s\n", dlerror());
+            free(list);
+            return TBX_EFAILED;
         }
-        free(list);
     }
-    unsetenv(TBX__FS_LIMITS_VAR);
-    unsetenv(TBX__FS_PRELOAD_VAR);
-    return tbx__run_preload_hooks() != 0 ? TBX_EFAILED : 0;
+    free(list);
+    return 0;
 }
 
-void tbx__forkserver_main(int conn)
+/* The daemon's key, beside its socket in the directory only we can enter,
+ * and mode 0600 from birth. */
+static int write_key(const tbx__fs_config *cfg)
+{
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], hex[2 * TBX__KEY_LEN + 2];
+    snprintf(path, sizeof path, "%s.key", cfg->listen_path);
+    (void)unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    tbx__key_format(cfg->key, hex);
+    hex[2 * TBX__KEY_LEN] = '\n';
+    int rc = tbx__write_all(fd, hex, 2 * TBX__KEY_LEN + 1);
+    tbx__close(fd);
+    return rc;
+}
+
+static void report_ready(const tbx__fs_config *cfg, int rc)
+{
+    if (cfg->conn >= 0) {
+        tbx__hello ready = {TBX__HELLO_MAGIC, (uint32_t)rc};
+        if (tbx__send_fds(cfg->conn, &ready, sizeof ready, NULL, 0, 0) < 0)
+            _exit(1);
+    }
+    if (cfg->ready_fd >= 0) {
+        int32_t code = rc;
+        (void)tbx__write_all(cfg->ready_fd, &code, sizeof code);
+        tbx__close(cfg->ready_fd);
+    }
+    if (rc != 0)
+        _exit(1);
+}
+
+void tbx__forkserver_run(tbx__fs_config *cfg)
 {
     static fs_server srv;
-    srv.conn = conn;
+    int rc;
+    srv.cfg = cfg;
+    srv.listen_fd = -1;
+    srv.max_children = cfg->max_children ? cfg->max_children : DEFAULT_MAX_CHILDREN;
+    srv.request_timeout_ns =
+        cfg->request_timeout_ns ? cfg->request_timeout_ns : DEFAULT_REQUEST_TIMEOUT_NS;
     signal(SIGPIPE, SIG_IGN);
-    int rc = configure(&srv);
+    rc = load_preloads(cfg->preload);
+    if (rc == 0 && tbx__run_preload_hooks() != 0)
+        rc = TBX_EFAILED;
     if (rc == 0 && uv_loop_init(&srv.loop) != 0)
         rc = -ENOMEM;
-    tbx__hello ready = {TBX__HELLO_MAGIC, (uint32_t)rc};
-    if (tbx__send_fds(conn, &ready, sizeof ready, NULL, 0, 0) < 0 || rc != 0)
+    if (rc == 0 && cfg->listen_path != NULL) {
+        srv.listen_fd = tbx__listen_unix(cfg->listen_path, cfg->nallow > 0);
+        if (srv.listen_fd < 0)
+            rc = srv.listen_fd;
+    }
+    if (rc == 0 && cfg->write_key)
+        rc = write_key(cfg);
+    report_ready(cfg, rc);
+    if (cfg->conn >= 0 && client_new(&srv, cfg->conn, 1) == NULL)
         _exit(1);
-    uv_poll_init(&srv.loop, &srv.conn_poll, conn);
-    srv.conn_poll.data = &srv;
-    uv_poll_start(&srv.conn_poll, UV_READABLE, conn_cb);
+    if (srv.listen_fd >= 0) {
+        uv_poll_init(&srv.loop, &srv.listen_poll, srv.listen_fd);
+        srv.listen_poll.data = &srv;
+        uv_poll_start(&srv.listen_poll, UV_READABLE, listen_cb);
+    }
     uv_signal_init(&srv.loop, &srv.term);
     srv.term.data = &srv;
     uv_signal_start(&srv.term, term_cb, SIGTERM);
@@ -439,13 +672,52 @@ void tbx__forkserver_main(int conn)
     shutdown_now(&srv);
 }
 
+/* A server spawned by tbx_forkserver_start: its options come through the
+ * environment (its argv is the program's own), its key as the first message
+ * on its connection. */
 void tbx__forkserver_maybe_serve(void)
 {
+    static tbx__fs_config cfg;
+    static char listen_path[108];
     const char *v = getenv(TBX__FS_VAR);
-    int fd;
+    const char *limits = getenv(TBX__FS_LIMITS_VAR);
+    const char *allow = getenv(TBX__FS_ALLOW_VAR);
+    const char *path = getenv(TBX__FS_LISTEN_VAR);
+    unsigned long long timeout_ms = 0;
     char tail;
-    if (v == NULL || sscanf(v, "%d%c", &fd, &tail) != 1)
+    if (v == NULL || sscanf(v, "%d%c", &cfg.conn, &tail) != 1)
         return;
+    if (limits != NULL && sscanf(limits, "%u:%llu:%u", &cfg.max_children, &timeout_ms,
+                                 &cfg.max_per_client) != 3)
+        cfg.max_children = 0, timeout_ms = 0, cfg.max_per_client = 0;
+    cfg.request_timeout_ns = timeout_ms * 1000000ull;
+    for (const char *p = allow; p != NULL && *p != '\0' && cfg.nallow < TBX__MAX_ALLOW;) {
+        char *end;
+        unsigned long uid = strtoul(p, &end, 10);
+        if (end == p)
+            break;
+        cfg.allow[cfg.nallow++] = (uid_t)uid;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (path != NULL && strlen(path) < sizeof listen_path) {
+        strcpy(listen_path, path);
+        cfg.listen_path = listen_path;
+    }
+    const char *preload = getenv(TBX__FS_PRELOAD_VAR);
+    cfg.preload = preload != NULL ? strdup(preload) : NULL;
+    cfg.ready_fd = -1;
+    cfg.verbose = 1;
+    tbx__keymsg km;
+    int nfds = 0;
+    if (tbx__recv_fds(cfg.conn, &km, sizeof km, NULL, &nfds, 0) != (ssize_t)sizeof km ||
+        km.magic != TBX__AUTH_MAGIC)
+        _exit(1);
+    memcpy(cfg.key, km.key, sizeof cfg.key);
+    /* Nothing of the server's set-up reaches the functions it runs. */
     unsetenv(TBX__FS_VAR);
-    tbx__forkserver_main(fd);
+    unsetenv(TBX__FS_LIMITS_VAR);
+    unsetenv(TBX__FS_ALLOW_VAR);
+    unsetenv(TBX__FS_LISTEN_VAR);
+    unsetenv(TBX__FS_PRELOAD_VAR);
+    tbx__forkserver_run(&cfg);
 }

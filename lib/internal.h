@@ -118,6 +118,51 @@ typedef struct tbx__control {
     int32_t code; /* wstatus, error code or signal */
 } tbx__control;
 
+/* ------------------------------------------------------ the shared server
+ * A process that connects to a listening forkserver proves, and is proved,
+ * knowledge of the shared key (auth.c) before its first call:
+ *   server -> client  tbx__challenge   {magic, nonce_s}
+ *   client -> server  tbx__response    {magic, proof(key, "client", nonce_s), nonce_c}
+ *   server -> client  tbx__proof       {magic, proof(key, "server", nonce_c)}
+ * Each is one SEQPACKET message; then the connection carries calls as the
+ * creator's does. */
+#define TBX__KEY_LEN 32
+#define TBX__NONCE_LEN 32
+#define TBX__PROOF_LEN 32
+#define TBX__AUTH_MAGIC 0x41584254u /* "TBXA" */
+
+typedef struct tbx__challenge {
+    uint32_t magic;
+    uint8_t nonce[TBX__NONCE_LEN];
+} tbx__challenge;
+
+typedef struct tbx__response {
+    uint32_t magic;
+    uint8_t proof[TBX__PROOF_LEN];
+    uint8_t nonce[TBX__NONCE_LEN];
+} tbx__response;
+
+typedef struct tbx__proof {
+    uint32_t magic;
+    uint8_t proof[TBX__PROOF_LEN];
+} tbx__proof;
+
+/* The first message on a creator's connection: the key. */
+typedef struct tbx__keymsg {
+    uint32_t magic;
+    uint8_t key[TBX__KEY_LEN];
+} tbx__keymsg;
+
+int tbx__random(void *buf, size_t len);
+void tbx__auth_prove(const uint8_t key[TBX__KEY_LEN], const char *role,
+                     const uint8_t nonce[TBX__NONCE_LEN], uint8_t out[TBX__PROOF_LEN]);
+/* 0 if proof is role's proof for nonce under key, compared in constant
+ * time; TBX_EPROTO otherwise. */
+int tbx__auth_check(const uint8_t key[TBX__KEY_LEN], const char *role,
+                    const uint8_t nonce[TBX__NONCE_LEN], const uint8_t proof[TBX__PROOF_LEN]);
+int tbx__key_parse(const char *hex, uint8_t key[TBX__KEY_LEN]);
+void tbx__key_format(const uint8_t key[TBX__KEY_LEN], char hex[2 * TBX__KEY_LEN + 1]);
+
 /* 0 if m is a well-formed control message of a kind the receiver accepts
  * (from_server: LAUNCHED, EXITED, ERROR; else KILL); TBX_EPROTO otherwise. */
 int tbx__control_check(const tbx__control *m, int from_server);
@@ -141,6 +186,8 @@ int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total);
 #define TBX__FS_VAR "TIMEBOX_FORKSERVER"
 #define TBX__FS_LIMITS_VAR "TIMEBOX_FORKSERVER_LIMITS"
 #define TBX__FS_PRELOAD_VAR "TIMEBOX_FORKSERVER_PRELOAD"
+#define TBX__FS_LISTEN_VAR "TIMEBOX_FORKSERVER_LISTEN" /* path to listen on */
+#define TBX__FS_ALLOW_VAR "TIMEBOX_FORKSERVER_ALLOW"   /* uids, comma-separated */
 
 /* 0 if buf holds exactly one msgpack object, nested at most max_depth deep,
  * with no container count larger than the bytes that remain (so unpacking
@@ -352,9 +399,41 @@ void tbx__request_free(tbx__request *rq);
 /* The child spec that runs a resolved request. */
 void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *spec);
 
-/* The forkserver process: serves on conn (fd of its creator's connection)
- * until that closes; never returns. */
-__attribute__((noreturn)) void tbx__forkserver_main(int conn);
+/* What a forkserver process serves with: from its creator (spawned by
+ * tbx_forkserver_start) or from timebox-forkserver's command line. */
+#define TBX__MAX_ALLOW 16
+typedef struct tbx__fs_config {
+    int conn;                 /* the creator's connection; -1: none (daemon) */
+    const char *listen_path;  /* NULL: serve the creator only */
+    uint8_t key[TBX__KEY_LEN];
+    unsigned max_children;    /* 0: the default */
+    unsigned max_per_client;  /* 0: no limit beyond max_children */
+    uint64_t request_timeout_ns; /* also the handshake's; 0: the default */
+    uid_t allow[TBX__MAX_ALLOW]; /* besides the server's own uid */
+    size_t nallow;
+    const char *preload;      /* shared objects, newline-separated, or NULL */
+    int ready_fd;             /* gets an int32 (0 or why not) once serving */
+    int write_key;            /* write the key to "<listen_path>.key" */
+    int verbose;              /* log each refused client to stderr */
+} tbx__fs_config;
+
+/* Becomes the forkserver: loads preloads, runs preload hooks, listens if
+ * asked, reports ready (on conn or ready_fd), serves; never returns.  On
+ * SIGTERM, or when conn closes, it kills its children, removes its socket
+ * and exits 0. */
+__attribute__((noreturn)) void tbx__forkserver_run(tbx__fs_config *cfg);
+
+/* Creates a listening SOCK_SEQPACKET socket at path: its directory is made
+ * with mode 0700 if missing and must otherwise belong to us and let no one
+ * else in (shared: other uids are allowed in, so the directory may let them
+ * search it, never write, and the socket is made 0666 after it is bound);
+ * the socket is bound under umask 0177 (mode 0600 from birth) and a
+ * stale socket of ours at path is replaced.  -ENAMETOOLONG when path does not
+ * fit in sun_path (never truncated).  Returns the fd or -errno. */
+int tbx__listen_unix(const char *path, int shared);
+/* Connects to a shared forkserver at path and authenticates both ways.
+ * Returns the connection or -errno / TBX_EPROTO (bad key either way). */
+int tbx__connect_unix(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s);
 /* If this process was started as a forkserver, becomes it. */
 void tbx__forkserver_maybe_serve(void);
 /* A fork child: forgets the parent's forkserver connection. */

@@ -25,23 +25,53 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
 #define STOP_TIMEOUT_MS 5000
 #define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN */
 
+static void set_send_timeout(int fd)
+{
+    struct timeval tv = {SEND_TIMEOUT_S, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
 static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int fs_conn = -1;
-static pid_t fs_pid;
+static pid_t fs_pid;   /* the server, once known */
+static pid_t fs_owner; /* the process that started it: only it stops or reaps
+                          it (a forked worker inherits the connection) */
 /* The options of the last explicit start, kept for restarts. */
-static char *fs_env_limits, *fs_env_preload, *fs_executable;
+static char *fs_env_limits, *fs_env_preload, *fs_env_listen, *fs_env_allow, *fs_executable;
 static char **fs_argv;
+static uint8_t fs_key[TBX__KEY_LEN];
+static int fs_have_key;
+
+#define SOCKET_ENV "TIMEBOX_FORKSERVER_SOCKET"
+#define KEY_ENV "TIMEBOX_FORKSERVER_KEY"
+#define CONNECT_TIMEOUT_S 10.0
 
 void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
 {
     memset(opts, 0, sizeof *opts);
     opts->request_timeout_s = 10;
+}
+
+/* A process forked by the program (a pre-forked worker) keeps the
+ * connection it inherits; the lock, which another thread may have held at
+ * the fork, starts afresh. */
+static void atfork_child(void)
+{
+    pthread_rwlock_init(&fs_lock, NULL);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    (void)pthread_atfork(NULL, NULL, atfork_child);
 }
 
 static void free_argv(char **argv)
@@ -54,18 +84,38 @@ static void free_argv(char **argv)
 /* Turns opts into what a start needs, kept across restarts. */
 static int remember(const tbx_forkserver_opts *o)
 {
-    char limits[64], *preload = NULL, *exe = NULL, **argv = NULL;
+    char limits[96], allow[16 * 12 + 32], *preload = NULL, *exe = NULL, **argv = NULL;
     size_t len = 1, n = 0;
-    snprintf(limits, sizeof limits, "%s=%u:%llu", TBX__FS_LIMITS_VAR, o->max_children,
-             (unsigned long long)(o->request_timeout_s > 0 ? o->request_timeout_s * 1000 : 0));
+    snprintf(limits, sizeof limits, "%s=%u:%llu:%u", TBX__FS_LIMITS_VAR, o->max_children,
+             (unsigned long long)(o->request_timeout_s > 0 ? o->request_timeout_s * 1000 : 0),
+             o->max_per_client);
+    if (o->nallow_uids > TBX__MAX_ALLOW)
+        return TBX_EINVAL;
+    size_t at = (size_t)snprintf(allow, sizeof allow, "%s=", TBX__FS_ALLOW_VAR);
+    for (size_t i = 0; i < o->nallow_uids; i++)
+        at += (size_t)snprintf(allow + at, sizeof allow - at, "%s%u", i ? "," : "",
+                               (unsigned)o->allow_uids[i]);
+    char *listen = NULL;
+    if (o->socket_path != NULL) {
+        if (strlen(o->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            return -ENAMETOOLONG;
+        listen = malloc(sizeof TBX__FS_LISTEN_VAR + strlen(o->socket_path) + 1);
+        if (listen == NULL)
+            return -ENOMEM;
+        sprintf(listen, "%s=%s", TBX__FS_LISTEN_VAR, o->socket_path);
+    }
     for (const char *const *p = o->preload; p != NULL && *p != NULL; p++) {
-        if (strchr(*p, '\n') != NULL)
+        if (strchr(*p, '\n') != NULL) {
+            free(listen);
             return TBX_EINVAL;
+        }
         len += strlen(*p) + 1;
     }
     preload = malloc(sizeof TBX__FS_PRELOAD_VAR + len);
-    if (preload == NULL)
+    if (preload == NULL) {
+        free(listen);
         return -ENOMEM;
+    }
     strcpy(preload, TBX__FS_PRELOAD_VAR "=");
     for (const char *const *p = o->preload; p != NULL && *p != NULL; p++)
         strcat(strcat(preload, *p), "\n");
@@ -80,18 +130,25 @@ static int remember(const tbx_forkserver_opts *o)
             ok = (argv[i] = strdup(o->argv[i])) != NULL;
     }
     char *lim = ok ? strdup(limits) : NULL;
-    if (lim == NULL) {
+    char *alw = lim != NULL ? strdup(allow) : NULL;
+    if (alw == NULL) {
+        free(lim);
         free(preload);
+        free(listen);
         free(exe);
         free_argv(argv);
         return -ENOMEM;
     }
     free(fs_env_limits);
     free(fs_env_preload);
+    free(fs_env_listen);
+    free(fs_env_allow);
     free(fs_executable);
     free_argv(fs_argv);
     fs_env_limits = lim;
     fs_env_preload = preload;
+    fs_env_listen = listen;
+    fs_env_allow = alw;
     fs_executable = exe;
     fs_argv = argv;
     return 0;
@@ -129,6 +186,11 @@ static void stop_locked(void)
         return;
     tbx__close(fs_conn);
     fs_conn = -1;
+    if (fs_owner != getpid()) {
+        /* Attached, or inherited: the server is not ours to end. */
+        fs_pid = 0;
+        return;
+    }
     (void)kill(fs_pid, SIGTERM);
     for (int waited = 0; tbx__reap(fs_pid, &wstatus, 1) == 0; waited++) {
         if (waited == STOP_TIMEOUT_MS) {
@@ -153,11 +215,17 @@ static int start_locked(void)
         if ((rc = remember(&o)) != 0)
             return rc;
     }
+    if (!fs_have_key) {
+        if ((rc = tbx__random(fs_key, sizeof fs_key)) != 0)
+            return rc;
+        fs_have_key = 1;
+    }
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
         return -errno;
     rc = tbx__lift_fd(&sv[1]);
     if (rc == 0) {
-        const char *env[] = {TBX__FS_VAR "=3", fs_env_limits, fs_env_preload, NULL};
+        const char *env[] = {TBX__FS_VAR "=3", fs_env_limits, fs_env_preload, fs_env_allow,
+                             fs_env_listen, NULL};
         tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1};
         rc = tbx__spawn(&sp, &pid);
     }
@@ -166,7 +234,13 @@ static int start_locked(void)
         tbx__close(sv[0]);
         return rc;
     }
-    rc = await_ready(sv[0], pid);
+    /* The key goes down the private connection, never through argv or the
+     * environment of the server. */
+    tbx__keymsg km = {TBX__AUTH_MAGIC, {0}};
+    memcpy(km.key, fs_key, sizeof km.key);
+    ssize_t sent = tbx__send_fds(sv[0], &km, sizeof km, NULL, 0, 0);
+    memset(&km, 0, sizeof km);
+    rc = sent == (ssize_t)sizeof km ? await_ready(sv[0], pid) : (int)sent;
     if (rc != 0) {
         int wstatus;
         tbx__close(sv[0]);
@@ -174,16 +248,93 @@ static int start_locked(void)
         (void)tbx__reap(pid, &wstatus, 0);
         return rc;
     }
-    struct timeval tv = {SEND_TIMEOUT_S, 0};
-    (void)setsockopt(sv[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    set_send_timeout(sv[0]);
     fs_conn = sv[0];
     fs_pid = pid;
+    fs_owner = getpid();
+    if (fs_env_listen != NULL) {
+        /* Processes this one starts find the shared server without code. */
+        char hex[2 * TBX__KEY_LEN + 1];
+        tbx__key_format(fs_key, hex);
+        setenv(SOCKET_ENV, strchr(fs_env_listen, '=') + 1, 1);
+        setenv(KEY_ENV, hex, 1);
+    }
     return 0;
+}
+
+/* Reads a shared server's key: given, or $TIMEBOX_FORKSERVER_KEY, or the
+ * file PATH.key that timebox-forkserver writes beside its socket. */
+static int load_key(const char *path, const void *key, size_t key_len, uint8_t out[TBX__KEY_LEN])
+{
+    if (key != NULL) {
+        if (key_len != TBX__KEY_LEN)
+            return TBX_EINVAL;
+        memcpy(out, key, TBX__KEY_LEN);
+        return 0;
+    }
+    const char *hex = getenv(KEY_ENV);
+    if (hex != NULL)
+        return tbx__key_parse(hex, out);
+    char file[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], buf[2 * TBX__KEY_LEN + 2];
+    snprintf(file, sizeof file, "%s.key", path);
+    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = tbx__read(fd, buf, sizeof buf - 1);
+    tbx__close(fd);
+    if (n < 2 * TBX__KEY_LEN)
+        return TBX_EINVAL;
+    buf[2 * TBX__KEY_LEN] = '\0';
+    return tbx__key_parse(buf, out);
+}
+
+static int attach_locked(const char *path, const void *key, size_t key_len)
+{
+    uint8_t k[TBX__KEY_LEN];
+    int rc = load_key(path, key, key_len, k);
+    if (rc != 0)
+        return rc;
+    int fd = tbx__connect_unix(path, k, CONNECT_TIMEOUT_S);
+    memset(k, 0, sizeof k);
+    if (fd < 0)
+        return fd;
+    stop_locked(); /* a connection we had (inherited, say) is dropped */
+    set_send_timeout(fd);
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    fs_conn = fd;
+    fs_pid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : 0;
+    fs_owner = 0;
+    return 0;
+}
+
+int tbx_forkserver_attach(const char *path, const void *key, size_t key_len)
+{
+    if (path == NULL)
+        return TBX_EINVAL;
+    pthread_once(&atfork_once, atfork_register);
+    pthread_rwlock_wrlock(&fs_lock);
+    int rc = attach_locked(path, key, key_len);
+    pthread_rwlock_unlock(&fs_lock);
+    return rc;
+}
+
+/* A connection for the next call: the shared server named in the
+ * environment, if this process did not start one; else our own. */
+static int connect_locked(void)
+{
+    const char *path = getenv(SOCKET_ENV);
+    if (fs_conn >= 0)
+        return 0;
+    if (path != NULL && fs_owner != getpid())
+        return attach_locked(path, NULL, 0);
+    return start_locked();
 }
 
 int tbx_forkserver_start(const tbx_forkserver_opts *opts)
 {
     int rc = 0;
+    pthread_once(&atfork_once, atfork_register);
     pthread_rwlock_wrlock(&fs_lock);
     if (fs_conn < 0) {
         if (opts != NULL)
@@ -220,8 +371,9 @@ static int hand_over(const int fds[2])
         pthread_rwlock_rdlock(&fs_lock);
         while ((conn = fs_conn) < 0 && rc == 0) {
             pthread_rwlock_unlock(&fs_lock);
+            pthread_once(&atfork_once, atfork_register);
             pthread_rwlock_wrlock(&fs_lock);
-            rc = start_locked();
+            rc = connect_locked();
             pthread_rwlock_unlock(&fs_lock);
             pthread_rwlock_rdlock(&fs_lock);
         }
@@ -237,7 +389,7 @@ static int hand_over(const int fds[2])
             return rc;
         if (attempt == 1)
             return rc;
-        /* The server died: reap it and start another. */
+        /* The server died: reap it (if ours) and start, or find, another. */
         pthread_rwlock_wrlock(&fs_lock);
         if (fs_conn == conn)
             stop_locked();
@@ -288,5 +440,6 @@ void tbx__forkserver_forget_parent(void)
         tbx__close(fs_conn);
     fs_conn = -1;
     fs_pid = 0;
+    fs_owner = 0;
     pthread_rwlock_init(&fs_lock, NULL);
 }

@@ -1,0 +1,172 @@
+/*
+ * timebox-forkserver: one forkserver shared by the programs of one user (or
+ * of the uids it allows), as a daemon.  It serves the functions that the
+ * shared objects it preloads register with TBX_REGISTER.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: timebox-forkserver --socket PATH [options]\n"
+    "\n"
+    "Runs a timebox forkserver that several processes share: it forks the\n"
+    "children of their TBX_FORKSERVER calls from one small, clean process, so\n"
+    "that no caller forks itself, whatever its size or threads.\n"
+    "\n"
+    "  --socket PATH          listen on this Unix socket (required).  Its directory\n"
+    "                         is made with mode 0700 if missing, and must otherwise\n"
+    "                         belong to you and be closed to others.  The secret key\n"
+    "                         clients must prove they know is written to PATH.key\n"
+    "                         (mode 0600); a client reads it there, or takes it from\n"
+    "                         TIMEBOX_FORKSERVER_KEY.\n"
+    "  --preload LIB.so       load a shared object before serving (repeatable): the\n"
+    "                         functions it registers are what the server can run,\n"
+    "                         and its TBX_PRELOAD hooks run once, here\n"
+    "  --max-children N       children alive at once, over all clients (default 1024)\n"
+    "  --max-per-client N     children alive at once per connection (default: no\n"
+    "                         limit beyond --max-children)\n"
+    "  --allow-uid UID        also let this user in (repeatable; default: only your\n"
+    "                         own uid)\n"
+    "  --request-timeout S    seconds a client has to send a request or finish its\n"
+    "                         handshake (default 10)\n"
+    "  --foreground           stay in the foreground (default: detach once serving)\n"
+    "  --quiet                do not log refused clients\n"
+    "  --help                 this text\n"
+    "\n"
+    "Clients attach with tbx_forkserver_attach(PATH, NULL, 0), or by setting\n"
+    "TIMEBOX_FORKSERVER_SOCKET=PATH before their first TBX_FORKSERVER call.\n"
+    "SIGTERM stops it: its children are killed, its socket and key removed.\n"
+    "It logs to stderr.\n";
+
+static unsigned parse_count(const char *opt, const char *v)
+{
+    char *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || n == 0 || n > 1u << 20) {
+        fprintf(stderr, "timebox-forkserver: %s wants a positive number, not '%s'\n", opt, v);
+        exit(2);
+    }
+    return (unsigned)n;
+}
+
+int main(int argc, char **argv)
+{
+    static tbx__fs_config cfg;
+    static char preload[8192];
+    size_t preload_len = 0;
+    int foreground = 0;
+
+    cfg.conn = -1;
+    cfg.ready_fd = -1;
+    cfg.verbose = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = strcmp(a, "--socket") == 0 || strcmp(a, "--preload") == 0 ||
+                    strcmp(a, "--max-children") == 0 || strcmp(a, "--max-per-client") == 0 ||
+                    strcmp(a, "--allow-uid") == 0 || strcmp(a, "--request-timeout") == 0;
+        if (takes && v == NULL) {
+            fprintf(stderr, "timebox-forkserver: %s wants a value\n\n%s", a, usage);
+            return 2;
+        }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (strcmp(a, "--socket") == 0) {
+            cfg.listen_path = v;
+        } else if (strcmp(a, "--preload") == 0) {
+            size_t n = strlen(v);
+            if (preload_len + n + 2 > sizeof preload || strchr(v, '\n') != NULL) {
+                fprintf(stderr, "timebox-forkserver: too many or odd --preload names\n");
+                return 2;
+            }
+            memcpy(preload + preload_len, v, n);
+            preload_len += n;
+            preload[preload_len++] = '\n';
+            cfg.preload = preload;
+        } else if (strcmp(a, "--max-children") == 0) {
+            cfg.max_children = parse_count(a, v);
+        } else if (strcmp(a, "--max-per-client") == 0) {
+            cfg.max_per_client = parse_count(a, v);
+        } else if (strcmp(a, "--allow-uid") == 0) {
+            if (cfg.nallow == TBX__MAX_ALLOW) {
+                fprintf(stderr, "timebox-forkserver: at most %d --allow-uid\n", TBX__MAX_ALLOW);
+                return 2;
+            }
+            char *end;
+            unsigned long uid = strtoul(v, &end, 10);
+            if (*v == '\0' || *end != '\0') {
+                fprintf(stderr, "timebox-forkserver: --allow-uid wants a number, not '%s'\n", v);
+                return 2;
+            }
+            cfg.allow[cfg.nallow++] = (uid_t)uid;
+        } else if (strcmp(a, "--request-timeout") == 0) {
+            double s = strtod(v, NULL);
+            if (!(s > 0 && s < 86400)) {
+                fprintf(stderr, "timebox-forkserver: --request-timeout wants seconds\n");
+                return 2;
+            }
+            cfg.request_timeout_ns = (uint64_t)(s * 1e9);
+        } else if (strcmp(a, "--foreground") == 0) {
+            foreground = 1;
+        } else if (strcmp(a, "--quiet") == 0) {
+            cfg.verbose = 0;
+        } else {
+            fprintf(stderr, "timebox-forkserver: unknown argument '%s'\n\n%s", a, usage);
+            return 2;
+        }
+        i += takes;
+    }
+    if (cfg.listen_path == NULL) {
+        fprintf(stderr, "timebox-forkserver: --socket PATH is required\n\n%s", usage);
+        return 2;
+    }
+    if (tbx__random(cfg.key, sizeof cfg.key) != 0) {
+        perror("timebox-forkserver: getrandom");
+        return 1;
+    }
+    cfg.write_key = 1;
+
+    /* Either way, the caller hears only once the server serves, or why not. */
+    int ready[2];
+    if (pipe2(ready, O_CLOEXEC) != 0) {
+        perror("timebox-forkserver: pipe");
+        return 1;
+    }
+    pid_t pid = foreground ? 0 : fork();
+    if (pid < 0) {
+        perror("timebox-forkserver: fork");
+        return 1;
+    }
+    if (pid == 0) {
+        tbx__close(ready[0]);
+        if (!foreground) {
+            (void)setsid();
+            int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+            if (null >= 0)
+                (void)dup2(null, 0);
+        }
+        cfg.ready_fd = foreground ? -1 : ready[1];
+        if (foreground)
+            tbx__close(ready[1]);
+        fprintf(stderr, "timebox-forkserver: pid %d serving on %s\n", (int)getpid(),
+                cfg.listen_path);
+        tbx__forkserver_run(&cfg); /* never returns */
+    }
+    tbx__close(ready[1]);
+    int32_t code = TBX_EEXITED;
+    ssize_t n = tbx__read(ready[0], &code, sizeof code);
+    if (n != (ssize_t)sizeof code || code != 0) {
+        fprintf(stderr, "timebox-forkserver: could not start: %s\n",
+                n != (ssize_t)sizeof code ? "it exited"
+                : code == TBX_EFAILED     ? "a --preload or a preload hook failed (see above)"
+                                          : tbx_strerror(code));
+        return 1;
+    }
+    return 0;
+}
