@@ -178,8 +178,6 @@ static void flush_stdio(void)
 
 void tbx__child_forget_parent(void)
 {
-    tbx__deadline_forget_parent();
-    tbx__loop_forget_parent();
     tbx__forkserver_forget_parent();
 }
 

@@ -142,6 +142,26 @@ static void fire_cb(uv_poll_t *h, int status, int events)
  * each does not make and close a timerfd. */
 static _Thread_local tbx__timers *pinned;
 
+/* A fork child: the parent's timers are not ours.  A timerfd is shared
+ * across a fork, so arming our copy would move the parent's deadlines: every
+ * copy is closed, and the memory left.  The lock may have been held by a
+ * thread that does not exist here. */
+static void atfork_child(void)
+{
+    for (tbx__timers *t = timers_list; t != NULL; t = t->next)
+        tbx__close(t->fd);
+    timers_list = NULL;
+    pinned = NULL;
+    pthread_mutex_init(&timers_lock, NULL);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    (void)pthread_atfork(NULL, NULL, atfork_child);
+}
+
 static int timers_get(uv_loop_t *loop, tbx__timers **out)
 {
     tbx__timers *t;
@@ -149,6 +169,7 @@ static int timers_get(uv_loop_t *loop, tbx__timers **out)
         *out = pinned;
         return 0;
     }
+    pthread_once(&atfork_once, atfork_register);
     pthread_mutex_lock(&timers_lock);
     for (t = timers_list; t != NULL && t->loop != loop; t = t->next)
         ;
@@ -255,14 +276,4 @@ void tbx__deadline_stop(tbx__deadline *d)
     d->timers = NULL;
     rearm(t);
     unref_timers(t);
-}
-
-void tbx__deadline_forget_parent(void)
-{
-    /* A fork child: the parent's loops are not ours to touch.  Their memory
-     * stays (the child exits soon), and the lock may have been held by a
-     * thread that does not exist here. */
-    timers_list = NULL;
-    pinned = NULL;
-    pthread_mutex_init(&timers_lock, NULL);
 }

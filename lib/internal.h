@@ -229,8 +229,6 @@ void tbx__deadline_stop(tbx__deadline *d);
 int tbx__deadline_pin(uv_loop_t *loop);
 /* Drops the private loop's pinned timer (the thread is ending). */
 void tbx__deadline_unpin(uv_loop_t *loop);
-/* A fork child: drops the parent's loops' timers without touching them. */
-void tbx__deadline_forget_parent(void);
 
 /* ---------------------------------------------------------------- a call */
 typedef struct tbx__call tbx__call;
@@ -441,7 +439,10 @@ void tbx__forkserver_forget_parent(void);
 /* Runs every TBX_PRELOAD hook; 0 or the first failure. */
 int tbx__run_preload_hooks(void);
 
-/* Forgets every timebox state inherited from a parent (a fork child). */
+/* Forgets the timebox state a fork child must not share with its parent
+ * that fork handlers keep for other forks (the forkserver connection).
+ * Loops and deadline timers are forgotten in every fork child by their own
+ * pthread_atfork handlers. */
 void tbx__child_forget_parent(void);
 
 /* The calling thread's private loop for blocking calls, made on first use;
@@ -449,7 +450,6 @@ void tbx__child_forget_parent(void);
 uv_loop_t *tbx__private_loop(void);
 /* 1 if loop is the calling thread's private loop. */
 int tbx__loop_is_private(const uv_loop_t *loop);
-/* A fork child: forgets the thread's private loop (the parent's). */
-void tbx__loop_forget_parent(void);
+
 
 #endif /* TBX_INTERNAL_H */

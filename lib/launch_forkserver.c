@@ -310,8 +310,10 @@ static int attach_locked(const char *path, const void *key, size_t key_len)
 
 int tbx_forkserver_attach(const char *path, const void *key, size_t key_len)
 {
-    if (path == NULL)
+    if (path == NULL || path[0] == '\0')
         return TBX_EINVAL;
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return -ENAMETOOLONG; /* never truncated to someone else's socket */
     pthread_once(&atfork_once, atfork_register);
     pthread_rwlock_wrlock(&fs_lock);
     int rc = attach_locked(path, key, key_len);

@@ -1,64 +1,96 @@
 /*
  * Each thread's private loop, on which its blocking calls run the engine.
- * Made on first use and kept with its deadline timer (two descriptors: an
- * epoll instance and a timerfd), so a blocking call does not pay for their
- * set-up; closed when the thread exits.
+ * Made on first use and kept with its deadline timer, so a blocking call does
+ * not pay for their set-up; closed when the thread exits.
+ *
+ * A process forked from this one (a pre-forked worker, or a fork child of
+ * timebox's own) must not use them: an epoll instance is shared across a
+ * fork, so the two processes would steal each other's events.  A fork child
+ * handler closes the child's copies of every private loop's descriptors and
+ * forgets them; the child makes new ones on its first call.
  */
 #include "internal.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 
+typedef struct private_loop {
+    uv_loop_t loop;
+    struct private_loop *next;
+} private_loop;
+
 static pthread_key_t loop_key;
 static pthread_once_t loop_once = PTHREAD_ONCE_INIT;
 static _Thread_local uv_loop_t *thread_loop;
+static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
+static private_loop *loops;
 
 static void loop_destroy(void *p)
 {
-    uv_loop_t *loop = p;
+    private_loop *pl = p;
+    pthread_mutex_lock(&loops_lock);
+    for (private_loop **q = &loops; *q != NULL; q = &(*q)->next) {
+        if (*q == pl) {
+            *q = pl->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&loops_lock);
     /* Blocking calls leave nothing on it but the pinned timer, closed here. */
-    tbx__deadline_unpin(loop);
-    uv_run(loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(loop) == 0)
-        free(loop);
+    tbx__deadline_unpin(&pl->loop);
+    uv_run(&pl->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&pl->loop) == 0)
+        free(pl);
 }
 
-int tbx__loop_is_private(const uv_loop_t *loop)
+static void atfork_child(void)
 {
-    return loop != NULL && loop == thread_loop;
+    /* One thread here, and the loops' memory is ours to leave: only their
+     * descriptors, copies of the parent's, are closed. */
+    for (private_loop *pl = loops; pl != NULL; pl = pl->next) {
+        tbx__close(uv_backend_fd(&pl->loop));
+        tbx__close(pl->loop.signal_pipefd[0]);
+        tbx__close(pl->loop.signal_pipefd[1]);
+    }
+    loops = NULL;
+    if (thread_loop != NULL)
+        (void)pthread_setspecific(loop_key, NULL);
+    thread_loop = NULL;
+    pthread_mutex_init(&loops_lock, NULL);
 }
 
-static void loop_key_init(void)
+static void loop_init_once(void)
 {
     (void)pthread_key_create(&loop_key, loop_destroy);
+    (void)pthread_atfork(NULL, NULL, atfork_child);
 }
 
 uv_loop_t *tbx__private_loop(void)
 {
     if (thread_loop != NULL)
         return thread_loop;
-    pthread_once(&loop_once, loop_key_init);
-    uv_loop_t *loop = malloc(sizeof *loop);
-    if (loop == NULL)
+    pthread_once(&loop_once, loop_init_once);
+    private_loop *pl = malloc(sizeof *pl);
+    if (pl == NULL)
         return NULL;
-    if (uv_loop_init(loop) != 0) {
-        free(loop);
+    if (uv_loop_init(&pl->loop) != 0) {
+        free(pl);
         return NULL;
     }
-    thread_loop = loop;
-    (void)pthread_setspecific(loop_key, loop);
+    pthread_mutex_lock(&loops_lock);
+    pl->next = loops;
+    loops = pl;
+    pthread_mutex_unlock(&loops_lock);
+    thread_loop = &pl->loop;
+    (void)pthread_setspecific(loop_key, pl);
     /* Its deadline timer is made now and kept with it, so a thread's
      * descriptors are all made by its first call.  Without one, calls make
      * their own. */
-    (void)tbx__deadline_pin(loop);
-    return loop;
+    (void)tbx__deadline_pin(&pl->loop);
+    return thread_loop;
 }
 
-void tbx__loop_forget_parent(void)
+int tbx__loop_is_private(const uv_loop_t *loop)
 {
-    /* The parent's loop shares its epoll instance with the parent: a nested
-     * call in this child makes a loop of its own. */
-    if (thread_loop != NULL)
-        (void)pthread_setspecific(loop_key, NULL);
-    thread_loop = NULL;
+    return loop != NULL && loop == thread_loop;
 }

@@ -1,0 +1,434 @@
+/*
+ * One forkserver shared by many processes, and kept safe from its
+ * neighbours: other uids, wrong keys, clients that die mid-call, the daemon.
+ */
+#define _GNU_SOURCE
+#include "helpers.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <timebox/uv.h>
+#include <unistd.h>
+
+/* A fresh directory for a socket: /tmp/tbx-shared-XXXXXX (mode 0700). */
+static void socket_dir(char *dir, size_t len, char *path, size_t plen)
+{
+    snprintf(dir, len, "/tmp/tbx-shared-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, plen, "%s/fs.sock", dir);
+}
+
+static void remove_dir(const char *dir)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static tbx_forkserver_opts shared_opts(const char *path)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.socket_path = path;
+    return fo;
+}
+
+/* One call of fn_echo through the forkserver this process uses. */
+static int echo_call(const char *word, double timeout, tbx_result *r)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "s", word);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = timeout;
+    int rc = tbx_call(fn_echo, sb.data, sb.size, &o, r);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+/* Runs body in a forked process; returns its exit status (0: good). */
+static int in_process(int (*body)(void *), void *arg)
+{
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0)
+        _exit(body(arg));
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st), "helper process status %#x", st);
+    return WEXITSTATUS(st);
+}
+
+/* ------------------------------------------------------ sharing it */
+
+static int worker_calls(void *arg)
+{
+    int n = *(int *)arg;
+    /* A process the creator started: the environment names the server.
+     * Forget the connection inherited from the fork, so the test is of the
+     * path and the key, as for a program the creator exec'd. */
+    if (tbx_forkserver_attach(getenv("TIMEBOX_FORKSERVER_SOCKET"), NULL, 0) != 0)
+        return 10;
+    for (int i = 0; i < n; i++) {
+        tbx_result r;
+        int rc = echo_call("w", 30, &r);
+        int ok = rc == 0 && obj_str_eq(&r.value, "w");
+        tbx_result_free(&r);
+        if (!ok)
+            return 11;
+    }
+    return 0;
+}
+
+TBX_PLAIN_TEST(shared, processes_share_one_server)
+{
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    cr_assert_str_eq(getenv("TIMEBOX_FORKSERVER_SOCKET"), path);
+    cr_assert_not_null(getenv("TIMEBOX_FORKSERVER_KEY"));
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    cr_assert_eq(st.st_mode & 0777, 0600, "socket mode %o", st.st_mode & 0777);
+    cr_assert_eq(stat(dir, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0700, "directory mode %o", st.st_mode & 0777);
+
+    int n = 20;
+    pid_t kids[4];
+    for (int i = 0; i < 4; i++) {
+        kids[i] = fork();
+        cr_assert_geq(kids[i], 0);
+        if (kids[i] == 0)
+            _exit(worker_calls(&n));
+    }
+    for (int i = 0; i < 4; i++) {
+        int st2;
+        cr_assert_eq(waitpid(kids[i], &st2, 0), kids[i]);
+        cr_assert(WIFEXITED(st2) && WEXITSTATUS(st2) == 0, "worker %d: status %#x", i, st2);
+    }
+    /* And a worker forked from the creator may just use what it inherited. */
+    pid_t w = fork();
+    cr_assert_geq(w, 0);
+    if (w == 0) {
+        tbx_result r;
+        int rc = echo_call("inherited", 30, &r);
+        _exit(rc == 0 && obj_str_eq(&r.value, "inherited") ? 0 : 1);
+    }
+    int st3;
+    cr_assert_eq(waitpid(w, &st3, 0), w);
+    cr_assert(WIFEXITED(st3) && WEXITSTATUS(st3) == 0);
+    tbx_forkserver_stop();
+    cr_assert_neq(access(path, F_OK), 0, "the socket outlived its server");
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+/* ------------------------------------------------ keeping others out */
+
+TBX_PLAIN_TEST(shared, wrong_key_is_refused)
+{
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    unsigned char key[32];
+    memset(key, 0x5a, sizeof key);
+    /* In another process: this one holds the server it started. */
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0)
+        _exit(tbx_forkserver_attach(path, key, sizeof key) == TBX_EPROTO ? 0 : 1);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a wrong key got in");
+    /* A key of the wrong size is not even tried. */
+    cr_assert_eq(tbx_forkserver_attach(path, key, 16), TBX_EINVAL);
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+struct as_nobody {
+    const char *path;
+    int want;
+};
+
+/* Attaches as nobody, with the right key in hand (from the environment). */
+static int attach_as_nobody(void *p)
+{
+    struct as_nobody *a = p;
+    if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
+        return 77;
+    int rc = tbx_forkserver_attach(a->path, NULL, 0);
+    if (rc != a->want) {
+        fprintf(stderr, "as nobody: %s, wanted %s\n", tbx_err_name(rc), tbx_err_name(a->want));
+        return 1;
+    }
+    if (rc == 0) {
+        tbx_result r;
+        rc = echo_call("nobody", 30, &r);
+        int ok = rc == 0 && obj_str_eq(&r.value, "nobody");
+        tbx_result_free(&r);
+        return ok ? 0 : 2;
+    }
+    return 0;
+}
+
+TBX_PLAIN_TEST(shared, another_uid_is_refused)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to become another user");
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+
+    /* By default the directory alone keeps other users out. */
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    struct as_nobody a = {path, -EACCES};
+    int st = in_process(attach_as_nobody, &a);
+    if (st == 77)
+        cr_skip_test("cannot become nobody here");
+    cr_assert_eq(st, 0);
+    tbx_forkserver_stop();
+
+    /* Let another uid in: the socket opens up, the peer check stays. */
+    cr_assert_eq(chmod(dir, 0711), 0);
+    uid_t other = 12345;
+    fo.allow_uids = &other;
+    fo.nallow_uids = 1;
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    cr_assert_eq(in_process(attach_as_nobody, &a), 0, "nobody got past the peer check");
+    tbx_forkserver_stop();
+
+    /* Allowed, and holding the key: in. */
+    uid_t nobody = 65534;
+    fo.allow_uids = &nobody;
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    a.want = 0;
+    cr_assert_eq(in_process(attach_as_nobody, &a), 0, "an allowed uid with the key was refused");
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+TBX_PLAIN_TEST(shared, unsafe_socket_paths_are_refused)
+{
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    cr_assert_eq(chmod(dir, 0777), 0);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), -EPERM, "a directory open to all was accepted");
+    cr_assert_eq(tbx_forkserver_pid(), 0);
+
+    char longpath[200];
+    memset(longpath, 'a', sizeof longpath);
+    memcpy(longpath, "/tmp/", 5);
+    longpath[sizeof longpath - 1] = '\0';
+    fo.socket_path = longpath;
+    cr_assert_eq(tbx_forkserver_start(&fo), -ENAMETOOLONG);
+    cr_assert_eq(tbx_forkserver_attach(longpath, NULL, 0), -ENAMETOOLONG);
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+/* ------------------------------------------------ clients that go away */
+
+static int fn_pid_then_sleep(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    char path[128];
+    snprintf(path, sizeof path, "%.*s", (int)args->via.str.size, args->via.str.ptr);
+    FILE *f = fopen(path, "w");
+    if (f != NULL) {
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+    }
+    child_sleep(60);
+    return msgpack_pack_nil(pk);
+}
+TBX_REGISTER(fn_pid_then_sleep);
+
+TBX_PLAIN_TEST(shared, client_killed_mid_call_leaves_no_child)
+{
+    char dir[64], path[96], pidfile[128];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    snprintf(pidfile, sizeof pidfile, "%s/child.pid", dir);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    pid_t client = fork();
+    cr_assert_geq(client, 0);
+    if (client == 0) {
+        if (tbx_forkserver_attach(path, NULL, 0) != 0)
+            _exit(1);
+        msgpack_sbuffer sb;
+        pack(&sb, "s", pidfile);
+        tbx_opts o = test_opts(TBX_FORKSERVER);
+        tbx_result r;
+        tbx_call(fn_pid_then_sleep, sb.data, sb.size, &o, &r); /* no deadline */
+        _exit(2);
+    }
+    pid_t child = 0;
+    for (double end = now_s() + 30; child == 0 && now_s() < end; sleep_s(0.01)) {
+        FILE *f = fopen(pidfile, "r");
+        int v = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%d", &v) != 1)
+                v = 0;
+            fclose(f);
+        }
+        child = v;
+    }
+    cr_assert_gt(child, 0, "the call never started");
+    cr_assert_eq(kill(client, SIGKILL), 0);
+    int st;
+    cr_assert_eq(waitpid(client, &st, 0), client);
+    cr_assert(wait_gone(child, 10), "the dead client's child is still running");
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+static int mixed_client(void *arg)
+{
+    int id = *(int *)arg;
+    if (tbx_forkserver_attach(getenv("TIMEBOX_FORKSERVER_SOCKET"), NULL, 0) != 0)
+        return 10;
+    for (int i = 0; i < 10; i++) {
+        int kind = (id + i) % 3 == 0 ? MIX_HANG : (id + i) % 3 == 1 ? MIX_OK : MIX_SEGV;
+        msgpack_sbuffer sb;
+        pack(&sb, "a i i", 2, (int64_t)kind, (int64_t)i);
+        tbx_opts o = test_opts(TBX_FORKSERVER);
+        o.timeout_s = kind == MIX_HANG ? 0.1 + 0.05 * (id % 4) : 30;
+        o.grace_s = 0.1;
+        tbx_result r;
+        int rc = tbx_call(fn_mixed, sb.data, sb.size, &o, &r);
+        const char *bad = mixed_mismatch(kind, i, rc, &r);
+        tbx_result_free(&r);
+        msgpack_sbuffer_destroy(&sb);
+        if (bad != NULL) {
+            fprintf(stderr, "client %d call %d: %s\n", id, i, bad);
+            return 11;
+        }
+    }
+    return 0;
+}
+
+TBX_PLAIN_TEST(shared, sixteen_clients_at_once)
+{
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    pid_t kids[16];
+    int ids[16];
+    for (int i = 0; i < 16; i++) {
+        ids[i] = i;
+        kids[i] = fork();
+        cr_assert_geq(kids[i], 0);
+        if (kids[i] == 0)
+            _exit(mixed_client(&ids[i]));
+    }
+    for (int i = 0; i < 16; i++) {
+        int st;
+        cr_assert_eq(waitpid(kids[i], &st, 0), kids[i]);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status %#x", i, st);
+    }
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+/* ------------------------------------------------------------ the daemon */
+
+static void count_done_cb(tbx_req *req, tbx_result *r)
+{
+    *(int *)req->data = r->status;
+    tbx_result_free(r);
+}
+
+TBX_PLAIN_TEST(daemon, serves_and_shuts_down_clean)
+{
+    char dir[64], path[96], keyfile[128], pidfile[128], cmd[512];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    snprintf(keyfile, sizeof keyfile, "%s.key", path);
+    snprintf(pidfile, sizeof pidfile, "%s/child.pid", dir);
+    /* It detaches once it serves (and the test is its subreaper). */
+    become_subreaper();
+    snprintf(cmd, sizeof cmd, "'%s' --socket '%s' --preload '%s' --max-per-client 4 --quiet",
+             TIMEBOX_FORKSERVER_PATH, path, TEST_PLUGIN_PATH);
+    cr_assert_eq(system(cmd), 0, "the daemon did not start");
+    struct stat st;
+    cr_assert_eq(stat(keyfile, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+
+    void *plugin = dlopen(TEST_PLUGIN_PATH, RTLD_NOW);
+    cr_assert_not_null(plugin, "%s", dlerror());
+    tbx_fn *triple = (tbx_fn *)dlsym(plugin, "plugin_triple");
+    cr_assert_not_null(triple);
+    cr_assert_eq(tbx_forkserver_attach(path, NULL, 0), 0); /* key from the file */
+    pid_t daemon_pid = tbx_forkserver_pid();
+    cr_assert_gt(daemon_pid, 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)14);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    tbx_result r;
+    int rc = tbx_call(triple, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(obj_int(&r.value), 42);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* A call in flight when the daemon is told to stop. */
+    tbx_fn *hang = (tbx_fn *)dlsym(plugin, "plugin_pid_then_hang");
+    cr_assert_not_null(hang);
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    tbx_req req;
+    int done = 0;
+    req.data = &done;
+    pack(&sb, "s", pidfile);
+    cr_assert_eq(tbx_call_async(&loop, &req, hang, sb.data, sb.size, &o, count_done_cb), 0);
+    msgpack_sbuffer_destroy(&sb);
+    pid_t child = 0;
+    for (double end = now_s() + 30; child == 0 && now_s() < end; sleep_s(0.01)) {
+        FILE *f = fopen(pidfile, "r");
+        int v = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%d", &v) != 1)
+                v = 0;
+            fclose(f);
+        }
+        child = v;
+    }
+    cr_assert_gt(child, 0, "the hanging call never started");
+
+    /* SIGTERM: children killed, socket and key removed, the daemon gone. */
+    cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(done, -ECONNRESET, "the call in flight: %s", tbx_err_name(done));
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    cr_assert(wait_gone(child, 10), "the daemon's child outlived it");
+    /* The daemon detached from its starter: as subreaper, we reap it. */
+    reap_adopted(10);
+    cr_assert(wait_gone(daemon_pid, 1), "the daemon ignored SIGTERM");
+    cr_assert_neq(access(path, F_OK), 0, "the socket is left");
+    cr_assert_neq(access(keyfile, F_OK), 0, "the key is left");
+    tbx_forkserver_stop(); /* drops our connection; the server was not ours */
+    remove_dir(dir);
+}
