@@ -297,8 +297,9 @@ TBX_EXTERN void tbx_result_free(tbx_result *r);
  *   TBX_EEXITED    the child exited without a result (out->exit_code)
  *   TBX_EFAILED    fn called tbx_fail (out->fail_code, out->message)
  *   TBX_ETOOBIG    the result was over max_result; the child was killed
- *   TBX_EPROTO     the child wrote something that is not a result frame, or
- *                  a result that is not exactly one msgpack object
+ *   TBX_EPROTO     the child wrote something that is not a result frame,
+ *                  bytes after it, or a result that is not exactly one
+ *                  msgpack object
  *   TBX_EINVAL     bad arguments or options
  *   -errno         a system call failed: -EAGAIN (fork, process limit),
  *                  -EMFILE, -ENOMEM; nothing is left open or running

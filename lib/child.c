@@ -199,7 +199,7 @@ void tbx__child_main(const tbx__child_spec *spec)
     self.in_child = 1;
     self.deadline_ns = spec->deadline_ns;
     if (spec->soft_deadline && spec->timeout_s > 0)
-        self.deadline_ns = tbx__now_ns() + (uint64_t)(spec->timeout_s * 1e9);
+        self.deadline_ns = tbx__now_ns() + tbx__seconds_to_ns(spec->timeout_s);
 
     rb.magic = RESULT_MAGIC;
     rb.failed = rb.fail_code = rb.out_of_memory = 0;

@@ -44,11 +44,6 @@ int tbx_set_default_method(tbx_method method)
     return 0;
 }
 
-static uint64_t seconds_to_ns(double s)
-{
-    return s >= 18e9 ? UINT64_MAX / 2 : (uint64_t)(s * 1e9);
-}
-
 /* ------------------------------------------------------------ preparation */
 
 int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
@@ -101,8 +96,8 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
                            (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE);
         c->request.name_len = (uint32_t)name_len;
         c->request.args_len = args_len;
-        c->request.timeout_ns = c->opts.timeout_s > 0 ? seconds_to_ns(c->opts.timeout_s) : 0;
-        c->request.grace_ns = seconds_to_ns(c->opts.grace_s);
+        c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
+        c->request.grace_ns = tbx__seconds_to_ns(c->opts.grace_s);
         c->request.max_result = c->opts.max_result;
         return 0;
     }
@@ -203,7 +198,7 @@ static void escalate(tbx__call *c, int why, int hard)
     uint64_t from = why == TBX_ETIMEDOUT && c->deadline.when_ns != 0 ? c->deadline.when_ns
                                                                       : tbx__now_ns();
     c->deadline.cb = escalate_cb;
-    uint64_t at = from + seconds_to_ns(c->opts.grace_s);
+    uint64_t at = from + tbx__seconds_to_ns(c->opts.grace_s);
     if (tbx__deadline_start(&c->deadline, c->loop, at) != 0) {
         c->kill_signal = SIGKILL; /* no timer for the grace: no grace */
         signal_child(c, SIGKILL);
@@ -222,7 +217,7 @@ static int arm_deadline(tbx__call *c, uint64_t from_ns)
         return 0;
     c->deadline.cb = escalate_cb;
     return tbx__deadline_start(&c->deadline, c->loop,
-                               from_ns + seconds_to_ns(c->opts.timeout_s));
+                               from_ns + tbx__seconds_to_ns(c->opts.timeout_s));
 }
 
 int tbx__engine_stop(tbx__call *c, int why)
@@ -436,6 +431,17 @@ static int request_start(tbx__call *c)
 
 /* ------------------------------------------------------------------ exiting */
 
+/* The child is gone and every byte it wrote is in the pipe: a byte after a
+ * complete frame means the frame was not the whole story.  (A grandchild's
+ * later writes are never read.) */
+static void check_trailing(tbx__call *c)
+{
+    char b;
+    if (c->frame_done && c->verdict == 0 && c->child.result_fd >= 0 &&
+        tbx__read(c->child.result_fd, &b, 1) > 0)
+        c->verdict = TBX_EPROTO;
+}
+
 /* The child has exited (or may have): reap it, after killing its group. */
 static void check_exit(tbx__call *c)
 {
@@ -465,6 +471,7 @@ static void check_exit(tbx__call *c)
     c->wstatus = wstatus;
     /* Every byte the child wrote is in the pipe now. */
     drain(c);
+    check_trailing(c);
     finish(c);
 }
 
@@ -516,6 +523,7 @@ static void control_cb(uv_poll_t *h, int status, int events)
             c->wstatus = m->code;
             c->reaped = 1;
             drain(c);
+            check_trailing(c);
             finish(c);
             return;
         } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {

@@ -25,6 +25,9 @@
  * meaningful, each returning -errno on failure.  A kernel without pidfd makes
  * tbx__pidfd_open return -ENOSYS, and the engine falls back to polling. */
 uint64_t tbx__now_ns(void); /* CLOCK_MONOTONIC */
+/* seconds as nanoseconds, clamped so that now + the result cannot wrap: a
+ * timeout of 1e12 s is "never", not a deadline in the past. */
+uint64_t tbx__seconds_to_ns(double s);
 int tbx__pidfd_open(pid_t pid);
 int tbx__pidfd_send_signal(int pidfd, int sig);
 int tbx__pipe(int fds[2], int flags); /* pipe2(O_CLOEXEC | flags) */

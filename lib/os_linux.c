@@ -29,6 +29,14 @@ uint64_t tbx__now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t tbx__seconds_to_ns(double s)
+{
+    const double max_s = 1e9; /* 31 years: well inside 2^63 ns from now */
+    if (!(s > 0))
+        return 0;
+    return s >= max_s ? (uint64_t)(max_s * 1e9) : (uint64_t)(s * 1e9);
+}
+
 int tbx__pidfd_open(pid_t pid)
 {
     /* pidfds are always close-on-exec. */
