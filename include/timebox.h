@@ -356,6 +356,15 @@ typedef struct tbx_forkserver_opts {
     size_t nallow_uids;        /* at most 16 */
     unsigned max_per_client;   /* children alive at once per connection;
                                   0 (default): only max_children */
+    unsigned warm_children;    /* keep this many children already forked
+                                  and idle, each waiting for one call (then it
+                                  exits: calls share nothing), replaced in
+                                  the background as calls take them.  A call
+                                  then costs about a pipe round trip.  Their
+                                  deadlines are enforced by the caller alone
+                                  (and their caller's death).  0 (default):
+                                  none.  This process's calls only; a process
+                                  forked from it starts with none. */
 } tbx_forkserver_opts;
 
 TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);

@@ -78,6 +78,7 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     c->child.control_fd = -1;
     c->control_fd_in = -1;
     c->child.worker = 0;
+    c->child.warm = 0;
     tbx__deadline_init(&c->deadline, NULL);
     if (c->opts.method != TBX_FORK) {
         /* A fresh program finds fn by name, and a pointer cannot cross an
@@ -815,5 +816,7 @@ int tbx__engine_run(tbx__call *c)
         c->child.result_fd = c->child.pidfd = c->child.request_fd = c->child.control_fd = -1;
         return rc;
     }
+    if (launcher->started != NULL)
+        launcher->started(c);
     return 0;
 }

@@ -64,6 +64,7 @@ struct fs_call {
     fs_server *srv;
     fs_client *client;        /* NULL once its connection has closed */
     int control_fd, result_fd, pidfd;
+    int request_fd;           /* warm: where its child reads the request */
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -78,6 +79,7 @@ struct fs_call {
 
 struct fs_server {
     uv_loop_t loop;
+    sigset_t handled;          /* signals whose disposition is not SIG_DFL */
     tbx__fs_config *cfg;
     int listen_fd;
     uv_poll_t listen_poll;
@@ -152,32 +154,41 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
 {
     tbx__child_spec spec;
     fs_server *srv = c->srv;
-    /* The server's own dispositions are not the caller's: libuv's SIGTERM
-     * handler would write to the server's signal pipe. */
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
+    /* The server's own dispositions are not the caller's (libuv's SIGTERM
+     * handler would write to the server's signal pipe): back to default,
+     * which also makes every reset_signals request already met, at the cost
+     * of the few the server changed rather than all 62. */
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sigismember(&srv->handled, sig) == 1)
+            signal(sig, SIG_DFL);
     tbx__close(srv->listen_fd);
     for (fs_client *k = srv->clients; k != NULL; k = k->next)
         tbx__close(k->fd);
     for (fs_call *o = srv->calls; o != NULL; o = o->next) {
         tbx__close(o->control_fd);
-        if (o != c)
+        if (o != c) {
             tbx__close(o->result_fd);
+            tbx__close(o->request_fd);
+        }
         tbx__close(o->pidfd);
     }
+    sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
+    if (c->request_fd >= 0) /* warm: the request comes from the caller */
+        tbx__worker_serve(c->request_fd, c->result_fd, 1);
     tbx__request_spec(&c->rq, c->result_fd, &spec);
-    spec.parent_mask = mask; /* the server's, not the blocked one */
+    spec.reset_signals = 0;
+    spec.parent_mask = mask;
     tbx__child_main(&spec);
 }
 
-static void launch(fs_call *c)
+/* Forks the call's child (its request resolved, or warm: none yet) and tells
+ * the caller LAUNCHED. */
+static void start_child(fs_call *c)
 {
     fs_server *srv = c->srv;
     char why[TBX__MAX_MESSAGE + 1];
     sigset_t all, old;
-    int rc = tbx__request_resolve(&c->rq, why, sizeof why);
-    if (rc != 0)
-        return refuse(c, rc, why);
+    int rc;
     if (srv->children >= srv->max_children) {
         snprintf(why, sizeof why, "the forkserver already runs its maximum of %u children",
                  srv->max_children);
@@ -208,7 +219,8 @@ static void launch(fs_call *c)
         c->client->children++;
     tbx__request_free(&c->rq); /* the child has its copy */
     tbx__close(c->result_fd);
-    c->result_fd = -1;
+    tbx__close(c->request_fd);
+    c->result_fd = c->request_fd = -1;
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {
@@ -228,7 +240,8 @@ static void launch(fs_call *c)
     send_control(c, TBX__CTL_LAUNCHED, 0, c->pidfd);
 
     /* The backstop: the caller's own engine acts at the deadline; this
-     * catches a caller that cannot. */
+     * catches a caller that cannot.  (A warm child's deadline is not known
+     * here: its caller's engine alone enforces it, and its going away.) */
     uint64_t grace = c->rq.h.grace_ns, at = 0;
     if (c->rq.h.deadline_ns != 0)
         at = c->rq.h.deadline_ns;
@@ -238,6 +251,15 @@ static void launch(fs_call *c)
         (void)tbx__deadline_start(&c->deadline, &srv->loop, at + grace + BACKSTOP_SLACK_NS);
     else
         tbx__deadline_stop(&c->deadline);
+}
+
+static void launch(fs_call *c)
+{
+    char why[TBX__MAX_MESSAGE + 1];
+    int rc = tbx__request_resolve(&c->rq, why, sizeof why);
+    if (rc != 0)
+        return refuse(c, rc, why);
+    start_child(c);
 }
 
 /* ------------------------------------------------------------ the request */
@@ -338,6 +360,7 @@ static void call_free_cb(uv_handle_t *h)
         return;
     tbx__close(c->control_fd);
     tbx__close(c->result_fd);
+    tbx__close(c->request_fd);
     tbx__close(c->pidfd);
     tbx__request_free(&c->rq);
     free(c);
@@ -357,15 +380,18 @@ static void call_close(fs_call *c)
         uv_close((uv_handle_t *)&c->exit_poll, call_free_cb);
 }
 
-static void call_new(fs_server *srv, fs_client *client, int control_fd, int result_fd)
+static void call_new(fs_server *srv, fs_client *client, int control_fd, int result_fd,
+                     int request_fd)
 {
     fs_call *c = calloc(1, sizeof *c);
     if (c == NULL || uv_poll_init(&srv->loop, &c->control_poll, control_fd) != 0) {
         free(c);
         tbx__close(control_fd);
         tbx__close(result_fd);
+        tbx__close(request_fd);
         return;
     }
+    c->request_fd = request_fd;
     c->srv = srv;
     c->client = client;
     c->control_fd = control_fd;
@@ -379,8 +405,12 @@ static void call_new(fs_server *srv, fs_client *client, int control_fd, int resu
         srv->calls->prevp = &c->next;
     srv->calls = c;
     tbx__deadline_init(&c->deadline, backstop_cb);
-    (void)tbx__deadline_start(&c->deadline, &srv->loop, tbx__now_ns() + srv->request_timeout_ns);
     uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
+    if (request_fd >= 0) {
+        start_child(c); /* warm: its child waits for the caller's request */
+        return;
+    }
+    (void)tbx__deadline_start(&c->deadline, &srv->loop, tbx__now_ns() + srv->request_timeout_ns);
 }
 
 /* ------------------------------------------------------------ connections */
@@ -472,7 +502,7 @@ static void client_cb(uv_poll_t *h, int status, int events)
     }
     for (;;) {
         tbx__hello hello;
-        int fds[2], nfds = 2;
+        int fds[3], nfds = 3;
         ssize_t n = tbx__recv_fds(k->fd, &hello, sizeof hello, fds, &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN)
             return;
@@ -486,12 +516,13 @@ static void client_cb(uv_poll_t *h, int status, int events)
             client_close(k);
             return;
         }
-        if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC || nfds != 2) {
+        int want = hello.kind == TBX__HELLO_CALL ? 2 : hello.kind == TBX__HELLO_WARM ? 3 : -1;
+        if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC || nfds != want) {
             while (nfds > 0)
                 tbx__close(fds[--nfds]);
             continue;
         }
-        call_new(srv, k, fds[0], fds[1]);
+        call_new(srv, k, fds[0], fds[1], nfds == 3 ? fds[2] : -1);
         if (k->closing)
             return;
     }
@@ -668,6 +699,15 @@ void tbx__forkserver_run(tbx__fs_config *cfg)
     uv_signal_init(&srv.loop, &srv.term);
     srv.term.data = &srv;
     uv_signal_start(&srv.term, term_cb, SIGTERM);
+    /* What the children must put back: the server's dispositions, set by
+     * now (libuv's, ours, its preload hooks'), do not change while it
+     * serves. */
+    sigemptyset(&srv.handled);
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL)
+            sigaddset(&srv.handled, sig);
+    }
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     shutdown_now(&srv);
 }

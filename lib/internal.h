@@ -93,18 +93,26 @@ typedef struct tbx__request_header {
 int tbx__request_check(const tbx__request_header *hdr);
 
 /* The forkserver.  A client's connection (SOCK_SEQPACKET) carries one
- * message per call: a tbx__hello and, by SCM_RIGHTS, exactly two fds: the
- * server's end of the call's control socket and the write end of its result
- * pipe.  The control socket (SOCK_STREAM) then carries the request (as for
- * spawn) to the server, tbx__control messages from it (LAUNCHED with a pidfd
- * by SCM_RIGHTS, then EXITED; or ERROR), and KILL messages to it.  The
- * client closing its end means it is gone: the server kills the child. */
+ * message per call: a tbx__hello and, by SCM_RIGHTS, the call's fds.
+ *   CALL: the server's end of the call's control socket and the write end of
+ *         its result pipe.  The request (as for spawn) comes down the control
+ *         socket to the server, which forks when it is whole.
+ *   WARM: the same, and the read end of a request socket: the server forks
+ *         at once a child that waits for its request there, from the caller
+ *         itself, whenever a call takes it (a warm child, see the header).
+ * The control socket (SOCK_STREAM) carries tbx__control messages from the
+ * server (LAUNCHED with a pidfd by SCM_RIGHTS, then EXITED; or ERROR), and
+ * KILL messages to it.  The client closing its end means it is gone: the
+ * server kills the child. */
 #define TBX__HELLO_MAGIC 0x43584254u   /* "TBXC" */
 #define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
 
+enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2 };
+
 typedef struct tbx__hello {
     uint32_t magic;
-    uint32_t version;
+    uint32_t kind; /* TBX__HELLO_*; in the server's ready message: 0 or the
+                      reason it will not serve */
 } tbx__hello;
 
 enum {
@@ -246,14 +254,18 @@ typedef struct tbx__child {
     int request_fd; /* -1, or our end of a socket the request goes down */
     int control_fd; /* forkserver: the call's control socket; -1 otherwise */
     int worker;    /* 1: a fresh program that must say START before fn */
+    int warm;      /* 1: a warm child, taken from the pool */
 } tbx__child;
 
 /* The launcher interface: one per start method, each in its own file.
  * launch() starts the child for call and fills *child, or returns -errno /
- * TBX_E* with nothing left open or running. */
+ * TBX_E* with nothing left open or running.  started(), if set, runs once
+ * the engine watches the child and its request is on its way: work that
+ * need not delay the call (replacing a warm child) goes there. */
 typedef struct tbx__launcher {
     const char *name;
     int (*launch)(tbx__call *call, tbx__child *child);
+    void (*started)(tbx__call *call);
 } tbx__launcher;
 
 extern const tbx__launcher tbx__launch_fork;
@@ -377,8 +389,10 @@ __attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);
 /* The worker side of spawn: if this process was started as a worker, serve
  * the request and _exit; otherwise return. */
 void tbx__worker_maybe_serve(void);
-/* Reads one request from req_fd and runs it, writing to res_fd; _exits. */
-__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd);
+/* Reads one request from req_fd and runs it, writing to res_fd; _exits.
+ * signals_clean: the dispositions are already the defaults (a forkserver
+ * child), so reset_signals has nothing left to do. */
+__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int signals_clean);
 /* 1 if this process was started as a worker but never called tbx_init. */
 int tbx__worker_unserved(void);
 

@@ -83,4 +83,4 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-const tbx__launcher tbx__launch_fork = {"fork", fork_launch};
+const tbx__launcher tbx__launch_fork = {"fork", fork_launch, NULL};

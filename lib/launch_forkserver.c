@@ -49,6 +49,21 @@ static char **fs_argv;
 static uint8_t fs_key[TBX__KEY_LEN];
 static int fs_have_key;
 
+/* Warm children: slots made ahead, each with a child of the server waiting
+ * for its request.  A call takes one and orders its replacement, which the
+ * server forks while the call runs.  The pool belongs to the connection: it
+ * is dropped with it. */
+typedef struct warm_slot {
+    int control, request, result;
+    struct warm_slot *next;
+} warm_slot;
+
+static pthread_mutex_t warm_lock = PTHREAD_MUTEX_INITIALIZER;
+static warm_slot *warm_pool;
+static unsigned warm_count, warm_target;
+
+static void warm_fill(void);
+
 #define SOCKET_ENV "TIMEBOX_FORKSERVER_SOCKET"
 #define KEY_ENV "TIMEBOX_FORKSERVER_KEY"
 #define CONNECT_TIMEOUT_S 10.0
@@ -59,12 +74,28 @@ void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
     opts->request_timeout_s = 10;
 }
 
+static void warm_drop(void)
+{
+    while (warm_pool != NULL) {
+        warm_slot *w = warm_pool;
+        warm_pool = w->next;
+        tbx__close(w->control);
+        tbx__close(w->request);
+        tbx__close(w->result);
+        free(w);
+    }
+    warm_count = 0;
+}
+
 /* A process forked by the program (a pre-forked worker) keeps the
- * connection it inherits; the lock, which another thread may have held at
- * the fork, starts afresh. */
+ * connection it inherits, but not the warm slots: their children wait for
+ * the parent's calls.  The locks, which another thread may have held at the
+ * fork, start afresh. */
 static void atfork_child(void)
 {
     pthread_rwlock_init(&fs_lock, NULL);
+    pthread_mutex_init(&warm_lock, NULL);
+    warm_drop();
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -145,6 +176,7 @@ static int remember(const tbx_forkserver_opts *o)
     free(fs_env_allow);
     free(fs_executable);
     free_argv(fs_argv);
+    warm_target = o->warm_children;
     fs_env_limits = lim;
     fs_env_preload = preload;
     fs_env_listen = listen;
@@ -172,7 +204,7 @@ static int await_ready(int conn, pid_t pid)
         int nfds = 0;
         ssize_t n = tbx__recv_fds(conn, &ready, sizeof ready, NULL, &nfds, 0);
         if (n == (ssize_t)sizeof ready && ready.magic == TBX__HELLO_MAGIC)
-            return (int)ready.version; /* 0, or the reason it refused */
+            return (int)ready.kind; /* 0, or the reason it refused */
         return TBX_EEXITED; /* it exited first: no tbx_init in main()? */
     }
 }
@@ -184,6 +216,9 @@ static void stop_locked(void)
     int wstatus;
     if (fs_conn < 0)
         return;
+    pthread_mutex_lock(&warm_lock);
+    warm_drop(); /* their children die with the connection's server */
+    pthread_mutex_unlock(&warm_lock);
     tbx__close(fs_conn);
     fs_conn = -1;
     if (fs_owner != getpid()) {
@@ -345,6 +380,8 @@ int tbx_forkserver_start(const tbx_forkserver_opts *opts)
             rc = start_locked();
     }
     pthread_rwlock_unlock(&fs_lock);
+    if (rc == 0)
+        warm_fill();
     return rc;
 }
 
@@ -363,11 +400,11 @@ pid_t tbx_forkserver_pid(void)
     return pid;
 }
 
-/* Hands the call's two fds to the server, starting it if none runs, and
- * restarting it once if it has died. */
-static int hand_over(const int fds[2])
+/* Hands a call's fds to the server (two for a call, three for a warm
+ * slot), starting it if none runs, and restarting it once if it has died. */
+static int hand_over(const int *fds, int nfds)
 {
-    tbx__hello hello = {TBX__HELLO_MAGIC, 1};
+    tbx__hello hello = {TBX__HELLO_MAGIC, nfds == 3 ? TBX__HELLO_WARM : TBX__HELLO_CALL};
     for (int attempt = 0;; attempt++) {
         int rc = 0, conn;
         pthread_rwlock_rdlock(&fs_lock);
@@ -383,7 +420,7 @@ static int hand_over(const int fds[2])
             /* Blocking, bounded by SO_SNDTIMEO: the kernel queues only a
              * few messages (net.unix.max_dgram_qlen) before the server
              * reads them, which it does at once. */
-            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, 2, 0);
+            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, nfds, 0);
             rc = n < 0 ? (int)n : 0;
         }
         pthread_rwlock_unlock(&fs_lock);
@@ -399,16 +436,92 @@ static int hand_over(const int fds[2])
     }
 }
 
+/* Orders one warm slot: its child is forked by the server meanwhile. */
+static int warm_add(void)
+{
+    int ctl[2] = {-1, -1}, req[2] = {-1, -1}, res[2] = {-1, -1}, rc = 0;
+    warm_slot *w = malloc(sizeof *w);
+    if (w == NULL)
+        return -ENOMEM;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0)
+        rc = -errno;
+    if (rc == 0)
+        rc = tbx__pipe(res, 0);
+    if (rc == 0) {
+        int fds[3] = {ctl[1], res[1], req[1]};
+        rc = hand_over(fds, 3);
+    }
+    tbx__close(ctl[1]);
+    tbx__close(req[1]);
+    tbx__close(res[1]);
+    if (rc != 0) {
+        tbx__close(ctl[0]);
+        tbx__close(req[0]);
+        tbx__close(res[0]);
+        free(w);
+        return rc;
+    }
+    w->control = ctl[0];
+    w->request = req[0];
+    w->result = res[0];
+    pthread_mutex_lock(&warm_lock);
+    w->next = warm_pool;
+    warm_pool = w;
+    warm_count++;
+    pthread_mutex_unlock(&warm_lock);
+    return 0;
+}
+
+/* Tops the pool up to its target; a failure leaves it short, and the calls
+ * go the ordinary way. */
+static void warm_fill(void)
+{
+    for (;;) {
+        pthread_mutex_lock(&warm_lock);
+        int short_of = warm_count < warm_target;
+        pthread_mutex_unlock(&warm_lock);
+        if (!short_of || warm_add() != 0)
+            return;
+    }
+}
+
+static warm_slot *warm_take(void)
+{
+    pthread_mutex_lock(&warm_lock);
+    warm_slot *w = warm_pool;
+    if (w != NULL) {
+        warm_pool = w->next;
+        warm_count--;
+    }
+    pthread_mutex_unlock(&warm_lock);
+    return w;
+}
+
 static int forkserver_launch(tbx__call *c, tbx__child *child)
 {
     int ctl[2], res[2] = {-1, -1}, rc;
     TBX__UNUSED(c); /* the request itself goes out from the engine */
+    warm_slot *w = warm_target > 0 ? warm_take() : NULL;
+    if (w != NULL) {
+        /* A child already waits for this request: the engine writes it
+         * straight to it, and reads LAUNCHED, long since sent, as usual. */
+        child->pid = 0;
+        child->pidfd = -1;
+        child->result_fd = w->result;
+        child->control_fd = w->control;
+        child->request_fd = w->request;
+        child->worker = 1;
+        child->warm = 1;
+        free(w);
+        return 0;
+    }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
     rc = tbx__pipe(res, 0);
     if (rc == 0) {
         int fds[2] = {ctl[1], res[1]};
-        rc = hand_over(fds);
+        rc = hand_over(fds, 2);
     }
     tbx__close(ctl[1]);
     tbx__close(res[1]);
@@ -432,7 +545,16 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-const tbx__launcher tbx__launch_forkserver = {"forkserver", forkserver_launch};
+/* A warm child was taken: its replacement is ordered now, while this call's
+ * child runs on its request, and the server forks it off our path. */
+static void forkserver_started(tbx__call *c)
+{
+    if (c->child.warm)
+        warm_fill();
+}
+
+const tbx__launcher tbx__launch_forkserver = {"forkserver", forkserver_launch,
+                                              forkserver_started};
 
 void tbx__forkserver_forget_parent(void)
 {
@@ -444,4 +566,7 @@ void tbx__forkserver_forget_parent(void)
     fs_pid = 0;
     fs_owner = 0;
     pthread_rwlock_init(&fs_lock, NULL);
+    pthread_mutex_init(&warm_lock, NULL);
+    warm_drop();
+    warm_target = 0; /* a child's own calls are cold, unless it asks */
 }

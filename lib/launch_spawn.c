@@ -238,4 +238,4 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-const tbx__launcher tbx__launch_spawn = {"spawn", spawn_launch};
+const tbx__launcher tbx__launch_spawn = {"spawn", spawn_launch, NULL};

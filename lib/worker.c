@@ -95,27 +95,51 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->parent_pid = getppid();
 }
 
-void tbx__worker_serve(int req_fd, int res_fd)
+/* Reads the request: a small one (the usual) in one read, into buf. */
+static void read_request(int req_fd, int res_fd, tbx__request *rq)
+{
+    char buf[sizeof rq->h + TBX__MAX_NAME + 4096];
+    size_t got = 0;
+    while (got < sizeof rq->h) {
+        ssize_t n = tbx__read(req_fd, buf + got, sizeof buf - got);
+        if (n <= 0)
+            refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
+        got += (size_t)n;
+    }
+    memcpy(&rq->h, buf, sizeof rq->h);
+    if (tbx__request_check(&rq->h) != 0)
+        refuse(res_fd, TBX_EPROTO, "the worker got a malformed request");
+    rq->args_buf = malloc((size_t)rq->h.args_len);
+    if (rq->args_buf == NULL)
+        refuse(res_fd, -ENOMEM, "the worker has no memory for %llu bytes of args",
+               (unsigned long long)rq->h.args_len);
+    /* What came with the header: the name, then the start of the args. */
+    size_t name_len = rq->h.name_len, args_len = (size_t)rq->h.args_len;
+    size_t more = got - sizeof rq->h;
+    size_t in_name = more < name_len ? more : name_len;
+    size_t in_args = more - in_name < args_len ? more - in_name : args_len;
+    memcpy(rq->name, buf + sizeof rq->h, in_name);
+    memcpy(rq->args_buf, buf + sizeof rq->h + in_name, in_args);
+    if (read_full(req_fd, rq->name + in_name, name_len - in_name) != 0 ||
+        read_full(req_fd, rq->args_buf + in_args, args_len - in_args) != 0)
+        refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
+}
+
+void tbx__worker_serve(int req_fd, int res_fd, int signals_clean)
 {
     tbx__request rq;
     tbx__child_spec spec;
     char why[TBX__MAX_MESSAGE + 1];
 
     memset(&rq, 0, sizeof rq);
-    if (read_full(req_fd, &rq.h, sizeof rq.h) != 0 || tbx__request_check(&rq.h) != 0)
-        refuse(res_fd, TBX_EPROTO, "the worker got a malformed request");
-    rq.args_buf = malloc((size_t)rq.h.args_len);
-    if (rq.args_buf == NULL)
-        refuse(res_fd, -ENOMEM, "the worker has no memory for %llu bytes of args",
-               (unsigned long long)rq.h.args_len);
-    if (read_full(req_fd, rq.name, rq.h.name_len) != 0 ||
-        read_full(req_fd, rq.args_buf, (size_t)rq.h.args_len) != 0)
-        refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
+    read_request(req_fd, res_fd, &rq);
     tbx__close(req_fd);
     int rc = tbx__request_resolve(&rq, why, sizeof why);
     if (rc != 0)
         refuse(res_fd, rc, "%s", why);
     tbx__request_spec(&rq, res_fd, &spec);
+    if (signals_clean)
+        spec.reset_signals = 0; /* the forkserver already put them back */
     tbx__child_main(&spec);
 }
 
@@ -143,5 +167,5 @@ void tbx__worker_maybe_serve(void)
     /* Gone before fn runs: the function's own children are not workers. */
     unsetenv(WORKER_VAR);
     pthread_once(&unserved_once, unserved_init);
-    tbx__worker_serve(req_fd, res_fd);
+    tbx__worker_serve(req_fd, res_fd, 0);
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <timebox/uv.h>
 #include <unistd.h>
 
@@ -334,4 +335,97 @@ TBX_TEST_T(big, two_gib_caller_with_eight_threads, 300.0)
                      a[i].first);
     }
     free(ballast);
+}
+
+/* ------------------------------------------------------- warm children */
+
+static tbx_forkserver_opts warm_opts(unsigned n)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.warm_children = n;
+    return fo;
+}
+
+TBX_PLAIN_TEST(warm, calls_take_warm_children_and_they_are_replaced)
+{
+    tbx_forkserver_opts fo = warm_opts(2);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "a i i", 2, (int64_t)MIX_OK, (int64_t)21);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    pid_t seen[10];
+    for (int i = 0; i < 10; i++) { /* more calls than slots: each refilled */
+        tbx_result r;
+        int rc = tbx_call(fn_mixed, sb.data, sb.size, &o, &r);
+        cr_assert_eq(rc, 0, "call %d: %s: %s", i, tbx_err_name(rc), r.message);
+        cr_assert_eq(obj_int(&r.value), 42);
+        seen[i] = r.pid;
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(seen[j], r.pid, "a warm child served two calls");
+        tbx_result_free(&r);
+    }
+    msgpack_sbuffer_destroy(&sb);
+}
+
+TBX_PLAIN_TEST(warm, a_hanging_warm_call_meets_its_deadline)
+{
+    tbx_forkserver_opts fo = warm_opts(1);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "a i i", 2, (int64_t)MIX_HANG, (int64_t)0);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 0.2;
+    o.grace_s = 0.1;
+    tbx_result r;
+    int rc = tbx_call(fn_mixed, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert(r.term_signal == SIGTERM || r.term_signal == SIGKILL);
+    cr_assert_lt(r.elapsed_s, 10.0);
+    tbx_result_free(&r);
+    /* The next warm call is served as usual. */
+    msgpack_sbuffer_destroy(&sb);
+    pack(&sb, "s", "after");
+    o.timeout_s = 30;
+    rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s", tbx_err_name(rc));
+    cr_assert(obj_str_eq(&r.value, "after"));
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+TBX_PLAIN_TEST(warm, a_forked_process_does_not_take_our_warm_children)
+{
+    tbx_forkserver_opts fo = warm_opts(2);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "s", "worker");
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        /* A pre-forked worker: the inherited connection serves it, cold. */
+        tbx_opts o = test_opts(TBX_FORKSERVER);
+        o.timeout_s = 30;
+        int ok = 1;
+        for (int i = 0; i < 5 && ok; i++) {
+            tbx_result r;
+            ok = tbx_call(fn_echo, sb.data, sb.size, &o, &r) == 0 && obj_str_eq(&r.value, "worker");
+            tbx_result_free(&r);
+        }
+        _exit(ok ? 0 : 1);
+    }
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the forked worker's calls failed");
+    /* Ours still work, warm. */
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    for (int i = 0; i < 3; i++) {
+        tbx_result r;
+        int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+        cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+        tbx_result_free(&r);
+    }
+    msgpack_sbuffer_destroy(&sb);
 }
