@@ -152,17 +152,28 @@ def pebble_deadline(fn, pool=None):
     return time.monotonic() - t0, None
 
 
+def report_pid_then(path, fn):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    fn()
+
+
 def td_deadline(fn):
-    wrapped = timeout_decorator.timeout(0.1, use_signals=False)(fn)
-    before = {c.pid for c in mp.active_children()}
+    """Returns (seconds to return, the child's pid)."""
+    wrapped = timeout_decorator.timeout(0.1, use_signals=False)(report_pid_then)
+    path = "/tmp/peer_bench.%d.pid" % os.getpid()
+    if os.path.exists(path):
+        os.unlink(path)
     t0 = time.monotonic()
     try:
-        wrapped()
+        wrapped(path, fn)
     except timeout_decorator.TimeoutError:
         pass
     took = time.monotonic() - t0
-    kids = [c for c in mp.active_children() if c.pid not in before]
-    return took, kids
+    with open(path) as f:
+        pid = int(f.read())
+    os.unlink(path)
+    return took, pid
 
 
 # ---- statistics and output ----
@@ -183,6 +194,7 @@ def read_tbx(path):
                 continue
             kv = dict(x.split("=", 1) for x in line.split()[1:])
             med[kv["name"]] = float(kv["median_us"])
+            med[kv["name"] + ".n"] = int(kv["n"])
     return med
 
 
@@ -273,30 +285,38 @@ def main():
                 total.append(t)
             rows.append(("pebble_fresh_%s" % kind, took,
                          "pool exit after %.2f s" % stats(total)[1]))
-            took = []
+            took, broke = [], 0
             for _ in range(nd):
-                took.append(pebble_deadline(fn, POOL)[0])
-            rows.append(("pebble_reused_%s" % kind, took, "pebble stops the worker: SIGTERM,"
-                         " SIGKILL 3 s later"))
+                try:
+                    took.append(pebble_deadline(fn, POOL)[0])
+                except RuntimeError:  # "Unexpected error within the Pool"
+                    broke += 1
+                    POOL.stop()
+                    POOL.join()
+                    POOL = pebble.ProcessPool(max_workers=1)
+            note = "pebble stops the worker: SIGTERM, SIGKILL 3 s later"
+            if broke:
+                note += "; the pool broke %d time(s) (RuntimeError), made anew" % broke
+            rows.append(("pebble_reused_%s" % kind, took or [float("nan")], note))
         if timeout_decorator:
             took, at_return, later = [], 0, 0
             for _ in range(nd):
-                t, kids = td_deadline(fn)
+                t, pid = td_deadline(fn)
                 took.append(t)
-                at_return += sum(alive(c.pid) for c in kids)
+                at_return += alive(pid)
                 time.sleep(2)
-                for c in kids:
-                    if alive(c.pid):
-                        later += 1
-                        os.kill(c.pid, signal.SIGKILL)
-                    c.join()
+                if alive(pid):
+                    later += 1
+                    os.kill(pid, signal.SIGKILL)
+                mp.active_children()  # reaps it
             rows.append(("timeout_decorator_%s" % kind, took,
                          "children alive at return %d/%d, 2 s later %d/%d (then killed by"
                          " the bench)" % (at_return, nd, later, nd)))
         for m in ("fork", "forkserver", "spawn"):
             v = tbx.get("%s_%s" % (m, kind))
             if v:
-                rows.append(("timebox_%s_%s" % (m, kind), [v / 1e6],
+                rows.append(("timebox_%s_%s" % (m, kind),
+                             [v / 1e6] * tbx.get("%s_%s.n" % (m, kind), 1),
                              "from bench_peer_tbx (median); reaped, group killed"))
     print("%-28s %8s  %s" % ("series", "median_s", "note"))
     for name, took, note in rows:
