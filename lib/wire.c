@@ -38,7 +38,7 @@ static uint64_t load_be(const uint8_t *p, unsigned n)
  * many objects it contains (children).  Returns the header's size, or 0 if it
  * is invalid or runs past end. */
 static size_t msgpack_header(const uint8_t *p, const uint8_t *end,
-                             uint64_t *skip, uint64_t *children)
+                             uint64_t *skip, uint64_t *children, int *container)
 {
     static const uint8_t fixext_len[5] = {1, 2, 4, 8, 16};
     size_t avail = (size_t)(end - p);
@@ -47,6 +47,7 @@ static size_t msgpack_header(const uint8_t *p, const uint8_t *end,
 
     *skip = 0;
     *children = 0;
+    *container = (b >= 0x80 && b <= 0x9f) || (b >= 0xdc && b <= 0xdf);
     if (b <= 0x7f || b >= 0xe0 || (b >= 0xc0 && b <= 0xc3 && b != 0xc1))
         return 1;
     if (b >= 0x80 && b <= 0x8f) {
@@ -108,9 +109,10 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth)
         max_depth = TBX__MAX_DEPTH;
     do {
         uint64_t skip, children;
+        int container;
         if (p >= end)
             return TBX_EINVAL;
-        size_t h = msgpack_header(p, end, &skip, &children);
+        size_t h = msgpack_header(p, end, &skip, &children, &container);
         if (h == 0)
             return TBX_EINVAL;
         p += h;
@@ -120,10 +122,13 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth)
         pending -= 1;
         if (depth > 0)
             left[depth - 1] -= 1;
+        /* An empty container still takes a level in msgpack-c's unpacker. */
+        if (container && depth == max_depth)
+            return TBX_EINVAL;
         if (children > 0) {
             /* Every object takes at least one byte: a count larger than
              * what remains is a lie, refused before anyone allocates it. */
-            if (depth == max_depth || pending + children > (uint64_t)(end - p))
+            if (pending + children > (uint64_t)(end - p))
                 return TBX_EINVAL;
             pending += children;
             left[depth++] = children;
@@ -136,7 +141,7 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth)
 
 int tbx__request_check(const tbx__request_header *hdr)
 {
-    const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE;
+    const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE | TBX__REQ_ALLOW_CORE;
     if (hdr->magic != TBX__REQUEST_MAGIC || hdr->reserved != 0 || (hdr->flags & ~known) != 0 ||
         hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||
         hdr->args_len > TBX__MAX_ARGS || hdr->max_result == 0)

@@ -68,13 +68,15 @@ int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len)
         snprintf(why, why_len, "the args could not be unpacked");
         return TBX_EPROTO;
     }
+    rq->unpacked = 1;
     return 0;
 }
 
 void tbx__request_free(tbx__request *rq)
 {
-    if (rq->fn != NULL && rq->args_buf != NULL)
+    if (rq->unpacked)
         msgpack_zone_destroy(&rq->zone);
+    rq->unpacked = 0;
     free(rq->args_buf);
     rq->args_buf = NULL;
     rq->fn = NULL;
@@ -93,6 +95,11 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->deadline_ns = rq->h.deadline_ns;
     spec->max_result = (size_t)rq->h.max_result;
     spec->parent_pid = getppid();
+    spec->stdout_fd = spec->stderr_fd = -1; /* placed by whoever started us */
+    spec->limit_memory = rq->h.limit_memory;
+    spec->limit_cpu_s = rq->h.limit_cpu_s;
+    spec->limit_files = rq->h.limit_files;
+    spec->allow_core = (rq->h.flags & TBX__REQ_ALLOW_CORE) != 0;
 }
 
 /* Reads the request: a small one (the usual) in one read, into buf. */
