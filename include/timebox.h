@@ -227,6 +227,24 @@ typedef struct tbx_opts {
                              bounded by it. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
+    /* Resource limits in the child (setrlimit before any hook or fn runs;
+     * 0: inherited).  A child killed by its CPU limit ends TBX_ECRASHED with
+     * term_signal SIGXCPU (SIGKILL one second later if it ignores that); a
+     * memory limit shows as allocation failures inside fn, which reports
+     * them as it sees fit. */
+    size_t limit_memory;  /* RLIMIT_AS, bytes */
+    double limit_cpu_s;   /* RLIMIT_CPU, seconds of CPU, rounded up */
+    unsigned limit_files; /* RLIMIT_NOFILE */
+    int allow_core;       /* 0 (default): RLIMIT_CORE 0, no core dumps;
+                             1: inherited */
+    size_t capture_output; /* > 0: the child's stdout and stderr go to pipes
+                             that timebox drains as they fill (the child never
+                             blocks on them), keeping up to this many bytes
+                             of each in the result (stdout_data, ...), the
+                             rest counted as truncated.  0 (default): the
+                             child shares the caller's stdout and stderr.
+                             Not with warm children (a call that asks for it
+                             starts a fresh one). */
     const char *executable; /* spawn: the program to run as the worker;
                              NULL: the process default (tbx_set_spawn_
                              executable), else this program itself.  It must
@@ -272,8 +290,24 @@ typedef struct tbx_result {
                              none was tried).  The group kill done after every
                              call to remove stragglers does not count. */
     pid_t pid;            /* the child's pid (already reaped); 0 if none */
-    double elapsed_s;     /* from the call to its result */
-    void *priv_[3];       /* private: memory owned by the result */
+    double elapsed_s;     /* from the call to its result: the sum of the four
+                             below */
+    /* Where the time went (seconds): */
+    double queued_s;      /* waiting for a free slot (tbx_set_max_children) */
+    double startup_s;     /* launching the child until fn started (for fork
+                             with a hard deadline, which has no start signal:
+                             until the fork returned) */
+    double running_s;     /* fn running, until its result was complete or
+                             the child ended */
+    double teardown_s;    /* from there until the child was reaped and the
+                             call returned (signals, grace, reaping) */
+    /* With opts.capture_output: what the child wrote to stdout and stderr,
+     * NUL-terminated (the length does not count it); NULL otherwise.  Owned
+     * by the result. */
+    const char *stdout_data, *stderr_data;
+    size_t stdout_len, stderr_len;
+    int stdout_truncated, stderr_truncated; /* 1: more was written */
+    void *priv_[5];       /* private: memory owned by the result */
 } tbx_result;
 
 /* Frees what the result owns and resets it to an empty result.  NULL-safe,
@@ -426,6 +460,25 @@ TBX_EXTERN pid_t tbx_forkserver_pid(void);
  * refused, or the server could not prove it has it).  Replaces a connection
  * this process had; it never stops a server it did not start.  Thread-safe. */
 TBX_EXTERN int tbx_forkserver_attach(const char *path, const void *key, size_t key_len);
+
+/* ------------------------------------------------------------------------
+ * Diagnostics
+ *
+ * timebox tells the host of what it does on its own: a child escalated to
+ * SIGKILL because SIGTERM was not enough (INFO), a forkserver that died and
+ * was started again (WARN), a child reaped by someone else, such as a
+ * waitpid(-1) in the host (WARN).  A forkserver's own notes (clients it
+ * refused) are written by that process to its stderr.
+ */
+typedef enum { TBX_LOG_DEBUG, TBX_LOG_INFO, TBX_LOG_WARN, TBX_LOG_ERROR } tbx_log_level;
+
+/* Called on whatever thread the event happened (a loop's, a caller's), with
+ * a message valid for the call only.  Must not call back into timebox. */
+typedef void tbx_log_fn(tbx_log_level level, const char *message, void *arg);
+
+/* Sends timebox's diagnostics to fn; NULL restores the default: WARN and
+ * ERROR to stderr, "timebox: ..." on a line.  Thread-safe. */
+TBX_EXTERN void tbx_set_log(tbx_log_fn *fn, void *arg);
 
 /* ------------------------------------------------------------------------
  * Inside the child

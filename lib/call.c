@@ -37,6 +37,8 @@ void tbx_result_free(tbx_result *r)
     if (r->priv_[1] != NULL)
         msgpack_zone_free(r->priv_[1]);
     free(r->priv_[2]);
+    free(r->priv_[3]);
+    free(r->priv_[4]);
     result_init(r);
 }
 

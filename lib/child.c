@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -176,6 +177,43 @@ static void flush_stdio(void)
     }
 }
 
+/* Captured output: the pipes become fds 1 and 2. */
+static void place_output(const tbx__child_spec *spec)
+{
+    if (spec->stdout_fd >= 0 && spec->stdout_fd != 1) {
+        (void)dup2(spec->stdout_fd, 1);
+        (void)close(spec->stdout_fd);
+    }
+    if (spec->stderr_fd >= 0 && spec->stderr_fd != 2) {
+        (void)dup2(spec->stderr_fd, 2);
+        (void)close(spec->stderr_fd);
+    }
+}
+
+/* The call's resource limits, before any of the caller's code runs here.
+ * CPU: SIGXCPU at the limit, SIGKILL a second later (the hard limit). */
+static void apply_limits(const tbx__child_spec *spec)
+{
+    struct rlimit rl;
+    if (!spec->allow_core) {
+        rl.rlim_cur = rl.rlim_max = 0;
+        (void)setrlimit(RLIMIT_CORE, &rl);
+    }
+    if (spec->limit_memory != 0) {
+        rl.rlim_cur = rl.rlim_max = (rlim_t)spec->limit_memory;
+        (void)setrlimit(RLIMIT_AS, &rl);
+    }
+    if (spec->limit_cpu_s != 0) {
+        rl.rlim_cur = spec->limit_cpu_s;
+        rl.rlim_max = (rlim_t)spec->limit_cpu_s + 1;
+        (void)setrlimit(RLIMIT_CPU, &rl);
+    }
+    if (spec->limit_files != 0) {
+        rl.rlim_cur = rl.rlim_max = spec->limit_files;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 void tbx__child_forget_parent(void)
 {
     tbx__forkserver_forget_parent();
@@ -195,6 +233,8 @@ void tbx__child_main(const tbx__child_spec *spec)
         _exit(127);
     reset_signals(spec);
     tbx__child_forget_parent();
+    place_output(spec);
+    apply_limits(spec);
 
     self.in_child = 1;
     self.deadline_ns = spec->deadline_ns;

@@ -77,6 +77,8 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     c->child.request_fd = -1;
     c->child.control_fd = -1;
     c->control_fd_in = -1;
+    for (int i = 0; i < 2; i++)
+        c->capture[i].fd = c->capture[i].child_fd = -1;
     c->child.worker = 0;
     c->child.warm = 0;
     tbx__deadline_init(&c->deadline, NULL);
@@ -94,7 +96,11 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
         memset(&c->request, 0, sizeof c->request);
         c->request.magic = TBX__REQUEST_MAGIC;
         c->request.flags = (c->opts.reset_signals ? TBX__REQ_RESET_SIGNALS : 0) |
-                           (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE);
+                           (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE) |
+                           (c->opts.allow_core ? TBX__REQ_ALLOW_CORE : 0);
+        c->request.limit_memory = c->opts.limit_memory;
+        c->request.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
+        c->request.limit_files = c->opts.limit_files;
         c->request.name_len = (uint32_t)name_len;
         c->request.args_len = args_len;
         c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
@@ -187,6 +193,9 @@ static void escalate(tbx__call *c, int why, int hard)
     if (c->verdict == 0 && !c->frame_done)
         c->verdict = why;
     if (hard || c->opts.grace_s <= 0 || c->frame_done || c->kill_signal == SIGTERM) {
+        if (c->kill_signal == SIGTERM)
+            tbx__log(TBX_LOG_INFO, "child %d still alive %.3f s after SIGTERM: sent SIGKILL",
+                     (int)c->child.pid, c->opts.grace_s);
         tbx__deadline_stop(&c->deadline);
         c->kill_signal = SIGKILL;
         signal_child(c, SIGKILL);
@@ -248,6 +257,21 @@ static void reject(tbx__call *c, int why)
     escalate(c, why, 1);
 }
 
+static void mark_done(tbx__call *c)
+{
+    if (c->t_done == 0)
+        c->t_done = tbx__now_ns();
+}
+
+/* The result frame is whole: nothing after it is read (until the child has
+ * exited: check_trailing). */
+static void frame_complete(tbx__call *c)
+{
+    c->frame_done = 1;
+    mark_done(c);
+    stop_reading(c);
+}
+
 /* The header is complete: check it and start on its payload. */
 static void on_header(tbx__call *c)
 {
@@ -261,16 +285,15 @@ static void on_header(tbx__call *c)
         if (c->started)
             return reject(c, TBX_EPROTO);
         c->started = 1;
-        if (!c->opts.hard_timeout && (rc = arm_deadline(c, tbx__now_ns())) != 0) {
+        c->t_started = tbx__now_ns();
+        if (!c->opts.hard_timeout && (rc = arm_deadline(c, c->t_started)) != 0) {
             c->sys_error = rc;
             escalate(c, rc, 1);
         }
         return;
     }
-    if (c->hdr.len == 0) {
-        c->frame_done = 1;
-        stop_reading(c);
-    }
+    if (c->hdr.len == 0)
+        frame_complete(c);
 }
 
 /* Reads what the pipe holds now.  Returns when it would block, at EOF, or
@@ -307,10 +330,8 @@ static void drain(tbx__call *c)
                 on_header(c);
         } else {
             c->payload_got += (uint64_t)n;
-            if (c->payload_got == c->hdr.len) {
-                c->frame_done = 1;
-                stop_reading(c);
-            }
+            if (c->payload_got == c->hdr.len)
+                frame_complete(c);
         }
     }
 }
@@ -430,6 +451,108 @@ static int request_start(tbx__call *c)
     return uv_poll_start(&c->request_poll, UV_WRITABLE, request_cb);
 }
 
+/* ----------------------------------------------------------------- capture */
+
+/* Makes the pipes for the child's stdout and stderr, before the launch. */
+static int capture_open(tbx__call *c)
+{
+    for (int i = 0; i < 2; i++) {
+        c->capture[i].fd = c->capture[i].child_fd = -1;
+        c->capture[i].call = c;
+    }
+    for (int i = 0; c->opts.capture_output > 0 && i < 2; i++) {
+        int p[2];
+        int rc = tbx__pipe(p, 0);
+        if (rc != 0)
+            return rc; /* the caller closes what was made */
+        c->capture[i].fd = p[0];
+        c->capture[i].child_fd = p[1];
+    }
+    return 0;
+}
+
+/* The child's ends: the child has its own once launched. */
+static void capture_close_child_ends(tbx__call *c)
+{
+    for (int i = 0; i < 2; i++) {
+        tbx__close(c->capture[i].child_fd);
+        c->capture[i].child_fd = -1;
+    }
+}
+
+/* Reads what the stream holds now: kept up to the limit, the rest read and
+ * dropped (so the child never blocks on a full pipe), and counted as
+ * truncated.  Stops at EOF, or when it would block. */
+static void capture_read(tbx__capture *k)
+{
+    size_t limit = k->call->opts.capture_output;
+    char scratch[4096];
+    while (k->fd >= 0) {
+        char *dst = scratch;
+        size_t room = sizeof scratch;
+        if (k->len < limit) {
+            if (k->len == k->cap) {
+                size_t cap = k->cap ? 2 * k->cap : 4096;
+                cap = cap > limit ? limit : cap;
+                char *p = realloc(k->buf, cap + 1); /* + the NUL */
+                if (p != NULL) {
+                    k->buf = p;
+                    k->cap = cap;
+                }
+            }
+            if (k->len < k->cap) {
+                dst = k->buf + k->len;
+                room = k->cap - k->len;
+            }
+        }
+        ssize_t n = tbx__read(k->fd, dst, room);
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0) {
+            if (k->polling)
+                uv_poll_stop(&k->poll);
+            return;
+        }
+        if (dst == scratch)
+            k->truncated = 1;
+        else
+            k->len += (size_t)n;
+    }
+}
+
+static void capture_cb(uv_poll_t *h, int status, int events)
+{
+    TBX__UNUSED(status);
+    TBX__UNUSED(events);
+    capture_read(h->data);
+}
+
+/* The result takes the streams: NUL-terminated, owned by it. */
+static void capture_give(tbx__call *c, tbx_result *r)
+{
+    if (c->opts.capture_output == 0)
+        return;
+    for (int i = 0; i < 2; i++) {
+        tbx__capture *k = &c->capture[i];
+        const char *data = "";
+        if (k->buf != NULL) {
+            k->buf[k->len] = '\0';
+            data = k->buf;
+            r->priv_[3 + i] = k->buf;
+            k->buf = NULL;
+        }
+        if (i == 0) {
+            r->stdout_data = data;
+            r->stdout_len = k->len;
+            r->stdout_truncated = k->truncated;
+        } else {
+            r->stderr_data = data;
+            r->stderr_len = k->len;
+            r->stderr_truncated = k->truncated;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ exiting */
 
 /* The child is gone and every byte it wrote is in the pipe: a byte after a
@@ -466,10 +589,13 @@ static void check_exit(tbx__call *c)
     if (r < 0) {
         /* ECHILD: someone else reaped our child (a waitpid(-1) in the
          * host).  It is gone; its status is lost. */
+        tbx__log(TBX_LOG_WARN, "child %d was reaped by someone else (a waitpid(-1) in the "
+                               "program?): its exit status is lost", (int)c->child.pid);
         wstatus = -1;
     }
     c->reaped = 1;
     c->wstatus = wstatus;
+    mark_done(c);
     /* Every byte the child wrote is in the pipe now. */
     drain(c);
     check_trailing(c);
@@ -486,6 +612,7 @@ static void server_gone(tbx__call *c)
     c->server_gone = 1;
     c->wstatus = -1;
     c->reaped = 1;
+    mark_done(c);
     drain(c);
     finish(c);
 }
@@ -523,6 +650,7 @@ static void control_cb(uv_poll_t *h, int status, int events)
         } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
             c->wstatus = m->code;
             c->reaped = 1;
+            mark_done(c);
             drain(c);
             check_trailing(c);
             finish(c);
@@ -533,6 +661,7 @@ static void control_cb(uv_poll_t *h, int status, int events)
                 c->sys_error = m->code;
             c->wstatus = -1;
             c->reaped = 1;
+            mark_done(c);
             drain(c);
             finish(c);
             return;
@@ -648,6 +777,10 @@ static int classify(tbx__call *c, tbx_result *r)
                     WEXITSTATUS(c->wstatus));
         return TBX_EEXITED;
     }
+    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus) && WTERMSIG(c->wstatus) == SIGXCPU) {
+        set_message(r, "child exceeded its CPU time limit (SIGXCPU)");
+        return TBX_ECRASHED;
+    }
     if (c->wstatus != -1 && WIFSIGNALED(c->wstatus)) {
         int sig = WTERMSIG(c->wstatus);
         set_message(r, "child killed by signal %d (%s)", sig, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?");
@@ -672,10 +805,23 @@ static void finalize(tbx__call *c)
     r->status = classify(c, r);
     if (r->status != 0 && r->message == NULL)
         r->message = tbx_strerror(r->status);
+    capture_give(c, r);
+    for (int i = 0; i < 2; i++) {
+        free(c->capture[i].buf);
+        c->capture[i].buf = NULL;
+    }
     free(c->payload);
     c->payload = NULL;
     release_args(c);
-    r->elapsed_s = (double)(tbx__now_ns() - c->start_ns) / 1e9;
+    uint64_t end = tbx__now_ns();
+    mark_done(c);
+    if (c->t_started == 0)
+        c->t_started = c->t_done;
+    r->queued_s = (double)(c->t_launch - c->start_ns) / 1e9;
+    r->startup_s = (double)(c->t_started - c->t_launch) / 1e9;
+    r->running_s = (double)(c->t_done - c->t_started) / 1e9;
+    r->teardown_s = (double)(end - c->t_done) / 1e9;
+    r->elapsed_s = (double)(end - c->start_ns) / 1e9;
     c->done_cb(c);
 }
 
@@ -700,14 +846,27 @@ static uv_handle_t *exit_handle(tbx__call *c)
     return (uv_handle_t *)&c->exit_timer;
 }
 
-static void finish(tbx__call *c)
+/* Closes every handle the call opened (each close_cb counts one down) and
+ * every descriptor it holds. */
+static void close_handles(tbx__call *c)
 {
-    c->finishing = 1;
-    stop_reading(c);
+    if (c->h_result)
+        uv_close((uv_handle_t *)&c->result_poll, close_cb);
+    if (c->h_exit)
+        uv_close(exit_handle(c), close_cb);
+    c->h_result = c->h_exit = 0;
+    for (int i = 0; i < 2; i++) {
+        tbx__capture *k = &c->capture[i];
+        if (k->polling) {
+            k->poll.data = c; /* close_cb counts the call's handles down */
+            uv_close((uv_handle_t *)&k->poll, close_cb);
+        }
+        k->polling = 0;
+        tbx__close(k->fd);
+        k->fd = -1;
+    }
+    capture_close_child_ends(c);
     request_end(c);
-    tbx__deadline_stop(&c->deadline);
-    uv_close((uv_handle_t *)&c->result_poll, close_cb);
-    uv_close(exit_handle(c), close_cb);
     tbx__close(c->child.result_fd);
     tbx__close(c->child.pidfd);
     tbx__close(c->child.control_fd);
@@ -715,7 +874,30 @@ static void finish(tbx__call *c)
     c->child.result_fd = c->child.pidfd = c->child.control_fd = c->control_fd_in = -1;
 }
 
+static void finish(tbx__call *c)
+{
+    c->finishing = 1;
+    stop_reading(c);
+    tbx__deadline_stop(&c->deadline);
+    /* The child is gone: what it printed is all in the pipes. */
+    for (int i = 0; i < 2; i++)
+        capture_read(&c->capture[i]);
+    close_handles(c);
+}
+
 /* ------------------------------------------------------------------ launch */
+
+/* A launch that did not happen: nothing of it is left. */
+static void undo_launch(tbx__call *c)
+{
+    for (int i = 0; i < 2; i++) {
+        tbx__close(c->capture[i].fd);
+        c->capture[i].fd = -1;
+    }
+    capture_close_child_ends(c);
+    tbx__deadline_stop(&c->deadline);
+    release_args(c);
+}
 
 /* The launch worked but watching it did not: end the child here and now. */
 static void abandon(tbx__call *c)
@@ -728,12 +910,6 @@ static void abandon(tbx__call *c)
         (void)kill(c->child.pid, SIGKILL);
         (void)tbx__reap(c->child.pid, &wstatus, 0);
     }
-    tbx__close(c->child.control_fd);
-    tbx__close(c->child.result_fd);
-    tbx__close(c->child.pidfd);
-    tbx__close(c->child.request_fd);
-    free(c->request_copy);
-    c->request_copy = NULL;
 }
 
 static int watch(tbx__call *c)
@@ -743,12 +919,14 @@ static int watch(tbx__call *c)
         return rc;
     c->result_poll.data = c;
     c->open_handles = 1;
+    c->h_result = 1;
     c->reading = 1;
     if (c->child.control_fd >= 0) {
         rc = uv_poll_init(c->loop, &c->control_poll, c->child.control_fd);
         if (rc == 0) {
             c->control_poll.data = c;
             c->open_handles++;
+            c->h_exit = 1;
             rc = uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
         }
     } else if (c->child.pidfd >= 0) {
@@ -756,6 +934,7 @@ static int watch(tbx__call *c)
         if (rc == 0) {
             c->exit_poll.data = c;
             c->open_handles++;
+            c->h_exit = 1;
             rc = uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
         }
     } else {
@@ -763,7 +942,20 @@ static int watch(tbx__call *c)
         if (rc == 0) {
             c->exit_timer.data = c;
             c->open_handles++;
+            c->h_exit = 1;
             rc = uv_timer_start(&c->exit_timer, exit_timer_cb, 1, 1);
+        }
+    }
+    for (int i = 0; rc == 0 && i < 2; i++) {
+        tbx__capture *k = &c->capture[i];
+        if (k->fd < 0)
+            continue;
+        rc = uv_poll_init(c->loop, &k->poll, k->fd);
+        if (rc == 0) {
+            k->poll.data = k;
+            k->polling = 1;
+            c->open_handles++;
+            rc = uv_poll_start(&k->poll, UV_READABLE, capture_cb);
         }
     }
     if (rc == 0)
@@ -790,14 +982,18 @@ int tbx__engine_run(tbx__call *c)
     }
     if (c->opts.hard_timeout && c->opts.timeout_s > 0)
         c->request.deadline_ns = c->deadline.when_ns;
-    rc = launcher->launch(c, &c->child);
-    /* The args are freed when the call ends, not now: freeing writes pages
-     * the fork child still shares, and each write would copy one. */
+    rc = capture_open(c);
+    if (rc == 0) {
+        c->t_launch = tbx__now_ns();
+        rc = launcher->launch(c, &c->child);
+    }
+    capture_close_child_ends(c);
     if (rc != 0) {
-        release_args(c);
-        tbx__deadline_stop(&c->deadline);
+        undo_launch(c);
         return rc;
     }
+    /* The args are freed when the call ends, not now: freeing writes pages
+     * the fork child still shares, and each write would copy one. */
     rc = watch(c);
     if (rc != 0) {
         release_args(c);
@@ -807,15 +1003,12 @@ int tbx__engine_run(tbx__call *c)
         tbx__deadline_stop(&c->deadline);
         abandon(c);
         c->abandoned = c->open_handles > 0;
-        if (c->open_handles > 0)
-            uv_close((uv_handle_t *)&c->result_poll, close_cb);
-        if (c->open_handles > 1)
-            uv_close(exit_handle(c), close_cb);
-        if (c->writing)
-            uv_close((uv_handle_t *)&c->request_poll, close_cb);
-        c->child.result_fd = c->child.pidfd = c->child.request_fd = c->child.control_fd = -1;
+        close_handles(c);
         return rc;
     }
+    /* Without a START to come, fn starts about when the launch returns. */
+    if (!c->child.worker && c->opts.hard_timeout)
+        c->t_started = tbx__now_ns();
     if (launcher->started != NULL)
         launcher->started(c);
     return 0;

@@ -65,6 +65,7 @@ struct fs_call {
     fs_client *client;        /* NULL once its connection has closed */
     int control_fd, result_fd, pidfd;
     int request_fd;           /* warm: where its child reads the request */
+    int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -169,8 +170,16 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
         if (o != c) {
             tbx__close(o->result_fd);
             tbx__close(o->request_fd);
+            tbx__close(o->out_fd);
+            tbx__close(o->err_fd);
         }
         tbx__close(o->pidfd);
+    }
+    if (c->out_fd >= 0) {
+        (void)dup2(c->out_fd, 1);
+        (void)dup2(c->err_fd, 2);
+        tbx__close(c->out_fd);
+        tbx__close(c->err_fd);
     }
     sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
     if (c->request_fd >= 0) /* warm: the request comes from the caller */
@@ -220,7 +229,9 @@ static void start_child(fs_call *c)
     tbx__request_free(&c->rq); /* the child has its copy */
     tbx__close(c->result_fd);
     tbx__close(c->request_fd);
-    c->result_fd = c->request_fd = -1;
+    tbx__close(c->out_fd);
+    tbx__close(c->err_fd);
+    c->result_fd = c->request_fd = c->out_fd = c->err_fd = -1;
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {
@@ -361,6 +372,8 @@ static void call_free_cb(uv_handle_t *h)
     tbx__close(c->control_fd);
     tbx__close(c->result_fd);
     tbx__close(c->request_fd);
+    tbx__close(c->out_fd);
+    tbx__close(c->err_fd);
     tbx__close(c->pidfd);
     tbx__request_free(&c->rq);
     free(c);
@@ -380,18 +393,23 @@ static void call_close(fs_call *c)
         uv_close((uv_handle_t *)&c->exit_poll, call_free_cb);
 }
 
-static void call_new(fs_server *srv, fs_client *client, int control_fd, int result_fd,
-                     int request_fd)
+/* fds: control, result, then for a warm call its request socket, or for a
+ * captured one its stdout and stderr; -1 where there is none. */
+static void call_new(fs_server *srv, fs_client *client, const int fds[4])
 {
     fs_call *c = calloc(1, sizeof *c);
-    if (c == NULL || uv_poll_init(&srv->loop, &c->control_poll, control_fd) != 0) {
+    if (c == NULL || uv_poll_init(&srv->loop, &c->control_poll, fds[0]) != 0) {
         free(c);
-        tbx__close(control_fd);
-        tbx__close(result_fd);
-        tbx__close(request_fd);
+        for (int i = 0; i < 4; i++)
+            tbx__close(fds[i]);
         return;
     }
+    int control_fd = fds[0], result_fd = fds[1], request_fd = fds[2];
     c->request_fd = request_fd;
+    c->out_fd = fds[3] >= 0 ? fds[2] : -1;
+    c->err_fd = fds[3];
+    if (c->out_fd >= 0)
+        c->request_fd = request_fd = -1;
     c->srv = srv;
     c->client = client;
     c->control_fd = control_fd;
@@ -502,7 +520,7 @@ static void client_cb(uv_poll_t *h, int status, int events)
     }
     for (;;) {
         tbx__hello hello;
-        int fds[3], nfds = 3;
+        int fds[4] = {-1, -1, -1, -1}, nfds = 4;
         ssize_t n = tbx__recv_fds(k->fd, &hello, sizeof hello, fds, &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN)
             return;
@@ -516,13 +534,16 @@ static void client_cb(uv_poll_t *h, int status, int events)
             client_close(k);
             return;
         }
-        int want = hello.kind == TBX__HELLO_CALL ? 2 : hello.kind == TBX__HELLO_WARM ? 3 : -1;
+        int want = hello.kind == TBX__HELLO_CALL      ? 2
+                   : hello.kind == TBX__HELLO_WARM    ? 3
+                   : hello.kind == TBX__HELLO_CAPTURE ? 4
+                                                      : -1;
         if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC || nfds != want) {
             while (nfds > 0)
                 tbx__close(fds[--nfds]);
             continue;
         }
-        call_new(srv, k, fds[0], fds[1], nfds == 3 ? fds[2] : -1);
+        call_new(srv, k, fds);
         if (k->closing)
             return;
     }

@@ -20,6 +20,9 @@
 
 #define TBX__UNUSED(x) ((void)(x))
 
+/* Reports a diagnostic to the host's log callback (log.c). */
+void tbx__log(tbx_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* ---------------------------------------------------------------- os layer
  * Thin wrappers over Linux system calls, each retrying on EINTR where that is
  * meaningful, each returning -errno on failure.  A kernel without pidfd makes
@@ -28,6 +31,8 @@ uint64_t tbx__now_ns(void); /* CLOCK_MONOTONIC */
 /* seconds as nanoseconds, clamped so that now + the result cannot wrap: a
  * timeout of 1e12 s is "never", not a deadline in the past. */
 uint64_t tbx__seconds_to_ns(double s);
+/* A CPU limit in whole seconds, rounded up; 0 for none. */
+uint32_t tbx__cpu_seconds(double s);
 int tbx__pidfd_open(pid_t pid);
 int tbx__pidfd_send_signal(int pidfd, int sig);
 int tbx__pipe(int fds[2], int flags); /* pipe2(O_CLOEXEC | flags) */
@@ -74,7 +79,7 @@ int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
 #define TBX__REQUEST_MAGIC 0x51584254u /* "TBXQ" */
 #define TBX__MAX_NAME 255
 #define TBX__MAX_ARGS ((uint64_t)1 << 32)
-enum { TBX__REQ_RESET_SIGNALS = 1, TBX__REQ_SOFT_DEADLINE = 2 };
+enum { TBX__REQ_RESET_SIGNALS = 1, TBX__REQ_SOFT_DEADLINE = 2, TBX__REQ_ALLOW_CORE = 4 };
 
 typedef struct tbx__request_header {
     uint32_t magic;
@@ -86,6 +91,9 @@ typedef struct tbx__request_header {
     uint64_t timeout_ns;   /* soft deadlines: counted from START */
     uint64_t grace_ns;     /* SIGTERM -> SIGKILL, for the server's backstop */
     uint64_t max_result;
+    uint64_t limit_memory; /* the child's resource limits; 0: inherited */
+    uint32_t limit_cpu_s;
+    uint32_t limit_files;
 } tbx__request_header;
 
 /* 0 if hdr is a well-formed request header within the limits above;
@@ -97,7 +105,9 @@ int tbx__request_check(const tbx__request_header *hdr);
  *   CALL: the server's end of the call's control socket and the write end of
  *         its result pipe.  The request (as for spawn) comes down the control
  *         socket to the server, which forks when it is whole.
- *   WARM: the same, and the read end of a request socket: the server forks
+ *   CAPTURE: a CALL, and the write ends of the stdout and stderr pipes the
+ *         child's fds 1 and 2 become.
+ *   WARM: the same as CALL, and the read end of a request socket: the server forks
  *         at once a child that waits for its request there, from the caller
  *         itself, whenever a call takes it (a warm child, see the header).
  * The control socket (SOCK_STREAM) carries tbx__control messages from the
@@ -107,7 +117,7 @@ int tbx__request_check(const tbx__request_header *hdr);
 #define TBX__HELLO_MAGIC 0x43584254u   /* "TBXC" */
 #define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
 
-enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2 };
+enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2, TBX__HELLO_CAPTURE = 3 };
 
 typedef struct tbx__hello {
     uint32_t magic;
@@ -247,6 +257,17 @@ typedef void tbx__done_cb(tbx__call *call);
 
 /* What a launcher gives the engine: a running child, leading its own process
  * group (pgid == pid), and the parent's ends of its channels. */
+/* A captured stream of the child's (stdout or stderr). */
+typedef struct tbx__capture {
+    int fd;                    /* our end; -1: not captured */
+    int child_fd;              /* the child's end until launched; -1 after */
+    uv_poll_t poll;
+    char *buf;
+    size_t len, cap;
+    int truncated, polling;
+    tbx__call *call;
+} tbx__capture;
+
 typedef struct tbx__child {
     pid_t pid;
     int pidfd;     /* -1 when the kernel has no pidfd */
@@ -283,6 +304,7 @@ typedef struct tbx__spawn_spec {
     int nfds;
     const char *const *env;
     int reset_signals;
+    int stdout_fd, stderr_fd;  /* placed on 1 and 2; -1: inherited */
 } tbx__spawn_spec;
 int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid);
 /* Moves *fd above the descriptors tbx__spawn places (CLOEXEC). */
@@ -316,6 +338,9 @@ struct tbx__call {
     size_t request_copy_len;
     uv_poll_t request_poll;
 
+    /* opts.capture_output: [0] stdout, [1] stderr. */
+    tbx__capture capture[2];
+
     /* forkserver: what arrives on the control socket. */
     uv_poll_t control_poll;
     tbx__control control;
@@ -337,6 +362,10 @@ struct tbx__call {
     size_t payload_cap;
     uint64_t payload_got;
 
+    /* When (CLOCK_MONOTONIC ns): the launch began, fn started (START, or the
+     * launch returned), the result was whole or the child ended. */
+    uint64_t t_launch, t_started, t_done;
+
     /* What happened. */
     unsigned frame_done : 1;
     unsigned reading : 1;
@@ -345,8 +374,10 @@ struct tbx__call {
     unsigned finishing : 1;
     unsigned args_unpacked : 1;
     unsigned abandoned : 1;
-    unsigned writing : 1;
+    unsigned writing : 1;       /* request_poll is open */
     unsigned server_gone : 1;
+    unsigned h_result : 1;      /* result_poll is open */
+    unsigned h_exit : 1;        /* the exit handle (exit_handle()) is open */
     int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
     int kill_signal;
     int wstatus;
@@ -381,6 +412,12 @@ typedef struct tbx__child_spec {
     size_t max_result;
     const sigset_t *parent_mask; /* restored when !reset_signals */
     pid_t parent_pid;          /* the child dies with it; 0: not checked */
+    uint64_t limit_memory;     /* resource limits; 0: inherited */
+    uint32_t limit_cpu_s;
+    uint32_t limit_files;
+    int allow_core;
+    int stdout_fd, stderr_fd;  /* placed on 1 and 2 before anything runs; -1:
+                                  left as they are */
 } tbx__child_spec;
 
 /* Runs the call in this (child) process and _exits.  Never returns. */
@@ -405,6 +442,7 @@ typedef struct tbx__request {
     msgpack_zone zone;
     msgpack_object args;
     tbx_fn *fn;
+    int unpacked;              /* zone holds args: free destroys it */
 } tbx__request;
 /* Checks a complete request whose header, name and args_buf are filled in:
  * looks fn up and unpacks the args.  Returns 0 or TBX_ENOTREG / TBX_EPROTO /

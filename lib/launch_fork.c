@@ -49,6 +49,12 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.max_result = c->opts.max_result;
     spec.parent_mask = &old;
     spec.parent_pid = getpid();
+    spec.limit_memory = c->opts.limit_memory;
+    spec.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
+    spec.limit_files = c->opts.limit_files;
+    spec.allow_core = c->opts.allow_core;
+    spec.stdout_fd = c->capture[0].child_fd;
+    spec.stderr_fd = c->capture[1].child_fd;
 
     flush_caller_stdio();
     sigfillset(&all);

@@ -261,7 +261,7 @@ static int start_locked(void)
     if (rc == 0) {
         const char *env[] = {TBX__FS_VAR "=3", fs_env_limits, fs_env_preload, fs_env_allow,
                              fs_env_listen, NULL};
-        tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1};
+        tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1, -1, -1};
         rc = tbx__spawn(&sp, &pid);
     }
     tbx__close(sv[1]);
@@ -404,9 +404,12 @@ pid_t tbx_forkserver_pid(void)
  * slot), starting it if none runs, and restarting it once if it has died. */
 static int hand_over(const int *fds, int nfds)
 {
-    tbx__hello hello = {TBX__HELLO_MAGIC, nfds == 3 ? TBX__HELLO_WARM : TBX__HELLO_CALL};
+    tbx__hello hello = {TBX__HELLO_MAGIC, nfds == 3   ? TBX__HELLO_WARM
+                                          : nfds == 4 ? TBX__HELLO_CAPTURE
+                                                      : TBX__HELLO_CALL};
     for (int attempt = 0;; attempt++) {
         int rc = 0, conn;
+        pid_t server;
         pthread_rwlock_rdlock(&fs_lock);
         while ((conn = fs_conn) < 0 && rc == 0) {
             pthread_rwlock_unlock(&fs_lock);
@@ -416,6 +419,7 @@ static int hand_over(const int *fds, int nfds)
             pthread_rwlock_unlock(&fs_lock);
             pthread_rwlock_rdlock(&fs_lock);
         }
+        server = fs_pid;
         if (rc == 0) {
             /* Blocking, bounded by SO_SNDTIMEO: the kernel queues only a
              * few messages (net.unix.max_dgram_qlen) before the server
@@ -429,6 +433,8 @@ static int hand_over(const int *fds, int nfds)
         if (attempt == 1)
             return rc;
         /* The server died: reap it (if ours) and start, or find, another. */
+        tbx__log(TBX_LOG_WARN, "the forkserver (pid %d) is gone: starting or finding another",
+                 (int)server);
         pthread_rwlock_wrlock(&fs_lock);
         if (fs_conn == conn)
             stop_locked();
@@ -501,8 +507,8 @@ static warm_slot *warm_take(void)
 static int forkserver_launch(tbx__call *c, tbx__child *child)
 {
     int ctl[2], res[2] = {-1, -1}, rc;
-    TBX__UNUSED(c); /* the request itself goes out from the engine */
-    warm_slot *w = warm_target > 0 ? warm_take() : NULL;
+    int capture = c->capture[0].child_fd >= 0;
+    warm_slot *w = warm_target > 0 && !capture ? warm_take() : NULL;
     if (w != NULL) {
         /* A child already waits for this request: the engine writes it
          * straight to it, and reads LAUNCHED, long since sent, as usual. */
@@ -520,8 +526,10 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         return -errno;
     rc = tbx__pipe(res, 0);
     if (rc == 0) {
-        int fds[2] = {ctl[1], res[1]};
-        rc = hand_over(fds, 2);
+        /* The request itself goes out from the engine, on the control
+         * socket; the captured streams' write ends go to the child. */
+        int fds[4] = {ctl[1], res[1], c->capture[0].child_fd, c->capture[1].child_fd};
+        rc = hand_over(fds, capture ? 4 : 2);
     }
     tbx__close(ctl[1]);
     tbx__close(res[1]);

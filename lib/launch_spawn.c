@@ -169,6 +169,10 @@ int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid)
     posix_spawnattr_init(&attr);
     for (int i = 0; rc == 0 && i < sp->nfds; i++)
         rc = posix_spawn_file_actions_adddup2(&fa, sp->fds[i], 3 + i);
+    if (rc == 0 && sp->stdout_fd >= 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, sp->stdout_fd, 1);
+    if (rc == 0 && sp->stderr_fd >= 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, sp->stderr_fd, 2);
     if (rc == 0)
         rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3 + sp->nfds);
     if (rc == 0)
@@ -204,10 +208,15 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         rc = lift(&sv[1]);
     if (rc == 0)
         rc = lift(&res[1]);
+    /* The captured streams go onto 1 and 2: lifted above 3 and 4 first. */
+    for (int i = 0; rc == 0 && i < 2; i++)
+        if (c->capture[i].child_fd >= 0)
+            rc = lift(&c->capture[i].child_fd);
     if (rc == 0) {
         static const char *const env[] = {WORKER_ENV_VALUE, NULL};
-        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1]}, 2,
-                              env, c->opts.reset_signals};
+        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1]}, 2, env,
+                              c->opts.reset_signals, c->capture[0].child_fd,
+                              c->capture[1].child_fd};
         rc = tbx__spawn(&sp, &pid);
     }
     tbx__close(sv[1]);

@@ -37,6 +37,13 @@ uint64_t tbx__seconds_to_ns(double s)
     return s >= max_s ? (uint64_t)(max_s * 1e9) : (uint64_t)(s * 1e9);
 }
 
+uint32_t tbx__cpu_seconds(double s)
+{
+    if (!(s > 0))
+        return 0;
+    return s >= 4e9 ? UINT32_MAX : (uint32_t)s + ((double)(uint32_t)s < s);
+}
+
 int tbx__pidfd_open(pid_t pid)
 {
     /* pidfds are always close-on-exec. */
