@@ -274,27 +274,53 @@ TBX_REGISTER(fn_count_fds);
  * The result descriptor is found without knowing the method: it is the one
  * pipe write end at fd >= 3 that is blocking (libuv's loop pipes are not),
  * whose pipe the caller did not have open before the call (the caller sends
- * the inodes of the pipes it had), and whose read end is not here blocking
- * (the caller's engine polls it, non-blocking).  Not exactly one:
- * _exit(77 + how many). */
+ * the inodes of the pipes it had) and does have open now (the caller sends
+ * its pid; its engine holds the read end).  That leaves out the pipes a
+ * child has of its own, such as libuv's signal lock, which libuv makes anew
+ * in every fork child.  Not exactly one: _exit(77 + how many). */
 static unsigned long pipe_inode(const char *target)
 {
     unsigned long ino = 0;
     return sscanf(target, "pipe:[%lu]", &ino) == 1 ? ino : 0;
 }
 
-static int find_result_fd(const msgpack_object *known)
+/* The pipe inodes among pid's descriptors, up to max. */
+static int pipes_of(pid_t pid, unsigned long *ino, int max)
 {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < max) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64 + sizeof e->d_name], target[64];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        ssize_t t = readlink(path, target, sizeof target - 1);
+        target[t < 0 ? 0 : t] = '\0';
+        unsigned long i = pipe_inode(target);
+        if (i != 0)
+            ino[n++] = i;
+    }
+    closedir(d);
+    return n;
+}
+
+static int find_result_fd(const msgpack_object *known, pid_t caller)
+{
+    static unsigned long callers[1024];
+    int ncallers = pipes_of(caller, callers, 1024);
     DIR *d = opendir("/proc/self/fd");
     if (d == NULL)
         _exit(76);
-    int cand[32], n = 0, self = dirfd(d);
-    unsigned long cand_ino[32], readers[64];
-    int nreaders = 0;
+    int found = -1, n = 0, self = dirfd(d);
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         int fd = atoi(e->d_name);
-        if (e->d_name[0] == '.' || fd == self)
+        if (e->d_name[0] == '.' || fd == self || fd < 3)
             continue;
         char path[64], target[64];
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -302,50 +328,34 @@ static int find_result_fd(const msgpack_object *known)
         target[t < 0 ? 0 : t] = '\0';
         unsigned long ino = pipe_inode(target);
         int fl = fcntl(fd, F_GETFL);
-        if (ino == 0 || fl < 0)
+        if (ino == 0 || fl < 0 || (fl & O_ACCMODE) != O_WRONLY || (fl & O_NONBLOCK))
             continue;
-        if ((fl & O_ACCMODE) == O_RDONLY && !(fl & O_NONBLOCK) && nreaders < 64)
-            readers[nreaders++] = ino;
-        if (fd < 3 || (fl & O_ACCMODE) != O_WRONLY || (fl & O_NONBLOCK))
-            continue;
-        int old = 0;
+        int old = 0, theirs = 0;
         for (uint32_t i = 0; i < known->via.array.size; i++)
             old |= known->via.array.ptr[i].via.u64 == ino;
-        if (!old && n < 32) {
-            cand_ino[n] = ino;
-            cand[n++] = fd;
+        for (int i = 0; i < ncallers; i++)
+            theirs |= callers[i] == ino;
+        if (!old && theirs) {
+            found = fd;
+            n++;
         }
     }
     closedir(d);
-    if (n > 1) {
-        /* A pipe of this process's own (libuv's signal lock, which libuv
-         * makes anew in every fork child) has its blocking read end here
-         * too; the result pipe's read end is the caller's, non-blocking. */
-        int k = 0;
-        for (int i = 0; i < n; i++) {
-            int mine = 0;
-            for (int j = 0; j < nreaders; j++)
-                mine |= readers[j] == cand_ino[i];
-            if (!mine)
-                cand[k++] = cand[i];
-        }
-        n = k;
-    }
     if (n != 1)
         _exit(77 + (n > 20 ? 20 : n));
-    return cand[0];
+    return found;
 }
 
 enum { RAW_EXIT, RAW_RETURN };
 
-/* args [bytes (bin), known pipe inodes, mode]: writes bytes to the result
+/* args [bytes (bin), known pipe inodes, mode, caller pid]: writes bytes to the result
  * descriptor, then _exit(0) (RAW_EXIT) or returns 5 the usual way
  * (RAW_RETURN: timebox writes its own frame after them). */
 static int fn_raw(const msgpack_object *args, msgpack_packer *pk, void *ctx)
 {
     (void)ctx;
     const msgpack_object *a = args->via.array.ptr;
-    int fd = find_result_fd(&a[1]);
+    int fd = find_result_fd(&a[1], (pid_t)a[3].via.u64);
     const char *p = a[0].via.bin.ptr;
     size_t left = a[0].via.bin.size;
     while (left > 0) {
@@ -426,12 +436,13 @@ static int raw_call(tbx_method m, const struct raw *bytes, int mode, int soft, t
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 3);
+    msgpack_pack_array(&pk, 4);
     msgpack_pack_bin_with_body(&pk, bytes->buf, bytes->len);
     msgpack_pack_array(&pk, (size_t)n);
     for (int i = 0; i < n; i++)
         msgpack_pack_uint64(&pk, ino[i]);
     msgpack_pack_int(&pk, mode);
+    msgpack_pack_uint64(&pk, (uint64_t)getpid());
     tbx_opts o = test_opts(m);
     o.timeout_s = 60;
     o.hard_timeout = !soft;
@@ -450,8 +461,9 @@ TBX_TEST(child, sigterm_blocked_with_sigprocmask_gets_sigkill)
     msgpack_sbuffer sb;
     pack(&sb, "n");
     tbx_opts o = test_opts(*method);
-    o.timeout_s = 1.0; /* time enough to block SIGTERM first */
+    o.timeout_s = 1.0;
     o.grace_s = 0.3;
+    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
     int rc = tbx_call(fn_block_term, sb.data, sb.size, &o, &r);
     check_status(rc, &r);
@@ -474,6 +486,7 @@ TBX_TEST(child, cleanup_longer_than_grace_gets_sigkill)
     tbx_opts o = test_opts(*method);
     o.timeout_s = 1.0;
     o.grace_s = 0.5;
+    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
     int rc = tbx_call(fn_term_handler, sb.data, sb.size, &o, &r);
     check_status(rc, &r);
@@ -495,6 +508,7 @@ TBX_TEST(child, cleanup_within_grace_keeps_its_exit_code)
     tbx_opts o = test_opts(*method);
     o.timeout_s = 1.0;
     o.grace_s = 20;
+    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
     int rc = tbx_call(fn_term_handler, sb.data, sb.size, &o, &r);
     check_status(rc, &r);
@@ -515,6 +529,7 @@ TBX_TEST(child, stopped_child_gets_sigkill)
     tbx_opts o = test_opts(*method);
     o.timeout_s = 0.5;
     o.grace_s = 0.3;
+    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
     int rc = tbx_call(fn_stop_self, sb.data, sb.size, &o, &r);
     check_status(rc, &r);
