@@ -245,6 +245,15 @@ typedef struct tbx_opts {
                              child shares the caller's stdout and stderr.
                              Not with warm children (a call that asks for it
                              starts a fresh one). */
+    int backtrace_on_timeout; /* 1: at the deadline, before SIGTERM, the
+                             child is asked for a backtrace of the thread
+                             running fn (a handler timebox installs in the
+                             child writes backtrace_symbols_fd output), waited
+                             for at most 250 ms, and returned in the result
+                             (backtrace).  Function names need symbols: link
+                             the program with -rdynamic for its own.  Uses
+                             signal SIGRTMAX-3 in the child.  Not with warm
+                             children. */
     const char *executable; /* spawn: the program to run as the worker;
                              NULL: the process default (tbx_set_spawn_
                              executable), else this program itself.  It must
@@ -307,7 +316,11 @@ typedef struct tbx_result {
     const char *stdout_data, *stderr_data;
     size_t stdout_len, stderr_len;
     int stdout_truncated, stderr_truncated; /* 1: more was written */
-    void *priv_[5];       /* private: memory owned by the result */
+    /* With opts.backtrace_on_timeout and a call that timed out: where fn
+     * was, one frame a line, as backtrace_symbols_fd writes them; NULL if
+     * none came.  Owned by the result. */
+    const char *backtrace;
+    void *priv_[6];       /* private: memory owned by the result */
 } tbx_result;
 
 /* Frees what the result owns and resets it to an empty result.  NULL-safe,

@@ -39,6 +39,7 @@ void tbx_result_free(tbx_result *r)
     free(r->priv_[2]);
     free(r->priv_[3]);
     free(r->priv_[4]);
+    free(r->priv_[5]);
     result_init(r);
 }
 

@@ -15,6 +15,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <execinfo.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -214,6 +215,37 @@ static void apply_limits(const tbx__child_spec *spec)
     }
 }
 
+/* The backtrace handler: where the thread that runs fn is, then a NUL to
+ * say that was all.  backtrace() was called once before, so that it loads
+ * what it needs outside a handler. */
+static int backtrace_fd = -1;
+
+static void backtrace_handler(int sig)
+{
+    void *frames[64];
+    int saved = errno;
+    TBX__UNUSED(sig);
+    int n = backtrace(frames, 64);
+    backtrace_symbols_fd(frames, n, backtrace_fd);
+    (void)tbx__write_all(backtrace_fd, "", 1);
+    errno = saved;
+}
+
+static void install_backtrace(const tbx__child_spec *spec)
+{
+    if (spec->backtrace_fd < 0)
+        return;
+    void *warm[1];
+    (void)backtrace(warm, 1);
+    backtrace_fd = spec->backtrace_fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = backtrace_handler;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    (void)sigaction(TBX__BACKTRACE_SIGNAL, &sa, NULL);
+}
+
 void tbx__child_forget_parent(void)
 {
     tbx__forkserver_forget_parent();
@@ -235,6 +267,7 @@ void tbx__child_main(const tbx__child_spec *spec)
     tbx__child_forget_parent();
     place_output(spec);
     apply_limits(spec);
+    install_backtrace(spec);
 
     self.in_child = 1;
     self.deadline_ns = spec->deadline_ns;

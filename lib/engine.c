@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -77,7 +78,7 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     c->child.request_fd = -1;
     c->child.control_fd = -1;
     c->control_fd_in = -1;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < TBX__NSTREAMS; i++)
         c->capture[i].fd = c->capture[i].child_fd = -1;
     c->child.worker = 0;
     c->child.warm = 0;
@@ -101,6 +102,8 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
         c->request.limit_memory = c->opts.limit_memory;
         c->request.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
         c->request.limit_files = c->opts.limit_files;
+        if (c->opts.backtrace_on_timeout)
+            c->request.flags |= TBX__REQ_BACKTRACE;
         c->request.name_len = (uint32_t)name_len;
         c->request.args_len = args_len;
         c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
@@ -167,6 +170,16 @@ static void signal_child(tbx__call *c, int sig)
 
 static void escalate_cb(tbx__deadline *d);
 
+/* The backtrace signal goes to the thread that runs fn: the child's first
+ * (tid == pid) for our own children, the process for a server's. */
+static void ask_backtrace(tbx__call *c)
+{
+    if (c->child.control_fd < 0 && c->child.pid > 0)
+        (void)syscall(SYS_tgkill, c->child.pid, c->child.pid, TBX__BACKTRACE_SIGNAL);
+    else if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, TBX__BACKTRACE_SIGNAL);
+}
+
 /* Whether the child has already exited, its exit not yet handled: the
  * deadline and the exit can both be ready when the loop wakes. */
 static int child_exited(tbx__call *c)
@@ -192,6 +205,17 @@ static void escalate(tbx__call *c, int why, int hard)
         return;
     if (c->verdict == 0 && !c->frame_done)
         c->verdict = why;
+    /* First, where was it?  A short wait for the child's backtrace, which
+     * ends the wait early when it comes (backtrace_arrived). */
+    if (!hard && why == TBX_ETIMEDOUT && c->kill_signal == 0 && !c->frame_done &&
+        c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked) {
+        c->backtrace_asked = c->backtrace_pending = 1;
+        ask_backtrace(c);
+        c->deadline.cb = escalate_cb;
+        if (tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__BACKTRACE_WAIT_NS) == 0)
+            return;
+    }
+    c->backtrace_pending = 0;
     if (hard || c->opts.grace_s <= 0 || c->frame_done || c->kill_signal == SIGTERM) {
         if (c->kill_signal == SIGTERM)
             tbx__log(TBX_LOG_INFO, "child %d still alive %.3f s after SIGTERM: sent SIGKILL",
@@ -204,9 +228,11 @@ static void escalate(tbx__call *c, int why, int hard)
     c->kill_signal = SIGTERM;
     signal_child(c, SIGTERM);
     /* SIGKILL comes grace_s after the deadline itself, so lateness in
-     * sending SIGTERM is not added again; a cancel counts from now. */
-    uint64_t from = why == TBX_ETIMEDOUT && c->deadline.when_ns != 0 ? c->deadline.when_ns
-                                                                      : tbx__now_ns();
+     * sending SIGTERM is not added again; a cancel, or a wait for a
+     * backtrace, counts from now. */
+    uint64_t from = why == TBX_ETIMEDOUT && c->deadline.when_ns != 0 && !c->backtrace_asked
+                        ? c->deadline.when_ns
+                        : tbx__now_ns();
     c->deadline.cb = escalate_cb;
     uint64_t at = from + tbx__seconds_to_ns(c->opts.grace_s);
     if (tbx__deadline_start(&c->deadline, c->loop, at) != 0) {
@@ -456,12 +482,16 @@ static int request_start(tbx__call *c)
 /* Makes the pipes for the child's stdout and stderr, before the launch. */
 static int capture_open(tbx__call *c)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
         c->capture[i].fd = c->capture[i].child_fd = -1;
         c->capture[i].call = c;
     }
-    for (int i = 0; c->opts.capture_output > 0 && i < 2; i++) {
+    c->capture[TBX__STDOUT].limit = c->capture[TBX__STDERR].limit = c->opts.capture_output;
+    c->capture[TBX__BACKTRACE].limit = TBX__BACKTRACE_MAX;
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
         int p[2];
+        if (c->capture[i].limit == 0 || (i == TBX__BACKTRACE && !c->opts.backtrace_on_timeout))
+            continue;
         int rc = tbx__pipe(p, 0);
         if (rc != 0)
             return rc; /* the caller closes what was made */
@@ -474,10 +504,21 @@ static int capture_open(tbx__call *c)
 /* The child's ends: the child has its own once launched. */
 static void capture_close_child_ends(tbx__call *c)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
         tbx__close(c->capture[i].child_fd);
         c->capture[i].child_fd = -1;
     }
+}
+
+/* The backtrace ends with a NUL: once it is in, the wait for it is over and
+ * the deadline's escalation goes on. */
+static void backtrace_arrived(tbx__capture *k, const char *data, size_t n)
+{
+    tbx__call *c = k->call;
+    if (k != &c->capture[TBX__BACKTRACE] || !c->backtrace_pending || memchr(data, 0, n) == NULL)
+        return;
+    c->backtrace_pending = 0;
+    escalate(c, TBX_ETIMEDOUT, 0);
 }
 
 /* Reads what the stream holds now: kept up to the limit, the rest read and
@@ -485,7 +526,7 @@ static void capture_close_child_ends(tbx__call *c)
  * truncated.  Stops at EOF, or when it would block. */
 static void capture_read(tbx__capture *k)
 {
-    size_t limit = k->call->opts.capture_output;
+    size_t limit = k->limit;
     char scratch[4096];
     while (k->fd >= 0) {
         char *dst = scratch;
@@ -513,10 +554,12 @@ static void capture_read(tbx__capture *k)
                 uv_poll_stop(&k->poll);
             return;
         }
-        if (dst == scratch)
+        if (dst == scratch) {
             k->truncated = 1;
-        else
+        } else {
             k->len += (size_t)n;
+            backtrace_arrived(k, dst, (size_t)n);
+        }
     }
 }
 
@@ -530,6 +573,13 @@ static void capture_cb(uv_poll_t *h, int status, int events)
 /* The result takes the streams: NUL-terminated, owned by it. */
 static void capture_give(tbx__call *c, tbx_result *r)
 {
+    tbx__capture *bt = &c->capture[TBX__BACKTRACE];
+    if (bt->buf != NULL && bt->len > 0) {
+        bt->buf[bt->len] = '\0'; /* its own NUL ends it already, or this */
+        r->backtrace = bt->buf;
+        r->priv_[5] = bt->buf;
+        bt->buf = NULL;
+    }
     if (c->opts.capture_output == 0)
         return;
     for (int i = 0; i < 2; i++) {
@@ -806,7 +856,7 @@ static void finalize(tbx__call *c)
     if (r->status != 0 && r->message == NULL)
         r->message = tbx_strerror(r->status);
     capture_give(c, r);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
         free(c->capture[i].buf);
         c->capture[i].buf = NULL;
     }
@@ -855,7 +905,7 @@ static void close_handles(tbx__call *c)
     if (c->h_exit)
         uv_close(exit_handle(c), close_cb);
     c->h_result = c->h_exit = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
         if (k->polling) {
             k->poll.data = c; /* close_cb counts the call's handles down */
@@ -880,7 +930,7 @@ static void finish(tbx__call *c)
     stop_reading(c);
     tbx__deadline_stop(&c->deadline);
     /* The child is gone: what it printed is all in the pipes. */
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < TBX__NSTREAMS; i++)
         capture_read(&c->capture[i]);
     close_handles(c);
 }
@@ -890,7 +940,7 @@ static void finish(tbx__call *c)
 /* A launch that did not happen: nothing of it is left. */
 static void undo_launch(tbx__call *c)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
         tbx__close(c->capture[i].fd);
         c->capture[i].fd = -1;
     }
@@ -946,7 +996,7 @@ static int watch(tbx__call *c)
             rc = uv_timer_start(&c->exit_timer, exit_timer_cb, 1, 1);
         }
     }
-    for (int i = 0; rc == 0 && i < 2; i++) {
+    for (int i = 0; rc == 0 && i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
         if (k->fd < 0)
             continue;

@@ -66,6 +66,7 @@ struct fs_call {
     int control_fd, result_fd, pidfd;
     int request_fd;           /* warm: where its child reads the request */
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
+    int backtrace_fd;         /* where the child writes a backtrace */
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -172,6 +173,7 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
             tbx__close(o->request_fd);
             tbx__close(o->out_fd);
             tbx__close(o->err_fd);
+            tbx__close(o->backtrace_fd);
         }
         tbx__close(o->pidfd);
     }
@@ -183,10 +185,11 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
     }
     sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
     if (c->request_fd >= 0) /* warm: the request comes from the caller */
-        tbx__worker_serve(c->request_fd, c->result_fd, 1);
+        tbx__worker_serve(c->request_fd, c->result_fd, -1, 1);
     tbx__request_spec(&c->rq, c->result_fd, &spec);
     spec.reset_signals = 0;
     spec.parent_mask = mask;
+    spec.backtrace_fd = c->backtrace_fd;
     tbx__child_main(&spec);
 }
 
@@ -231,7 +234,8 @@ static void start_child(fs_call *c)
     tbx__close(c->request_fd);
     tbx__close(c->out_fd);
     tbx__close(c->err_fd);
-    c->result_fd = c->request_fd = c->out_fd = c->err_fd = -1;
+    tbx__close(c->backtrace_fd);
+    c->result_fd = c->request_fd = c->out_fd = c->err_fd = c->backtrace_fd = -1;
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {
@@ -374,6 +378,7 @@ static void call_free_cb(uv_handle_t *h)
     tbx__close(c->request_fd);
     tbx__close(c->out_fd);
     tbx__close(c->err_fd);
+    tbx__close(c->backtrace_fd);
     tbx__close(c->pidfd);
     tbx__request_free(&c->rq);
     free(c);
@@ -393,23 +398,29 @@ static void call_close(fs_call *c)
         uv_close((uv_handle_t *)&c->exit_poll, call_free_cb);
 }
 
-/* fds: control, result, then for a warm call its request socket, or for a
- * captured one its stdout and stderr; -1 where there is none. */
-static void call_new(fs_server *srv, fs_client *client, const int fds[4])
+/* fds: control, result, then for a warm call its request socket; for a
+ * call with flags, its stdout and stderr (CAPTURE) and its backtrace pipe
+ * (BACKTRACE), in that order. */
+static void call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t flags,
+                     const int fds[5])
 {
     fs_call *c = calloc(1, sizeof *c);
     if (c == NULL || uv_poll_init(&srv->loop, &c->control_poll, fds[0]) != 0) {
         free(c);
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             tbx__close(fds[i]);
         return;
     }
-    int control_fd = fds[0], result_fd = fds[1], request_fd = fds[2];
+    int control_fd = fds[0], result_fd = fds[1], at = 2;
+    int request_fd = kind == TBX__HELLO_WARM ? fds[at++] : -1;
     c->request_fd = request_fd;
-    c->out_fd = fds[3] >= 0 ? fds[2] : -1;
-    c->err_fd = fds[3];
-    if (c->out_fd >= 0)
-        c->request_fd = request_fd = -1;
+    c->out_fd = c->err_fd = c->backtrace_fd = -1;
+    if (flags & TBX__HELLO_CAPTURE) {
+        c->out_fd = fds[at++];
+        c->err_fd = fds[at++];
+    }
+    if (flags & TBX__HELLO_BACKTRACE)
+        c->backtrace_fd = fds[at++];
     c->srv = srv;
     c->client = client;
     c->control_fd = control_fd;
@@ -520,7 +531,7 @@ static void client_cb(uv_poll_t *h, int status, int events)
     }
     for (;;) {
         tbx__hello hello;
-        int fds[4] = {-1, -1, -1, -1}, nfds = 4;
+        int fds[5] = {-1, -1, -1, -1, -1}, nfds = 5;
         ssize_t n = tbx__recv_fds(k->fd, &hello, sizeof hello, fds, &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN)
             return;
@@ -534,16 +545,20 @@ static void client_cb(uv_poll_t *h, int status, int events)
             client_close(k);
             return;
         }
-        int want = hello.kind == TBX__HELLO_CALL      ? 2
-                   : hello.kind == TBX__HELLO_WARM    ? 3
-                   : hello.kind == TBX__HELLO_CAPTURE ? 4
-                                                      : -1;
-        if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC || nfds != want) {
+        int want = -1;
+        if (hello.kind == TBX__HELLO_WARM && hello.flags == 0)
+            want = 3;
+        else if (hello.kind == TBX__HELLO_CALL &&
+                 (hello.flags & ~(uint32_t)(TBX__HELLO_CAPTURE | TBX__HELLO_BACKTRACE)) == 0)
+            want = 2 + (hello.flags & TBX__HELLO_CAPTURE ? 2 : 0) +
+                   (hello.flags & TBX__HELLO_BACKTRACE ? 1 : 0);
+        if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC ||
+            hello.reserved != 0 || nfds != want) {
             while (nfds > 0)
                 tbx__close(fds[--nfds]);
             continue;
         }
-        call_new(srv, k, fds);
+        call_new(srv, k, hello.kind, hello.flags, fds);
         if (k->closing)
             return;
     }
@@ -674,7 +689,7 @@ static int write_key(const tbx__fs_config *cfg)
 static void report_ready(const tbx__fs_config *cfg, int rc)
 {
     if (cfg->conn >= 0) {
-        tbx__hello ready = {TBX__HELLO_MAGIC, (uint32_t)rc};
+        tbx__hello ready = {TBX__HELLO_MAGIC, (uint32_t)rc, 0, 0};
         if (tbx__send_fds(cfg->conn, &ready, sizeof ready, NULL, 0, 0) < 0)
             _exit(1);
     }

@@ -79,7 +79,12 @@ int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
 #define TBX__REQUEST_MAGIC 0x51584254u /* "TBXQ" */
 #define TBX__MAX_NAME 255
 #define TBX__MAX_ARGS ((uint64_t)1 << 32)
-enum { TBX__REQ_RESET_SIGNALS = 1, TBX__REQ_SOFT_DEADLINE = 2, TBX__REQ_ALLOW_CORE = 4 };
+enum {
+    TBX__REQ_RESET_SIGNALS = 1,
+    TBX__REQ_SOFT_DEADLINE = 2,
+    TBX__REQ_ALLOW_CORE = 4,
+    TBX__REQ_BACKTRACE = 8 /* a backtrace pipe comes with the call */
+};
 
 typedef struct tbx__request_header {
     uint32_t magic;
@@ -105,8 +110,9 @@ int tbx__request_check(const tbx__request_header *hdr);
  *   CALL: the server's end of the call's control socket and the write end of
  *         its result pipe.  The request (as for spawn) comes down the control
  *         socket to the server, which forks when it is whole.
- *   CAPTURE: a CALL, and the write ends of the stdout and stderr pipes the
- *         child's fds 1 and 2 become.
+ *         With flags, more fds follow: the write ends of the stdout and
+ *         stderr pipes the child's fds 1 and 2 become (CAPTURE), and of the
+ *         pipe it writes a backtrace to (BACKTRACE).
  *   WARM: the same as CALL, and the read end of a request socket: the server forks
  *         at once a child that waits for its request there, from the caller
  *         itself, whenever a call takes it (a warm child, see the header).
@@ -117,12 +123,16 @@ int tbx__request_check(const tbx__request_header *hdr);
 #define TBX__HELLO_MAGIC 0x43584254u   /* "TBXC" */
 #define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
 
-enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2, TBX__HELLO_CAPTURE = 3 };
+enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2 };
+enum { TBX__HELLO_CAPTURE = 1, TBX__HELLO_BACKTRACE = 2 }; /* CALL's flags */
 
 typedef struct tbx__hello {
     uint32_t magic;
-    uint32_t kind; /* TBX__HELLO_*; in the server's ready message: 0 or the
-                      reason it will not serve */
+    uint32_t kind;  /* TBX__HELLO_*; in the server's ready message: 0 or the
+                       reason it will not serve */
+    uint32_t flags; /* CALL: which fds follow control and result: stdout
+                       and stderr (CAPTURE), then the backtrace's */
+    uint32_t reserved;
 } tbx__hello;
 
 enum {
@@ -257,13 +267,18 @@ typedef void tbx__done_cb(tbx__call *call);
 
 /* What a launcher gives the engine: a running child, leading its own process
  * group (pgid == pid), and the parent's ends of its channels. */
-/* A captured stream of the child's (stdout or stderr). */
+/* A stream from the child: its stdout, its stderr, or its backtrace. */
+enum { TBX__STDOUT, TBX__STDERR, TBX__BACKTRACE, TBX__NSTREAMS };
+#define TBX__BACKTRACE_MAX ((size_t)64 << 10)
+#define TBX__BACKTRACE_SIGNAL (SIGRTMAX - 3)
+#define TBX__BACKTRACE_WAIT_NS 250000000ull
+
 typedef struct tbx__capture {
     int fd;                    /* our end; -1: not captured */
     int child_fd;              /* the child's end until launched; -1 after */
     uv_poll_t poll;
     char *buf;
-    size_t len, cap;
+    size_t len, cap, limit;
     int truncated, polling;
     tbx__call *call;
 } tbx__capture;
@@ -338,8 +353,9 @@ struct tbx__call {
     size_t request_copy_len;
     uv_poll_t request_poll;
 
-    /* opts.capture_output: [0] stdout, [1] stderr. */
-    tbx__capture capture[2];
+    /* opts.capture_output: stdout, stderr; opts.backtrace_on_timeout. */
+    tbx__capture capture[TBX__NSTREAMS];
+    unsigned backtrace_asked : 1, backtrace_pending : 1;
 
     /* forkserver: what arrives on the control socket. */
     uv_poll_t control_poll;
@@ -418,6 +434,7 @@ typedef struct tbx__child_spec {
     int allow_core;
     int stdout_fd, stderr_fd;  /* placed on 1 and 2 before anything runs; -1:
                                   left as they are */
+    int backtrace_fd;          /* where to write a backtrace when asked; -1 */
 } tbx__child_spec;
 
 /* Runs the call in this (child) process and _exits.  Never returns. */
@@ -429,7 +446,8 @@ void tbx__worker_maybe_serve(void);
 /* Reads one request from req_fd and runs it, writing to res_fd; _exits.
  * signals_clean: the dispositions are already the defaults (a forkserver
  * child), so reset_signals has nothing left to do. */
-__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int signals_clean);
+__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd,
+                                                 int signals_clean);
 /* 1 if this process was started as a worker but never called tbx_init. */
 int tbx__worker_unserved(void);
 

@@ -55,6 +55,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.allow_core = c->opts.allow_core;
     spec.stdout_fd = c->capture[0].child_fd;
     spec.stderr_fd = c->capture[1].child_fd;
+    spec.backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
 
     flush_caller_stdio();
     sigfillset(&all);

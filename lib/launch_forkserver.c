@@ -400,13 +400,11 @@ pid_t tbx_forkserver_pid(void)
     return pid;
 }
 
-/* Hands a call's fds to the server (two for a call, three for a warm
- * slot), starting it if none runs, and restarting it once if it has died. */
-static int hand_over(const int *fds, int nfds)
+/* Hands a call's fds to the server (see internal.h for which, by kind and
+ * flags), starting it if none runs, and restarting it once if it died. */
+static int hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds)
 {
-    tbx__hello hello = {TBX__HELLO_MAGIC, nfds == 3   ? TBX__HELLO_WARM
-                                          : nfds == 4 ? TBX__HELLO_CAPTURE
-                                                      : TBX__HELLO_CALL};
+    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, 0};
     for (int attempt = 0;; attempt++) {
         int rc = 0, conn;
         pid_t server;
@@ -456,7 +454,7 @@ static int warm_add(void)
         rc = tbx__pipe(res, 0);
     if (rc == 0) {
         int fds[3] = {ctl[1], res[1], req[1]};
-        rc = hand_over(fds, 3);
+        rc = hand_over(TBX__HELLO_WARM, 0, fds, 3);
     }
     tbx__close(ctl[1]);
     tbx__close(req[1]);
@@ -507,8 +505,9 @@ static warm_slot *warm_take(void)
 static int forkserver_launch(tbx__call *c, tbx__child *child)
 {
     int ctl[2], res[2] = {-1, -1}, rc;
-    int capture = c->capture[0].child_fd >= 0;
-    warm_slot *w = warm_target > 0 && !capture ? warm_take() : NULL;
+    int capture = c->capture[TBX__STDOUT].child_fd >= 0;
+    int backtrace = c->capture[TBX__BACKTRACE].child_fd >= 0;
+    warm_slot *w = warm_target > 0 && !capture && !backtrace ? warm_take() : NULL;
     if (w != NULL) {
         /* A child already waits for this request: the engine writes it
          * straight to it, and reads LAUNCHED, long since sent, as usual. */
@@ -528,8 +527,16 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     if (rc == 0) {
         /* The request itself goes out from the engine, on the control
          * socket; the captured streams' write ends go to the child. */
-        int fds[4] = {ctl[1], res[1], c->capture[0].child_fd, c->capture[1].child_fd};
-        rc = hand_over(fds, capture ? 4 : 2);
+        int fds[5] = {ctl[1], res[1]}, n = 2;
+        if (capture) {
+            fds[n++] = c->capture[TBX__STDOUT].child_fd;
+            fds[n++] = c->capture[TBX__STDERR].child_fd;
+        }
+        if (backtrace)
+            fds[n++] = c->capture[TBX__BACKTRACE].child_fd;
+        rc = hand_over(TBX__HELLO_CALL,
+                       (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0),
+                       fds, n);
     }
     tbx__close(ctl[1]);
     tbx__close(res[1]);

@@ -208,15 +208,17 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         rc = lift(&sv[1]);
     if (rc == 0)
         rc = lift(&res[1]);
-    /* The captured streams go onto 1 and 2: lifted above 3 and 4 first. */
-    for (int i = 0; rc == 0 && i < 2; i++)
+    /* The captured streams go onto 1 and 2, the backtrace pipe onto 5:
+     * lifted above 3, 4 and 5 first. */
+    for (int i = 0; rc == 0 && i < TBX__NSTREAMS; i++)
         if (c->capture[i].child_fd >= 0)
             rc = lift(&c->capture[i].child_fd);
     if (rc == 0) {
         static const char *const env[] = {WORKER_ENV_VALUE, NULL};
-        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1]}, 2, env,
-                              c->opts.reset_signals, c->capture[0].child_fd,
-                              c->capture[1].child_fd};
+        int bt = c->capture[TBX__BACKTRACE].child_fd;
+        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1], bt},
+                              bt >= 0 ? 3 : 2, env, c->opts.reset_signals,
+                              c->capture[TBX__STDOUT].child_fd, c->capture[TBX__STDERR].child_fd};
         rc = tbx__spawn(&sp, &pid);
     }
     tbx__close(sv[1]);

@@ -96,6 +96,7 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->max_result = (size_t)rq->h.max_result;
     spec->parent_pid = getppid();
     spec->stdout_fd = spec->stderr_fd = -1; /* placed by whoever started us */
+    spec->backtrace_fd = -1;
     spec->limit_memory = rq->h.limit_memory;
     spec->limit_cpu_s = rq->h.limit_cpu_s;
     spec->limit_files = rq->h.limit_files;
@@ -132,7 +133,7 @@ static void read_request(int req_fd, int res_fd, tbx__request *rq)
         refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
 }
 
-void tbx__worker_serve(int req_fd, int res_fd, int signals_clean)
+void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int signals_clean)
 {
     tbx__request rq;
     tbx__child_spec spec;
@@ -147,6 +148,8 @@ void tbx__worker_serve(int req_fd, int res_fd, int signals_clean)
     tbx__request_spec(&rq, res_fd, &spec);
     if (signals_clean)
         spec.reset_signals = 0; /* the forkserver already put them back */
+    if (rq.h.flags & TBX__REQ_BACKTRACE)
+        spec.backtrace_fd = backtrace_fd;
     tbx__child_main(&spec);
 }
 
@@ -174,5 +177,5 @@ void tbx__worker_maybe_serve(void)
     /* Gone before fn runs: the function's own children are not workers. */
     unsetenv(WORKER_VAR);
     pthread_once(&unserved_once, unserved_init);
-    tbx__worker_serve(req_fd, res_fd, 0);
+    tbx__worker_serve(req_fd, res_fd, 5, 0); /* spawn puts a backtrace pipe on 5 */
 }
