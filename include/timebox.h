@@ -279,6 +279,18 @@ TBX_EXTERN int tbx_set_default_method(tbx_method method);
  * call already launched keeps the program it had. */
 TBX_EXTERN int tbx_set_spawn_executable(const char *executable, char *const *argv);
 
+/* Caps the children alive at once in this process: every method, blocking
+ * and async calls together.  Calls beyond the cap wait their turn, in the
+ * order they came.  With hard_timeout (the default) the wait counts toward
+ * the deadline, and a call whose deadline passes while it waits ends
+ * TBX_ETIMEDOUT without a child (queued_s says how long it waited); with
+ * hard_timeout = 0 the clock starts when fn does.  A waiting async call can
+ * be cancelled.  A cap of 1 runs one call at a time: the lock a program
+ * that drives one piece of hardware needs.  0 (default): no cap.  Calls
+ * already running are not counted against a cap set later: set it at
+ * start-up.  Thread-safe; returns 0. */
+TBX_EXTERN int tbx_set_max_children(unsigned max);
+
 /* ------------------------------------------------------------------------
  * Results
  */

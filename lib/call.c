@@ -82,7 +82,22 @@ int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
     if (rc != 0)
         return refuse(out, rc);
     c.done_cb = blocking_done_cb;
+    if (tbx__slots_capped()) {
+        /* Waiting for a slot counts toward a hard deadline. */
+        uint64_t until = c.opts.hard_timeout && c.opts.timeout_s > 0
+                             ? c.start_ns + tbx__seconds_to_ns(c.opts.timeout_s)
+                             : 0;
+        rc = tbx__slot_wait(until);
+        if (rc != 0) {
+            tbx__engine_refuse(&c, rc, "deadline passed while the call waited for a free slot "
+                                       "(tbx_set_max_children)");
+            return rc;
+        }
+        c.has_slot = 1;
+    }
     rc = tbx__engine_run(&c);
+    if (rc != 0 && c.has_slot) /* no child: finalize never runs */
+        tbx__slot_release(1);
     /* On error the loop may still hold closing handles of c: run it dry
      * either way before c leaves the stack. */
     uv_run(loop, UV_RUN_DEFAULT);
@@ -125,7 +140,7 @@ int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const void *args,
     c->cb = cb;
     c->done_cb = async_done_cb;
     c->abandoned_cb = async_abandoned_cb;
-    rc = tbx__engine_run(c);
+    rc = tbx__engine_run_queued(c);
     if (rc != 0) {
         if (!c->abandoned)
             free(c);

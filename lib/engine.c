@@ -201,6 +201,17 @@ static int child_exited(tbx__call *c)
  * the deadline that ended it, and it needs no signal. */
 static void escalate(tbx__call *c, int why, int hard)
 {
+    if (c->queued) {
+        /* Still waiting for a slot: it never gets one.  Granted meanwhile
+         * (its wake-up on the way), it gives it back. */
+        c->queued = 0;
+        if (tbx__slot_unqueue(c))
+            c->has_slot = 1;
+        c->verdict = why;
+        c->wstatus = -1;
+        finish(c);
+        return;
+    }
     if (c->finishing || c->reaped || child_exited(c))
         return;
     if (c->verdict == 0 && !c->frame_done)
@@ -258,7 +269,7 @@ static int arm_deadline(tbx__call *c, uint64_t from_ns)
 
 int tbx__engine_stop(tbx__call *c, int why)
 {
-    if (c->finishing || c->reaped)
+    if (c->finishing || (c->reaped && !c->queued))
         return TBX_EINVAL;
     escalate(c, why, 0);
     return 0;
@@ -791,6 +802,12 @@ static int classify(tbx__call *c, tbx_result *r)
         set_message(r, "the forkserver exited during the call");
         return -ECONNRESET;
     }
+    if (c->verdict == TBX_ETIMEDOUT && c->child.pid == 0 && c->t_launch == c->t_done &&
+        c->child.control_fd < 0) {
+        set_message(r, "deadline passed while the call waited for a free slot "
+                       "(tbx_set_max_children)");
+        return c->verdict;
+    }
     if (c->verdict == TBX_ETIMEDOUT && c->child.worker && !c->started)
         set_message(r, "deadline passed before the spawned program started the function "
                        "(does its main() call tbx_init(argc, argv) first?)");
@@ -865,8 +882,15 @@ static void finalize(tbx__call *c)
     release_args(c);
     uint64_t end = tbx__now_ns();
     mark_done(c);
+    if (c->t_launch == 0) /* never launched: it all went waiting */
+        c->t_launch = c->t_done;
     if (c->t_started == 0)
         c->t_started = c->t_done;
+    /* The next call waiting for a slot starts while this one reports. */
+    if (c->has_slot) {
+        c->has_slot = 0;
+        tbx__slot_release(1);
+    }
     r->queued_s = (double)(c->t_launch - c->start_ns) / 1e9;
     r->startup_s = (double)(c->t_started - c->t_launch) / 1e9;
     r->running_s = (double)(c->t_done - c->t_started) / 1e9;
@@ -900,6 +924,9 @@ static uv_handle_t *exit_handle(tbx__call *c)
  * every descriptor it holds. */
 static void close_handles(tbx__call *c)
 {
+    if (c->h_wake)
+        uv_close((uv_handle_t *)&c->wake, close_cb);
+    c->h_wake = 0;
     if (c->h_result)
         uv_close((uv_handle_t *)&c->result_poll, close_cb);
     if (c->h_exit)
@@ -968,7 +995,7 @@ static int watch(tbx__call *c)
     if (rc != 0)
         return rc;
     c->result_poll.data = c;
-    c->open_handles = 1;
+    c->open_handles++;
     c->h_result = 1;
     c->reading = 1;
     if (c->child.control_fd >= 0) {
@@ -1062,4 +1089,73 @@ int tbx__engine_run(tbx__call *c)
     if (launcher->started != NULL)
         launcher->started(c);
     return 0;
+}
+
+/* ------------------------------------------------------------------ queue */
+
+/* The launch after the wait: on the call's loop, a slot held. */
+static void wake_cb(uv_async_t *h)
+{
+    tbx__call *c = h->data;
+    if (!c->queued)
+        return; /* ended while its wake-up was on the way */
+    c->queued = 0;
+    c->has_slot = 1;
+    uv_close((uv_handle_t *)&c->wake, close_cb); /* counted: closes later */
+    c->h_wake = 0;
+    int rc = tbx__engine_run(c);
+    if (rc != 0) {
+        /* Accepted long ago: the failure is the callback's to report, once
+         * the handles close (not abandoned: the caller waits for it). */
+        c->abandoned = 0;
+        c->sys_error = rc;
+        c->reaped = 1;
+        c->wstatus = -1;
+        finish(c);
+    }
+}
+
+int tbx__engine_run_queued(tbx__call *c)
+{
+    if (!tbx__slots_capped())
+        return tbx__engine_run(c);
+    if (tbx__slot_queue(c)) {
+        c->has_slot = 1;
+        int rc = tbx__engine_run(c);
+        if (rc != 0) { /* no child: finalize never runs */
+            c->has_slot = 0;
+            tbx__slot_release(1);
+        }
+        return rc;
+    }
+    /* Waiting.  Its hard deadline runs meanwhile; a soft one starts with fn. */
+    int rc = uv_async_init(c->loop, &c->wake, wake_cb);
+    if (rc == 0) {
+        c->wake.data = c;
+        c->h_wake = 1;
+        c->open_handles++;
+        if (c->opts.hard_timeout)
+            rc = arm_deadline(c, c->start_ns);
+    }
+    if (rc != 0) {
+        if (tbx__slot_unqueue(c))
+            tbx__slot_release(1);
+        tbx__deadline_stop(&c->deadline);
+        release_args(c);
+        /* A handle made must close before c goes: abandoned_cb frees it. */
+        c->abandoned = c->open_handles > 0;
+        close_handles(c);
+        return rc;
+    }
+    c->queued = 1;
+    return 0;
+}
+
+void tbx__engine_refuse(tbx__call *c, int status, const char *message)
+{
+    tbx_result *r = c->out;
+    release_args(c);
+    r->status = status;
+    r->message = message;
+    r->elapsed_s = r->queued_s = (double)(tbx__now_ns() - c->start_ns) / 1e9;
 }

@@ -263,6 +263,27 @@ void tbx__deadline_unpin(uv_loop_t *loop);
 
 /* ---------------------------------------------------------------- a call */
 typedef struct tbx__call tbx__call;
+
+/* The cap on children alive at once (slots.c). */
+typedef struct tbx__waiter tbx__waiter;
+struct tbx__waiter {
+    tbx__waiter *next;
+    void *cond;                /* pthread_cond_t * of a blocking caller */
+    tbx__call *call;           /* an async call, woken by call->wake */
+    int granted;
+};
+/* 1 if a cap is set (calls must take a slot). */
+int tbx__slots_capped(void);
+/* Blocking: waits for a slot until deadline_ns (0: no limit).  0, or
+ * TBX_ETIMEDOUT with no slot taken. */
+int tbx__slot_wait(uint64_t deadline_ns);
+/* Async: 1 if a slot was free (taken); 0 if c now waits for call->wake. */
+int tbx__slot_queue(tbx__call *c);
+/* Async: takes c out of the queue; 1 if it had been granted a slot (which
+ * it then holds), 0 if not. */
+int tbx__slot_unqueue(tbx__call *c);
+/* Gives back a slot (held: 1) and grants waiters what is free. */
+void tbx__slot_release(int held);
 typedef void tbx__done_cb(tbx__call *call);
 
 /* What a launcher gives the engine: a running child, leading its own process
@@ -353,6 +374,11 @@ struct tbx__call {
     size_t request_copy_len;
     uv_poll_t request_poll;
 
+    /* The cap on children (slots.c): waiting for a slot, or holding one. */
+    tbx__waiter waiter;
+    uv_async_t wake;           /* an async call's slot came */
+    unsigned queued : 1, has_slot : 1, h_wake : 1;
+
     /* opts.capture_output: stdout, stderr; opts.backtrace_on_timeout. */
     tbx__capture capture[TBX__NSTREAMS];
     unsigned backtrace_asked : 1, backtrace_pending : 1;
@@ -411,6 +437,13 @@ int tbx__engine_prepare(tbx__call *call, const void *args, size_t args_len,
 int tbx__engine_run(tbx__call *call);
 /* Ends the call as its deadline would, with `why` as the verdict. */
 int tbx__engine_stop(tbx__call *call, int why);
+/* Async front door: like tbx__engine_run, but when the cap on children is
+ * reached the call waits its turn (and may meet its deadline or a cancel
+ * while it waits); done_cb then reports whatever becomes of it. */
+int tbx__engine_run_queued(tbx__call *call);
+/* Blocking front door, for a call that will not run (its deadline passed
+ * while it waited for a slot): fills call->out, frees what it holds. */
+void tbx__engine_refuse(tbx__call *call, int status, const char *message);
 
 /* -------------------------------------------------------- the child side */
 

@@ -6,11 +6,13 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <timebox/uv.h>
 #include <unistd.h>
 
 /* args: [lines, bytes of stderr]; prints numbered lines to stdout and a
@@ -281,6 +283,132 @@ TBX_TEST(log, an_escalation_to_sigkill_is_told)
     cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
     cr_assert_eq(r.kill_signal, SIGKILL);
     cr_assert_eq(log_kills, 1, "%d escalations told (%d lines)", log_kills, log_lines);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* ---------------------------------------------------- the cap on children */
+
+/* args: ms; sleeps, then packs [start, end] on CLOCK_MONOTONIC (the same
+ * clock in every process). */
+static int fn_timed_nap(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    double start = now_s();
+    child_sleep((double)args->via.u64 / 1000.0);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_double(pk, start);
+    return msgpack_pack_double(pk, now_s());
+}
+TBX_REGISTER(fn_timed_nap);
+
+struct nap_arg {
+    tbx_method method;
+    double start, end, queued;
+    int rc;
+};
+
+static void *nap_thread(void *p)
+{
+    struct nap_arg *a = p;
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)150);
+    tbx_opts o = test_opts(a->method);
+    o.timeout_s = 60;
+    tbx_result r;
+    a->rc = tbx_call(fn_timed_nap, sb.data, sb.size, &o, &r);
+    if (a->rc == 0) {
+        a->start = r.value.via.array.ptr[0].via.f64;
+        a->end = r.value.via.array.ptr[1].via.f64;
+        a->queued = r.queued_s;
+    }
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+    return NULL;
+}
+
+TBX_TEST(cap, one_at_a_time_across_threads)
+{
+    tbx_set_max_children(1);
+    pthread_t t[3];
+    struct nap_arg a[3];
+    for (int i = 0; i < 3; i++) {
+        memset(&a[i], 0, sizeof a[i]);
+        a[i].method = *method;
+        cr_assert_eq(pthread_create(&t[i], NULL, nap_thread, &a[i]), 0);
+    }
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    tbx_set_max_children(0);
+    double queued = 0;
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(a[i].rc, 0, "call %d: %s", i, tbx_err_name(a[i].rc));
+        queued += a[i].queued;
+        for (int j = 0; j < i; j++)
+            cr_assert(a[i].end <= a[j].start || a[j].end <= a[i].start,
+                      "calls %d and %d ran at once", i, j);
+    }
+    cr_assert_geq(queued, 0.3, "the calls hardly waited (%.3f s)", queued);
+}
+
+static void status_cb(tbx_req *req, tbx_result *r)
+{
+    *(int *)req->data = r->status;
+    tbx_result_free(r);
+}
+
+TBX_TEST(cap, waiting_async_calls_can_be_cancelled_or_time_out)
+{
+    tbx_set_max_children(1);
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)300);
+    tbx_req req[3];
+    int status[3] = {1, 1, 1};
+    for (int i = 0; i < 3; i++) {
+        tbx_opts o = test_opts(*method);
+        o.timeout_s = i == 2 ? 0.1 : 60; /* the third times out waiting */
+        req[i].data = &status[i];
+        cr_assert_eq(tbx_call_async(&loop, &req[i], fn_timed_nap, sb.data, sb.size, &o,
+                                    status_cb),
+                     0);
+    }
+    cr_assert_eq(tbx_cancel(&req[1]), 0); /* waiting: never runs */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    tbx_set_max_children(0);
+    cr_assert_eq(status[0], 0, "%s", tbx_err_name(status[0]));
+    cr_assert_eq(status[1], TBX_ECANCELED, "%s", tbx_err_name(status[1]));
+    cr_assert_eq(status[2], TBX_ETIMEDOUT, "%s", tbx_err_name(status[2]));
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+TBX_TEST(cap, a_blocking_call_times_out_waiting)
+{
+    tbx_set_max_children(1);
+    pthread_t t;
+    struct nap_arg a;
+    memset(&a, 0, sizeof a);
+    a.method = *method;
+    cr_assert_eq(pthread_create(&t, NULL, nap_thread, &a), 0);
+    sleep_s(0.05); /* the thread's call holds the one slot for 150 ms */
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)10);
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 0.02;
+    tbx_result r;
+    int rc = tbx_call(fn_timed_nap, sb.data, sb.size, &o, &r);
+    pthread_join(t, NULL);
+    tbx_set_max_children(0);
+    /* On a slow machine the thread may not have its slot yet: then ours
+     * runs, and its own 20 ms deadline meets a 10 ms nap.  Either way it
+     * must not wait past its deadline. */
+    cr_assert(rc == TBX_ETIMEDOUT || rc == 0, "%s: %s", tbx_err_name(rc), r.message);
+    if (rc == TBX_ETIMEDOUT && r.pid == 0)
+        cr_assert(strstr(r.message, "slot") != NULL, "%s", r.message);
+    cr_assert_lt(r.elapsed_s, 5.0);
+    cr_assert_eq(a.rc, 0);
     tbx_result_free(&r);
     msgpack_sbuffer_destroy(&sb);
 }
