@@ -332,7 +332,7 @@ typedef struct tbx_result {
      * was, one frame a line, as backtrace_symbols_fd writes them; NULL if
      * none came.  Owned by the result. */
     const char *backtrace;
-    void *priv_[6];       /* private: memory owned by the result */
+    void *priv_[7];       /* private: memory owned by the result */
 } tbx_result;
 
 /* Frees what the result owns and resets it to an empty result.  NULL-safe,

@@ -33,7 +33,7 @@ void tbx_result_free(tbx_result *r)
 {
     if (r == NULL)
         return;
-    free(r->priv_[0]);
+    tbx__payload_free(r->priv_[0], r->priv_[6]);
     if (r->priv_[1] != NULL)
         msgpack_zone_free(r->priv_[1]);
     free(r->priv_[2]);

@@ -15,6 +15,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <execinfo.h>
 #include <math.h>
 #include <signal.h>
@@ -69,6 +70,8 @@ static int grow(result_buf *rb, size_t need)
     }
     if (p == MAP_FAILED)
         return -1;
+    if (cap >= TBX__BIG_PAYLOAD)
+        (void)madvise(p, cap, MADV_HUGEPAGE); /* fewer faults to fill it */
     rb->data = p;
     rb->cap = cap;
     return 0;
@@ -310,7 +313,11 @@ void tbx__child_main(const tbx__child_spec *spec)
     else if (rb.len > rb.max) { /* the header alone: the parent refuses it */
         tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK, 0, 0, rb.len};
         rc = tbx__write_all(spec->result_fd, &h, sizeof h);
-    } else
+    } else {
+        /* A big result crosses in 1 MiB writes, not 64 KiB ones. */
+        if (rb.len >= TBX__BIG_PAYLOAD)
+            (void)fcntl(spec->result_fd, F_SETPIPE_SZ, (int)TBX__BIG_PAYLOAD);
         rc = write_frame(spec->result_fd, TBX__FRAME_OK, 0, rb.data, rb.len);
+    }
     _exit(rc == 0 ? 0 : 126);
 }

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -309,6 +310,23 @@ static void frame_complete(tbx__call *c)
     stop_reading(c);
 }
 
+/* A big result goes straight into one mapping of its size: the size is
+ * bounded by max_result, and pages the child never fills are never touched,
+ * so a child that claims much and sends little costs address space, not
+ * memory.  Falls back to the growing buffer if the mapping fails. */
+static void map_payload(tbx__call *c)
+{
+    size_t len = (size_t)c->hdr.len + TBX__MAP_HEADER;
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return;
+    (void)madvise(base, len, MADV_HUGEPAGE);
+    memcpy(base, &len, sizeof len); /* for munmap, by tbx__payload_free */
+    c->payload_map = base;
+    c->payload = base + TBX__MAP_HEADER;
+    c->payload_cap = (size_t)c->hdr.len;
+}
+
 /* The header is complete: check it and start on its payload. */
 static void on_header(tbx__call *c)
 {
@@ -329,6 +347,8 @@ static void on_header(tbx__call *c)
         }
         return;
     }
+    if (c->hdr.kind == TBX__FRAME_OK && c->hdr.len >= TBX__BIG_PAYLOAD)
+        map_payload(c);
     if (c->hdr.len == 0)
         frame_complete(c);
 }
@@ -780,9 +800,12 @@ static int take_value(tbx__call *c, tbx_result *r)
         r->value.type = MSGPACK_OBJECT_NIL;
         return TBX_EPROTO;
     }
-    r->priv_[0] = c->payload;
+    if (c->payload_map != NULL)
+        r->priv_[6] = c->payload_map;
+    else
+        r->priv_[0] = c->payload;
     r->priv_[1] = zone;
-    c->payload = NULL;
+    c->payload = c->payload_map = NULL;
     return 0;
 }
 
@@ -877,8 +900,8 @@ static void finalize(tbx__call *c)
         free(c->capture[i].buf);
         c->capture[i].buf = NULL;
     }
-    free(c->payload);
-    c->payload = NULL;
+    tbx__payload_free(c->payload, c->payload_map);
+    c->payload = c->payload_map = NULL;
     release_args(c);
     uint64_t end = tbx__now_ns();
     mark_done(c);

@@ -209,7 +209,14 @@ ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int 
 /* Grows *buf toward total bytes with what has arrived: doubles from 64 KiB,
  * never past total.  0 or -ENOMEM (*buf unchanged). */
 #define TBX__READ_CHUNK ((size_t)64 << 10)
+/* From this size a payload gets a mapping of its own, advised for huge
+ * pages, and a 1 MiB pipe: page faults, not copies, cost most there. */
+#define TBX__BIG_PAYLOAD ((size_t)1 << 20)
 int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total);
+/* A mapped payload starts this far into its mapping, after the mapping's
+ * size; tbx__payload_free frees either kind. */
+#define TBX__MAP_HEADER 64
+void tbx__payload_free(char *payload, char *map);
 
 /* The forkserver's environment: its connection's fd, its limits
  * ("max_children:request_timeout_ms"), and shared objects to preload
@@ -400,7 +407,8 @@ struct tbx__call {
     /* Reading the result frame. */
     tbx__frame_header hdr;
     size_t hdr_got;
-    char *payload;             /* [msgpack_zone][payload bytes] when OK */
+    char *payload;             /* the frame's payload */
+    char *payload_map;         /* its mapping, for a big one; else NULL */
     size_t payload_cap;
     uint64_t payload_got;
 

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
 {
@@ -160,6 +161,17 @@ int tbx__control_check(const tbx__control *m, int from_server)
                    ? 0
                    : TBX_EPROTO;
     return m->kind == TBX__CTL_KILL && m->code > 0 && m->code < 65 ? 0 : TBX_EPROTO;
+}
+
+void tbx__payload_free(char *payload, char *map)
+{
+    if (map != NULL) {
+        size_t len;
+        memcpy(&len, map, sizeof len);
+        (void)munmap(map, len);
+    } else {
+        free(payload);
+    }
 }
 
 int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total)
