@@ -1143,7 +1143,8 @@ TBX_TEST_T(host, reaps_children_with_waitpid_minus_one, 300.0)
         host_won += lost;
         switch (kind) {
         case 0:
-            cr_assert_eq(rc, 0, "call %d: %s: %s", i, tbx_err_name(rc), r.message);
+            cr_assert_eq(rc, 0, "method %d, call %d: %s: %s", (int)*method, i, tbx_err_name(rc),
+                         r.message);
             cr_assert_eq(obj_int(&r.value), i);
             break;
         case 1:
