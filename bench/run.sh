@@ -46,6 +46,7 @@ run method_latency method_latency_rss0 "${METHOD_N:-500}" 0
 run method_latency method_latency_rss256 "${METHOD_N_256M:-100}" 256
 run method_latency method_latency_rss1024 "${METHOD_N_1G:-40}" 1024
 run method_latency method_latency_rss4096 "${METHOD_N_4G:-12}" 4096
+run warm_latency warm_latency "${WARM_N:-1000}"
 [ "${SKIP_PAYLOAD:-0}" = 1 ] ||
     run payload payload "${PAYLOAD_N:-50}" "${PAYLOAD_MAX_MIB:-256}"
 [ "${SKIP_ASYNC:-0}" = 1 ] ||
@@ -75,6 +76,7 @@ commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || ec
     echo "|---|---|---:|---:|---:|---:|---:|"
     cat $(logs fork_latency.log deadline_lateness.log method_latency_rss0.log \
         method_latency_rss256.log method_latency_rss1024.log method_latency_rss4096.log \
+        warm_latency.log \
         caller_cost.log async_throughput.log) |
         awk '/^RESULT / {
             delete f
