@@ -1002,14 +1002,10 @@ static void undo_launch(tbx__call *c)
 /* The launch worked but watching it did not: end the child here and now. */
 static void abandon(tbx__call *c)
 {
-    int wstatus;
     /* A server's child is the server's to end: closing the control socket
      * tells it to. */
-    if (c->child.control_fd < 0) {
-        (void)kill(-c->child.pid, SIGKILL);
-        (void)kill(c->child.pid, SIGKILL);
-        (void)tbx__reap(c->child.pid, &wstatus, 0);
-    }
+    if (c->child.control_fd < 0)
+        tbx__kill_reap(c->child.pid);
 }
 
 static int watch(tbx__call *c)

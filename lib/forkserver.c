@@ -239,9 +239,7 @@ static void start_child(fs_call *c)
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {
-        int wstatus;
-        (void)kill(-pid, SIGKILL);
-        (void)tbx__reap(pid, &wstatus, 0);
+        tbx__kill_reap(pid);
         c->reaped = 1;
         srv->children--;
         if (c->client != NULL)
@@ -477,11 +475,8 @@ static void client_close(fs_client *k)
 __attribute__((noreturn)) static void shutdown_now(fs_server *srv)
 {
     for (fs_call *c = srv->calls; c != NULL; c = c->next) {
-        if (c->running && !c->reaped) {
-            int wstatus;
-            (void)kill(-c->pid, SIGKILL);
-            (void)tbx__reap(c->pid, &wstatus, 0);
-        }
+        if (c->running && !c->reaped)
+            tbx__kill_reap(c->pid);
     }
     if (srv->cfg->listen_path != NULL) {
         (void)unlink(srv->cfg->listen_path);

@@ -79,11 +79,8 @@ static int fork_launch(tbx__call *c, tbx__child *child)
         child->pidfd = -1; /* an old kernel: the engine polls instead */
     } else if (child->pidfd < 0) {
         /* EMFILE and friends: nothing may be left half-open or running. */
-        int wstatus;
         rc = child->pidfd;
-        (void)kill(-pid, SIGKILL);
-        (void)kill(pid, SIGKILL);
-        (void)tbx__reap(pid, &wstatus, 0);
+        tbx__kill_reap(pid);
         tbx__close(fds[0]);
         return rc;
     }

@@ -277,10 +277,8 @@ static int start_locked(void)
     memset(&km, 0, sizeof km);
     rc = sent == (ssize_t)sizeof km ? await_ready(sv[0], pid) : (int)sent;
     if (rc != 0) {
-        int wstatus;
         tbx__close(sv[0]);
-        (void)kill(pid, SIGKILL);
-        (void)tbx__reap(pid, &wstatus, 0);
+        tbx__kill_reap(pid);
         return rc;
     }
     set_send_timeout(sv[0]);

@@ -237,11 +237,8 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     if (child->pidfd == -ENOSYS) {
         child->pidfd = -1;
     } else if (child->pidfd < 0) {
-        int wstatus;
         rc = child->pidfd;
-        (void)kill(-pid, SIGKILL);
-        (void)kill(pid, SIGKILL);
-        (void)tbx__reap(pid, &wstatus, 0);
+        tbx__kill_reap(pid);
         tbx__close(sv[0]);
         tbx__close(res[0]);
         return rc;

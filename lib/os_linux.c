@@ -109,6 +109,15 @@ int tbx__timerfd_arm(int fd, uint64_t abs_ns)
     return timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) < 0 ? -errno : 0;
 }
 
+void tbx__kill_reap(pid_t pid)
+{
+    int wstatus;
+    /* The group first, while the unreaped child still holds its id. */
+    (void)kill(-pid, SIGKILL);
+    (void)kill(pid, SIGKILL);
+    (void)tbx__reap(pid, &wstatus, 0);
+}
+
 int tbx__reap(pid_t pid, int *wstatus, int nohang)
 {
     pid_t r;
