@@ -468,3 +468,21 @@ const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r)
     }
     return NULL;
 }
+
+pid_t read_pid_file(const char *path, double timeout_s)
+{
+    double end = now_s() + timeout_s;
+    for (;;) {
+        FILE *f = fopen(path, "r");
+        int pid = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%d", &pid) != 1)
+                pid = 0;
+            fclose(f);
+        }
+        if (pid > 0)
+            return (pid_t)pid;
+        cr_assert_lt(now_s(), end, "no pid in %s after %.0f s", path, timeout_s);
+        sleep_s(0.01);
+    }
+}

@@ -116,6 +116,10 @@ bool wait_gone(pid_t pid, double timeout_s);
  * grandchildren become its children (and the fixture would notice them). */
 void become_subreaper(void);
 
+/* The pid a process wrote (as text) to path, waiting up to timeout_s for
+ * the file to exist and hold one; asserts it came. */
+pid_t read_pid_file(const char *path, double timeout_s);
+
 /* Monotonic seconds. */
 double now_s(void);
 void sleep_s(double s);

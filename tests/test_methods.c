@@ -98,24 +98,6 @@ TBX_PLAIN_TEST(forkserver, killed_between_calls_is_restarted)
     msgpack_sbuffer_destroy(&sb);
 }
 
-static pid_t written_pid(const char *path, double timeout_s)
-{
-    double end = now_s() + timeout_s;
-    for (;;) {
-        FILE *f = fopen(path, "r");
-        int pid = 0;
-        if (f != NULL) {
-            if (fscanf(f, "%d", &pid) != 1)
-                pid = 0;
-            fclose(f);
-        }
-        if (pid > 0)
-            return pid;
-        cr_assert_lt(now_s(), end, "no pid in %s", path);
-        sleep_s(0.01);
-    }
-}
-
 /* args: path; writes its pid there, then hangs. */
 static int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *pk, void *ctx)
 {
@@ -157,7 +139,7 @@ TBX_PLAIN_TEST(forkserver, killed_during_a_call_fails_it_at_once)
     cr_assert_eq(tbx_call_async(&loop, &req, fn_pid_then_hang, sb.data, sb.size, &o, status_cb),
                  0);
     /* The request went out at launch; the child runs without the loop. */
-    pid_t child = written_pid(path, 30);
+    pid_t child = read_pid_file(path, 30);
     double t0 = now_s();
     cr_assert_eq(kill(tbx_forkserver_pid(), SIGKILL), 0);
     uv_run(&loop, UV_RUN_DEFAULT);

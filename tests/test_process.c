@@ -40,23 +40,6 @@ static void write_pid(const msgpack_object *path, pid_t pid)
     close(fd);
 }
 
-/* Reads the pid a child wrote, waiting up to timeout_s for it to appear. */
-static pid_t read_pid(const char *path, double timeout_s)
-{
-    double end = now_s() + timeout_s;
-    for (;;) {
-        FILE *f = fopen(path, "r");
-        cr_assert_not_null(f);
-        int pid = 0;
-        int ok = fscanf(f, "%d", &pid);
-        fclose(f);
-        if (ok == 1 && pid > 0)
-            return (pid_t)pid;
-        cr_assert_lt(now_s(), end, "no pid in %s after %.0f s", path, timeout_s);
-        sleep_s(0.01);
-    }
-}
-
 /* Reaps our child pid within timeout_s; returns its wait status.  A process
  * that is not ours to reap (a forkserver's child, reaped by the server) must
  * be gone within the time instead: then the status is -1. */
@@ -132,7 +115,7 @@ TBX_TEST(grandchild, lingering_grandchild_does_not_delay_result)
     cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
     cr_assert_eq(r.status, 0);
     cr_assert_lt(r.elapsed_s, 5.0, "the call waited %.1f s for the grandchild", r.elapsed_s);
-    pid_t g = read_pid(path, 1);
+    pid_t g = read_pid_file(path, 1);
     cr_assert_eq(obj_int(&r.value), g);
     int st = reap_within(g, 10);
     cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "grandchild status %#x", st);
@@ -156,7 +139,7 @@ TBX_TEST(grandchild, dies_with_timed_out_call)
     cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
     cr_assert_eq(r.status, rc);
     cr_assert_lt(r.elapsed_s, 30.0);
-    pid_t g = read_pid(path, 1);
+    pid_t g = read_pid_file(path, 1);
     int st = reap_within(g, 10);
     cr_assert(WIFSIGNALED(st) && (WTERMSIG(st) == SIGKILL || WTERMSIG(st) == SIGTERM),
               "grandchild status %#x", st);
@@ -181,7 +164,7 @@ TBX_TEST(grandchild, outside_group_holding_pipe_does_not_delay)
         o.timeout_s = 60;
         tbx_result r;
         int rc = tbx_call(fn_grandchild, sb.data, sb.size, &o, &r);
-        pid_t g = read_pid(path, 1);
+        pid_t g = read_pid_file(path, 1);
         /* It left the call's group: timebox does not reach it; we do. */
         kill(g, SIGKILL);
         reap_within(g, 10);
@@ -704,7 +687,7 @@ TBX_TEST(nested, inner_child_dies_with_outer_call)
     tbx_result r;
     int rc = tbx_call(fn_nested, sb.data, sb.size, &o, &r);
     cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
-    pid_t inner = read_pid(path, 1);
+    pid_t inner = read_pid_file(path, 1);
     int st = reap_within(inner, 10);
     cr_assert(st == -1 || WIFSIGNALED(st), "inner child status %#x", st);
     reap_adopted(10); /* the outer child's forkserver, orphaned */
@@ -731,7 +714,7 @@ TBX_TEST(lifetime, child_dies_with_its_caller)
         tbx_call(fn_pid_and_hang, sb.data, sb.size, &o, &r);
         _exit(3);
     }
-    pid_t child = read_pid(path, 30);
+    pid_t child = read_pid_file(path, 30);
     kill(caller, SIGKILL);
     int st = reap_within(caller, 10);
     cr_assert(WIFSIGNALED(st));

@@ -280,18 +280,7 @@ TBX_PLAIN_TEST(shared, client_killed_mid_call_leaves_no_child)
         tbx_call(fn_pid_then_sleep, sb.data, sb.size, &o, &r); /* no deadline */
         _exit(2);
     }
-    pid_t child = 0;
-    for (double end = now_s() + 30; child == 0 && now_s() < end; sleep_s(0.01)) {
-        FILE *f = fopen(pidfile, "r");
-        int v = 0;
-        if (f != NULL) {
-            if (fscanf(f, "%d", &v) != 1)
-                v = 0;
-            fclose(f);
-        }
-        child = v;
-    }
-    cr_assert_gt(child, 0, "the call never started");
+    pid_t child = read_pid_file(pidfile, 30);
     cr_assert_eq(kill(client, SIGKILL), 0);
     int st;
     cr_assert_eq(waitpid(client, &st, 0), client);
@@ -405,18 +394,7 @@ TBX_PLAIN_TEST(daemon, serves_and_shuts_down_clean)
     pack(&sb, "s", pidfile);
     cr_assert_eq(tbx_call_async(&loop, &req, hang, sb.data, sb.size, &o, count_done_cb), 0);
     msgpack_sbuffer_destroy(&sb);
-    pid_t child = 0;
-    for (double end = now_s() + 30; child == 0 && now_s() < end; sleep_s(0.01)) {
-        FILE *f = fopen(pidfile, "r");
-        int v = 0;
-        if (f != NULL) {
-            if (fscanf(f, "%d", &v) != 1)
-                v = 0;
-            fclose(f);
-        }
-        child = v;
-    }
-    cr_assert_gt(child, 0, "the hanging call never started");
+    pid_t child = read_pid_file(pidfile, 30);
 
     /* SIGTERM: children killed, socket and key removed, the daemon gone. */
     cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
