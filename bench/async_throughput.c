@@ -51,12 +51,6 @@ static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
 }
 TBX_REGISTER(answer);
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
 static const unsigned char args_nil[1] = {0xc0};
 
 /* ---- the floor: C raw fork children in flight on epoll ---- */
@@ -72,10 +66,10 @@ static void floor_start(int ep, slot *sl)
     int fds[2];
     sl->t0 = bench_now_ns();
     if (pipe2(fds, O_CLOEXEC) != 0)
-        die("pipe2");
+        bench_die("pipe2");
     pid_t pid = fork();
     if (pid < 0)
-        die("fork");
+        bench_die("fork");
     if (pid == 0)
         _exit(write(fds[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
     close(fds[1]);
@@ -83,18 +77,18 @@ static void floor_start(int ep, slot *sl)
     sl->pid = pid;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sl};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, sl->fd, &ev) != 0)
-        die("epoll_ctl");
+        bench_die("epoll_ctl");
 }
 
 static void floor_round(size_t c, size_t total, bench_series *s)
 {
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
-        die("epoll_create1");
+        bench_die("epoll_create1");
     slot *sl = calloc(c, sizeof *sl);
     struct epoll_event *evs = calloc(c, sizeof *evs);
     if (sl == NULL || evs == NULL)
-        die("calloc");
+        bench_die("calloc");
     size_t started = 0, done = 0;
     for (size_t i = 0; i < c && started < total; i++, started++)
         floor_start(ep, &sl[i]);
@@ -103,7 +97,7 @@ static void floor_round(size_t c, size_t total, bench_series *s)
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0)
-            die("epoll_wait");
+            bench_die("epoll_wait");
         for (int i = 0; i < k; i++) {
             slot *x = evs[i].data.ptr;
             char buf[16];
@@ -111,16 +105,16 @@ static void floor_round(size_t c, size_t total, bench_series *s)
             while (got < sizeof buf) {
                 ssize_t r = read(x->fd, buf + got, sizeof buf - got);
                 if (r <= 0)
-                    die("read");
+                    bench_die("read");
                 got += (size_t)r;
             }
             int wstatus;
             if (waitpid(x->pid, &wstatus, 0) != x->pid || !WIFEXITED(wstatus))
-                die("waitpid");
+                bench_die("waitpid");
             /* Other children hold copies of this pipe until they exit: take
              * it out of the epoll set first, closing it would not. */
             if (epoll_ctl(ep, EPOLL_CTL_DEL, x->fd, NULL) != 0)
-                die("epoll_ctl");
+                bench_die("epoll_ctl");
             close(x->fd);
             bench_series_add(s, (double)(bench_now_ns() - x->t0) / 1e3);
             done++;
@@ -195,7 +189,7 @@ static size_t tbx_round(uv_loop_t *loop, const tbx_opts *opts, size_t c, size_t 
     run r = {loop, opts, s, total, 0, 0, 0};
     req_slot *sl = calloc(c, sizeof *sl);
     if (sl == NULL)
-        die("calloc");
+        bench_die("calloc");
     for (size_t i = 0; i < c && r.started < total; i++) {
         sl[i].req.data = &sl[i];
         sl[i].r = &r;
@@ -221,16 +215,16 @@ int main(int argc, char **argv)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            die("setrlimit");
+            bench_die("setrlimit");
     }
     getrlimit(RLIMIT_NOFILE, &rl);
     printf("RLIMIT_NOFILE soft %llu\n", (unsigned long long)rl.rlim_cur);
 
     if (tbx_forkserver_start(NULL) != 0)
-        die("tbx_forkserver_start");
+        bench_die("tbx_forkserver_start");
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0)
-        die("uv_loop_init");
+        bench_die("uv_loop_init");
     tbx_opts opts[KINDS];
     for (int k = 0; k < KINDS; k++) {
         tbx_opts_init(&opts[k]);

@@ -49,12 +49,6 @@ static int signal_then_sleep(const msgpack_object *args, msgpack_packer *result,
 }
 TBX_REGISTER(signal_then_sleep);
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
 static int cb_status;
 static int cb_ran;
 
@@ -77,17 +71,17 @@ int main(int argc, char **argv)
     sigemptyset(&usr2);
     sigaddset(&usr2, SIGUSR2);
     if (sigprocmask(SIG_BLOCK, &usr2, NULL) != 0)
-        die("sigprocmask");
+        bench_die("sigprocmask");
 
     char *mem = malloc(bytes);
     if (mem == NULL)
-        die("malloc");
+        bench_die("malloc");
     memset(mem, 1, bytes);
     if (tbx_forkserver_start(NULL) != 0)
-        die("tbx_forkserver_start");
+        bench_die("tbx_forkserver_start");
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0)
-        die("uv_loop_init");
+        bench_die("uv_loop_init");
 
     unsigned char args[9];
     msgpack_sbuffer ab = {0, (char *)args, sizeof args};

@@ -5,8 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t bench_now_ns(void)
 {
@@ -169,4 +172,42 @@ size_t bench_arg_count(int argc, char **argv, int i, size_t def)
         exit(2);
     }
     return (size_t)v;
+}
+
+void bench_die(const char *what)
+{
+    perror(what);
+    exit(1);
+}
+
+void bench_read16_reap(int fd, pid_t pid)
+{
+    char buf[16];
+    size_t got = 0;
+    int st;
+    while (got < sizeof buf) {
+        ssize_t n = read(fd, buf + got, sizeof buf - got);
+        if (n <= 0)
+            bench_die("read");
+        got += (size_t)n;
+    }
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        bench_die("waitpid");
+}
+
+double bench_fork_floor_us(void)
+{
+    int fds[2];
+    uint64_t t0 = bench_now_ns();
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        bench_die("pipe2");
+    pid_t pid = fork();
+    if (pid < 0)
+        bench_die("fork");
+    if (pid == 0)
+        _exit(write(fds[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
+    close(fds[1]);
+    bench_read16_reap(fds[0], pid);
+    close(fds[0]);
+    return (double)(bench_now_ns() - t0) / 1e3;
 }

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 uint64_t bench_now_ns(void);
 
@@ -54,5 +55,16 @@ void bench_report(const char *scenario, const char *title, const bench_row *rows
 
 /* Parses a positive count from argv[i] if present, else returns def. */
 size_t bench_arg_count(int argc, char **argv, int i, size_t def);
+
+/* perror(what) and exit(1). */
+__attribute__((noreturn)) void bench_die(const char *what);
+
+/* The fork floor, in microseconds: pipe2 + fork; the child writes 16 bytes
+ * and _exits; the parent reads them, waitpids and closes the pipe. */
+double bench_fork_floor_us(void);
+
+/* Reads the 16 bytes a floor child writes to fd, then reaps pid (which
+ * must exit 0); dies otherwise. */
+void bench_read16_reap(int fd, pid_t pid);
 
 #endif

@@ -29,12 +29,6 @@
 #define TIMEOUT_NS 50000000ull
 #define GRACE_NS 50000000ull
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
 static int sleep_forever(const msgpack_object *args, msgpack_packer *result, void *ctx)
 {
     (void)args, (void)result, (void)ctx;
@@ -79,9 +73,9 @@ static void wait_until(int tfd, uint64_t abs_ns)
     struct itimerspec its = {{0, 0}, {(time_t)(abs_ns / 1000000000u), (long)(abs_ns % 1000000000u)}};
     uint64_t ticks;
     if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0)
-        die("timerfd_settime");
+        bench_die("timerfd_settime");
     if (read(tfd, &ticks, sizeof ticks) != (ssize_t)sizeof ticks)
-        die("read timerfd");
+        bench_die("read timerfd");
 }
 
 static double run_floor(int tfd, int ignore_term)
@@ -90,7 +84,7 @@ static double run_floor(int tfd, int ignore_term)
     uint64_t t0 = bench_now_ns();
     pid_t pid = fork();
     if (pid < 0)
-        die("fork");
+        bench_die("fork");
     if (pid == 0) {
         if (ignore_term)
             signal(SIGTERM, SIG_IGN);
@@ -106,7 +100,7 @@ static double run_floor(int tfd, int ignore_term)
         kill(pid, SIGKILL);
     }
     if (waitpid(pid, &wstatus, 0) != pid || !WIFSIGNALED(wstatus))
-        die("waitpid");
+        bench_die("waitpid");
     return ((double)bench_now_ns() - (double)due) / 1e3;
 }
 
@@ -116,7 +110,7 @@ int main(int argc, char **argv)
     tbx_init(argc, argv);
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
     if (tfd < 0)
-        die("timerfd_create");
+        bench_die("timerfd_create");
 
     enum { FLOOR_TERM, TBX_TERM, FLOOR_KILL, TBX_KILL, KINDS };
     static const char *names[KINDS] = {"floor_sigterm", "tbx_sigterm", "floor_sigkill",

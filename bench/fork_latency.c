@@ -35,41 +35,6 @@ static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
     return msgpack_pack_int(result, 42);
 }
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
-/* The floor: the least any fork-and-return-a-result can do. */
-static double run_floor(void)
-{
-    char buf[16] = "0123456789abcdef";
-    int fds[2], wstatus;
-    uint64_t t0 = bench_now_ns();
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork");
-    if (pid == 0) {
-        ssize_t w = write(fds[1], buf, sizeof buf);
-        _exit(w == (ssize_t)sizeof buf ? 0 : 1);
-    }
-    close(fds[1]);
-    size_t got = 0;
-    while (got < sizeof buf) {
-        ssize_t r = read(fds[0], buf + got, sizeof buf - got);
-        if (r <= 0)
-            die("read");
-        got += (size_t)r;
-    }
-    if (waitpid(pid, &wstatus, 0) != pid || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
-        die("waitpid");
-    close(fds[0]);
-    return (double)(bench_now_ns() - t0) / 1e3;
-}
-
 static const unsigned char args_nil[1] = {0xc0}; /* one msgpack nil */
 
 static double run_tbx(const tbx_opts *opts)
@@ -119,7 +84,7 @@ int main(int argc, char **argv)
             int kind = (int)((i + (size_t)k) % KINDS);
             if (only >= 0 && kind != only)
                 continue;
-            double us = kind == FLOOR      ? run_floor()
+            double us = kind == FLOOR      ? bench_fork_floor_us()
                         : kind == DEADLINE ? run_tbx(&with)
                                            : run_tbx(&without);
             if (i >= warmup)

@@ -47,44 +47,6 @@ static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
 }
 TBX_REGISTER(answer);
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
-static void read_16_and_reap(int fd, pid_t pid)
-{
-    char buf[16];
-    size_t got = 0;
-    int wstatus;
-    while (got < sizeof buf) {
-        ssize_t r = read(fd, buf + got, sizeof buf - got);
-        if (r <= 0)
-            die("read");
-        got += (size_t)r;
-    }
-    if (waitpid(pid, &wstatus, 0) != pid || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
-        die("waitpid");
-    close(fd);
-}
-
-static double run_fork_floor(void)
-{
-    int fds[2];
-    uint64_t t0 = bench_now_ns();
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork");
-    if (pid == 0)
-        _exit(write(fds[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
-    close(fds[1]);
-    read_16_and_reap(fds[0], pid);
-    return (double)(bench_now_ns() - t0) / 1e3;
-}
-
 static double run_spawn_floor(void)
 {
     int fds[2];
@@ -93,17 +55,17 @@ static double run_spawn_floor(void)
     posix_spawn_file_actions_t fa;
     uint64_t t0 = bench_now_ns();
     if (pipe2(fds, O_CLOEXEC) != 0)
-        die("pipe2");
+        bench_die("pipe2");
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[1], 3);
     int rc = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0) {
         errno = rc;
-        die("posix_spawn");
+        bench_die("posix_spawn");
     }
     close(fds[1]);
-    read_16_and_reap(fds[0], pid);
+    bench_read16_reap(fds[0], pid);
     return (double)(bench_now_ns() - t0) / 1e3;
 }
 
@@ -134,11 +96,11 @@ int main(int argc, char **argv)
     if (rss_mib > 0) {
         char *ballast = malloc(rss_mib << 20);
         if (ballast == NULL)
-            die("malloc");
+            bench_die("malloc");
         memset(ballast, 1, rss_mib << 20); /* resident, every page */
     }
     if (tbx_forkserver_start(NULL) != 0)
-        die("tbx_forkserver_start");
+        bench_die("tbx_forkserver_start");
 
     enum { FORK_FLOOR, SPAWN_FLOOR, TBX_FORK_S, TBX_SPAWN_S, TBX_FS_S, KINDS };
     static const char *names[KINDS] = {"fork_floor", "spawn_floor", "tbx_fork", "tbx_spawn",
@@ -156,7 +118,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < warmup + n; i++) {
         for (int j = 0; j < KINDS; j++) {
             int k = (int)((i + (size_t)j) % KINDS);
-            double us = k == FORK_FLOOR    ? run_fork_floor()
+            double us = k == FORK_FLOOR    ? bench_fork_floor_us()
                         : k == SPAWN_FLOOR ? run_spawn_floor()
                                            : run_tbx(&opts[k]);
             if (i >= warmup)

@@ -49,12 +49,6 @@
 
 static unsigned char chunk[CHUNK];
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
 /* args: a bin; returns its size. */
 static int arg_size(const msgpack_object *args, msgpack_packer *result, void *ctx)
 {
@@ -88,12 +82,12 @@ static double run_floor(size_t n, unsigned char *sink, int pipe_size)
     int fds[2];
     uint64_t t0 = bench_now_ns();
     if (pipe2(fds, O_CLOEXEC) != 0)
-        die("pipe2");
+        bench_die("pipe2");
     if (pipe_size > 0 && fcntl(fds[1], F_SETPIPE_SZ, pipe_size) < 0)
-        die("F_SETPIPE_SZ");
+        bench_die("F_SETPIPE_SZ");
     pid_t pid = fork();
     if (pid < 0)
-        die("fork");
+        bench_die("fork");
     if (pid == 0) {
         for (size_t off = 0; off < n;) {
             size_t len = n - off < CHUNK ? n - off : CHUNK;
@@ -113,12 +107,12 @@ static double run_floor(size_t n, unsigned char *sink, int pipe_size)
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
-            die("read");
+            bench_die("read");
         got += (size_t)r;
     }
     int wstatus;
     if (waitpid(pid, &wstatus, 0) != pid || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
-        die("waitpid");
+        bench_die("waitpid");
     close(fds[0]);
     return (double)(bench_now_ns() - t0) / 1e3;
 }
@@ -163,7 +157,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < CHUNK; i++)
         chunk[i] = (unsigned char)(i * 131u + 7u);
     if (tbx_forkserver_start(NULL) != 0)
-        die("tbx_forkserver_start");
+        bench_die("tbx_forkserver_start");
 
     static const tbx_method methods[KINDS] = {0,        0,         TBX_FORK,       TBX_SPAWN,
                                               TBX_FORKSERVER, TBX_FORK, TBX_SPAWN, TBX_FORKSERVER};
@@ -223,9 +217,9 @@ int main(int argc, char **argv)
         unsigned char *sink = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                                    -1, 0);
         if (sink == MAP_FAILED || abuf.data == NULL)
-            die("mmap");
+            bench_die("mmap");
         if (madvise(sink, n, MADV_DONTFORK) != 0)
-            die("madvise");
+            bench_die("madvise");
         memset(sink, 0, n);
 
         bench_series s[KINDS];

@@ -33,12 +33,6 @@ static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
 }
 TBX_REGISTER(answer);
 
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
 static void answer_back(int in, int out)
 {
     char b;
@@ -47,29 +41,14 @@ static void answer_back(int in, int out)
     _exit(write(out, "0123456789abcdef", 16) == 16 ? 0 : 1);
 }
 
-static void read_and_reap(int fd, pid_t pid)
-{
-    char buf[16];
-    size_t got = 0;
-    int st;
-    while (got < sizeof buf) {
-        ssize_t n = read(fd, buf + got, sizeof buf - got);
-        if (n <= 0)
-            die("read");
-        got += (size_t)n;
-    }
-    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        die("waitpid");
-}
-
 static double run_prefork_floor(void)
 {
     int req[2], res[2];
     if (pipe2(req, O_CLOEXEC) != 0 || pipe2(res, O_CLOEXEC) != 0)
-        die("pipe2");
+        bench_die("pipe2");
     pid_t pid = fork();
     if (pid < 0)
-        die("fork");
+        bench_die("fork");
     if (pid == 0)
         answer_back(req[0], res[1]);
     close(req[0]);
@@ -77,29 +56,12 @@ static double run_prefork_floor(void)
     usleep(200); /* it is idle and waiting, as a warm child is */
     uint64_t t0 = bench_now_ns();
     if (write(req[1], "x", 1) != 1)
-        die("write");
-    read_and_reap(res[0], pid);
+        bench_die("write");
+    bench_read16_reap(res[0], pid);
     double us = (double)(bench_now_ns() - t0) / 1e3;
     close(req[1]);
     close(res[0]);
     return us;
-}
-
-static double run_fork_floor(void)
-{
-    int res[2];
-    uint64_t t0 = bench_now_ns();
-    if (pipe2(res, O_CLOEXEC) != 0)
-        die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork");
-    if (pid == 0)
-        _exit(write(res[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
-    close(res[1]);
-    read_and_reap(res[0], pid);
-    close(res[0]);
-    return (double)(bench_now_ns() - t0) / 1e3;
 }
 
 static double run_tbx(const tbx_opts *o)
@@ -126,7 +88,7 @@ int main(int argc, char **argv)
     tbx_forkserver_opts_init(&fo);
     fo.warm_children = 2;
     if (tbx_forkserver_start(&fo) != 0)
-        die("tbx_forkserver_start");
+        bench_die("tbx_forkserver_start");
     tbx_opts o;
     tbx_opts_init(&o);
     o.method = TBX_FORKSERVER;
@@ -140,7 +102,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < WARMUP + n; i++) {
         for (int j = 0; j < KINDS; j++) {
             int k = (int)((i + (size_t)j) % KINDS);
-            double us = k == PREFORK ? run_prefork_floor() : k == FORK ? run_fork_floor() : run_tbx(&o);
+            double us = k == PREFORK ? run_prefork_floor() : k == FORK ? bench_fork_floor_us() : run_tbx(&o);
             if (i >= WARMUP)
                 bench_series_add(&s[k], us);
         }
