@@ -191,10 +191,7 @@ static int child_exited(tbx__call *c)
     }
     if (c->child.pid <= 0 || c->child.control_fd >= 0)
         return 0;
-    siginfo_t si;
-    si.si_pid = 0;
-    return waitid(P_PID, (id_t)c->child.pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-           si.si_pid != 0;
+    return tbx__child_state(c->child.pid, -1) != 0;
 }
 
 /* Ends the child: SIGTERM, then SIGKILL after grace (or SIGKILL at once).
@@ -653,18 +650,16 @@ static void check_exit(tbx__call *c)
     int wstatus;
     if (c->reaped || c->finishing)
         return;
+    int state = tbx__child_state(c->child.pid, c->child.pidfd);
+    if (state == 0)
+        return; /* still running: a spurious wake-up, or the poll timer */
     /* The group may hold grandchildren; nothing of the call outlives it.  The
-     * unreaped zombie keeps the group id from being reused meanwhile. */
-    if (c->child.pidfd < 0) {
-        /* No pidfd: the poll timer asks; a live child is left alone. */
-        siginfo_t si;
-        si.si_pid = 0;
-        if (waitid(P_PID, (id_t)c->child.pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 ||
-            si.si_pid == 0)
-            return;
-    }
-    (void)kill(-c->child.pid, SIGKILL);
-    int r = tbx__reap(c->child.pid, &wstatus, 1);
+     * unreaped zombie keeps the group id from being reused meanwhile.  A
+     * child someone else reaped (ECHILD) held nothing: its group id may be a
+     * stranger's now, and is left alone. */
+    if (state == 1)
+        (void)kill(-c->child.pid, SIGKILL);
+    int r = state == 1 ? tbx__reap(c->child.pid, &wstatus, 1) : -ECHILD;
     if (r == 0)
         return; /* not yet: a spurious wake-up */
     if (r < 0) {

@@ -42,6 +42,10 @@ int tbx__write_all(int fd, const void *buf, size_t len); /* blocking fd */
 int tbx__timerfd_create(void);        /* CLOCK_MONOTONIC, CLOEXEC|NONBLOCK */
 int tbx__timerfd_arm(int fd, uint64_t abs_ns); /* 0 disarms */
 int tbx__reap(pid_t pid, int *wstatus, int nohang); /* waitpid, our pid only */
+/* Whether our child has exited: 1 (a zombie, still ours to reap), 0 (still
+ * running), or -ECHILD (someone else reaped it).  Asked through the pidfd
+ * when there is one (kernel 5.4+), so the answer is about our child. */
+int tbx__child_state(pid_t pid, int pidfd);
 /* Ends our unreaped child now: SIGKILL to its group and to it (it may have
  * left the group), then reaps it.  Its exit status is dropped. */
 void tbx__kill_reap(pid_t pid);

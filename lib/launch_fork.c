@@ -75,8 +75,11 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     child->pid = pid;
     child->result_fd = fds[0];
     child->pidfd = tbx__pidfd_open(pid);
-    if (child->pidfd == -ENOSYS) {
-        child->pidfd = -1; /* an old kernel: the engine polls instead */
+    if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
+        /* An old kernel; or a host's waitpid(-1) reaped a quick child
+         * already, whose result is in the pipe all the same: the engine
+         * polls instead, and finds it gone. */
+        child->pidfd = -1;
     } else if (child->pidfd < 0) {
         /* EMFILE and friends: nothing may be left half-open or running. */
         rc = child->pidfd;

@@ -20,6 +20,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +61,8 @@ typedef struct warm_slot {
 
 static pthread_mutex_t warm_lock = PTHREAD_MUTEX_INITIALIZER;
 static warm_slot *warm_pool;
-static unsigned warm_count, warm_target;
+static unsigned warm_count;
+static atomic_uint warm_target; /* read by every launch, set by a start */
 
 static void warm_fill(void);
 
@@ -176,7 +178,7 @@ static int remember(const tbx_forkserver_opts *o)
     free(fs_env_allow);
     free(fs_executable);
     free_argv(fs_argv);
-    warm_target = o->warm_children;
+    atomic_store(&warm_target, o->warm_children);
     fs_env_limits = lim;
     fs_env_preload = preload;
     fs_env_listen = listen;
@@ -481,7 +483,7 @@ static void warm_fill(void)
 {
     for (;;) {
         pthread_mutex_lock(&warm_lock);
-        int short_of = warm_count < warm_target;
+        int short_of = warm_count < atomic_load(&warm_target);
         pthread_mutex_unlock(&warm_lock);
         if (!short_of || warm_add() != 0)
             return;
@@ -505,7 +507,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     int ctl[2], res[2] = {-1, -1}, rc;
     int capture = c->capture[TBX__STDOUT].child_fd >= 0;
     int backtrace = c->capture[TBX__BACKTRACE].child_fd >= 0;
-    warm_slot *w = warm_target > 0 && !capture && !backtrace ? warm_take() : NULL;
+    warm_slot *w = atomic_load(&warm_target) > 0 && !capture && !backtrace ? warm_take() : NULL;
     if (w != NULL) {
         /* A child already waits for this request: the engine writes it
          * straight to it, and reads LAUNCHED, long since sent, as usual. */
@@ -581,5 +583,5 @@ void tbx__forkserver_forget_parent(void)
     pthread_rwlock_init(&fs_lock, NULL);
     pthread_mutex_init(&warm_lock, NULL);
     warm_drop();
-    warm_target = 0; /* a child's own calls are cold, unless it asks */
+    atomic_store(&warm_target, 0); /* a child's calls are cold, unless it asks */
 }

@@ -234,8 +234,8 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     child->request_fd = sv[0];
     child->worker = 1;
     child->pidfd = tbx__pidfd_open(pid);
-    if (child->pidfd == -ENOSYS) {
-        child->pidfd = -1;
+    if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
+        child->pidfd = -1; /* as for fork: the engine polls, and finds it gone */
     } else if (child->pidfd < 0) {
         rc = child->pidfd;
         tbx__kill_reap(pid);

@@ -109,6 +109,22 @@ int tbx__timerfd_arm(int fd, uint64_t abs_ns)
     return timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) < 0 ? -errno : 0;
 }
 
+int tbx__child_state(pid_t pid, int pidfd)
+{
+    const idtype_t by_pidfd = (idtype_t)3; /* P_PIDFD, not in older headers */
+    siginfo_t si;
+    int r;
+    si.si_pid = 0;
+    do {
+        r = pidfd >= 0 ? waitid(by_pidfd, (id_t)pidfd, &si, WEXITED | WNOHANG | WNOWAIT) : -1;
+        if (pidfd < 0 || (r < 0 && errno == EINVAL)) /* no pidfd, or no P_PIDFD */
+            r = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -errno;
+    return si.si_pid != 0;
+}
+
 void tbx__kill_reap(pid_t pid)
 {
     int wstatus;
