@@ -33,8 +33,6 @@
 #define TBX__DEFAULT_MAX_RESULT ((size_t)256 << 20)
 
 static void finish(tbx__call *c);
-static void close_cb(uv_handle_t *h);
-static void request_end(tbx__call *c);
 
 static atomic_int default_method = TBX_FORK;
 
@@ -147,7 +145,7 @@ static void signal_child(tbx__call *c, int sig)
         /* The request is still on its way, and a KILL would land in the
          * middle of it: the server hears our end close instead, drops the
          * call, and closes its end. */
-        request_end(c);
+        tbx__request_end(c);
         (void)shutdown(c->child.control_fd, SHUT_WR);
         return;
     }
@@ -215,7 +213,7 @@ static void escalate(tbx__call *c, int why, int hard)
     if (c->verdict == 0 && !c->frame_done)
         c->verdict = why;
     /* First, where was it?  A short wait for the child's backtrace, which
-     * ends the wait early when it comes (backtrace_arrived). */
+     * ends the wait early when it comes (stream_cb). */
     if (!hard && why == TBX_ETIMEDOUT && c->kill_signal == 0 && !c->frame_done &&
         c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked) {
         c->backtrace_asked = c->backtrace_pending = 1;
@@ -402,232 +400,19 @@ static void result_cb(uv_poll_t *h, int status, int events)
     drain(c);
 }
 
-/* ----------------------------------------------------------------- request */
-
-static size_t request_len(const tbx__call *c)
-{
-    return sizeof c->request + c->request.name_len + (size_t)c->request.args_len;
-}
-
-/* Sends what the socket takes of the request.  Returns 1 when all of it is
- * sent, 0 when the socket is full, or -errno (EPIPE: the child is gone, which
- * its exit will explain).  MSG_NOSIGNAL: a dead child never raises SIGPIPE in
- * the caller. */
-static int request_send(tbx__call *c)
-{
-    size_t total = request_len(c);
-    while (c->request_sent < total) {
-        struct iovec iov[3];
-        int n = 0;
-        if (c->request_copy != NULL) {
-            size_t at = total - c->request_copy_len;
-            iov[n++] = (struct iovec){c->request_copy + (c->request_sent - at),
-                                      total - c->request_sent};
-        } else {
-            const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
-            size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
-            size_t skip = c->request_sent;
-            for (int i = 0; i < 3; i++) {
-                if (skip >= len[i]) {
-                    skip -= len[i];
-                    continue;
-                }
-                iov[n++] = (struct iovec){(char *)part[i] + skip, len[i] - skip};
-                skip = 0;
-            }
-        }
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = iov;
-        msg.msg_iovlen = (size_t)n;
-        ssize_t w = sendmsg(c->child.request_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return errno == EAGAIN ? 0 : -errno;
-        c->request_sent += (size_t)w;
-    }
-    return 1;
-}
-
-static void request_end(tbx__call *c)
-{
-    if (c->writing) {
-        uv_close((uv_handle_t *)&c->request_poll, close_cb);
-        c->writing = 0;
-    }
-    tbx__close(c->child.request_fd);
-    c->child.request_fd = -1;
-    free(c->request_copy);
-    c->request_copy = NULL;
-}
-
-static void request_cb(uv_poll_t *h, int status, int events)
-{
-    tbx__call *c = h->data;
-    TBX__UNUSED(events);
-    if (status < 0 || request_send(c) != 0)
-        request_end(c);
-}
-
-/* Starts the request on its way.  The caller's args are borrowed only for
- * the launch: what the socket did not take at once is copied. */
-static int request_start(tbx__call *c)
-{
-    if (c->child.request_fd < 0)
-        return 0;
-    int rc = request_send(c);
-    if (rc != 0) {
-        request_end(c);
-        return 0;
-    }
-    size_t total = request_len(c), left = total - c->request_sent;
-    char *copy = malloc(left);
-    if (copy == NULL)
-        return -ENOMEM;
-    const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
-    size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
-    size_t skip = c->request_sent, k = 0;
-    for (int i = 0; i < 3; i++) {
-        size_t from = skip < len[i] ? skip : len[i];
-        memcpy(copy + k, part[i] + from, len[i] - from);
-        k += len[i] - from;
-        skip -= from;
-    }
-    c->request_copy = copy;
-    c->request_copy_len = left;
-    rc = uv_poll_init(c->loop, &c->request_poll, c->child.request_fd);
-    if (rc != 0)
-        return rc;
-    c->request_poll.data = c;
-    c->open_handles++;
-    c->writing = 1;
-    return uv_poll_start(&c->request_poll, UV_WRITABLE, request_cb);
-}
-
-/* ----------------------------------------------------------------- capture */
-
-/* Makes the pipes for the child's stdout and stderr, before the launch. */
-static int capture_open(tbx__call *c)
-{
-    for (int i = 0; i < TBX__NSTREAMS; i++) {
-        c->capture[i].fd = c->capture[i].child_fd = -1;
-        c->capture[i].call = c;
-    }
-    c->capture[TBX__STDOUT].limit = c->capture[TBX__STDERR].limit = c->opts.capture_output;
-    c->capture[TBX__BACKTRACE].limit = TBX__BACKTRACE_MAX;
-    for (int i = 0; i < TBX__NSTREAMS; i++) {
-        int p[2];
-        if (c->capture[i].limit == 0 || (i == TBX__BACKTRACE && !c->opts.backtrace_on_timeout))
-            continue;
-        int rc = tbx__pipe(p, 0);
-        if (rc != 0)
-            return rc; /* the caller closes what was made */
-        c->capture[i].fd = p[0];
-        c->capture[i].child_fd = p[1];
-    }
-    return 0;
-}
-
-/* The child's ends: the child has its own once launched. */
-static void capture_close_child_ends(tbx__call *c)
-{
-    for (int i = 0; i < TBX__NSTREAMS; i++) {
-        tbx__close(c->capture[i].child_fd);
-        c->capture[i].child_fd = -1;
-    }
-}
+/* ------------------------------------------------------------------ streams */
 
 /* The backtrace ends with a NUL: once it is in, the wait for it is over and
  * the deadline's escalation goes on. */
-static void backtrace_arrived(tbx__capture *k, const char *data, size_t n)
+static void stream_cb(uv_poll_t *h, int status, int events)
 {
+    tbx__capture *k = h->data;
     tbx__call *c = k->call;
-    if (k != &c->capture[TBX__BACKTRACE] || !c->backtrace_pending || memchr(data, 0, n) == NULL)
-        return;
-    c->backtrace_pending = 0;
-    escalate(c, TBX_ETIMEDOUT, 0);
-}
-
-/* Reads what the stream holds now: kept up to the limit, the rest read and
- * dropped (so the child never blocks on a full pipe), and counted as
- * truncated.  Stops at EOF, or when it would block. */
-static void capture_read(tbx__capture *k)
-{
-    size_t limit = k->limit;
-    char scratch[4096];
-    while (k->fd >= 0) {
-        char *dst = scratch;
-        size_t room = sizeof scratch;
-        if (k->len < limit) {
-            if (k->len == k->cap) {
-                size_t cap = k->cap ? 2 * k->cap : 4096;
-                cap = cap > limit ? limit : cap;
-                char *p = realloc(k->buf, cap + 1); /* + the NUL */
-                if (p != NULL) {
-                    k->buf = p;
-                    k->cap = cap;
-                }
-            }
-            if (k->len < k->cap) {
-                dst = k->buf + k->len;
-                room = k->cap - k->len;
-            }
-        }
-        ssize_t n = tbx__read(k->fd, dst, room);
-        if (n == -EAGAIN)
-            return;
-        if (n <= 0) {
-            if (k->polling)
-                uv_poll_stop(&k->poll);
-            return;
-        }
-        if (dst == scratch) {
-            k->truncated = 1;
-        } else {
-            k->len += (size_t)n;
-            backtrace_arrived(k, dst, (size_t)n);
-        }
-    }
-}
-
-static void capture_cb(uv_poll_t *h, int status, int events)
-{
     TBX__UNUSED(status);
     TBX__UNUSED(events);
-    capture_read(h->data);
-}
-
-/* The result takes the streams: NUL-terminated, owned by it. */
-static void capture_give(tbx__call *c, tbx_result *r)
-{
-    tbx__capture *bt = &c->capture[TBX__BACKTRACE];
-    if (bt->buf != NULL && bt->len > 0) {
-        bt->buf[bt->len] = '\0'; /* its own NUL ends it already, or this */
-        r->backtrace = bt->buf;
-        r->priv_[5] = bt->buf;
-        bt->buf = NULL;
-    }
-    if (c->opts.capture_output == 0)
-        return;
-    for (int i = 0; i < 2; i++) {
-        tbx__capture *k = &c->capture[i];
-        const char *data = "";
-        if (k->buf != NULL) {
-            k->buf[k->len] = '\0';
-            data = k->buf;
-            r->priv_[3 + i] = k->buf;
-            k->buf = NULL;
-        }
-        if (i == 0) {
-            r->stdout_data = data;
-            r->stdout_len = k->len;
-            r->stdout_truncated = k->truncated;
-        } else {
-            r->stderr_data = data;
-            r->stderr_len = k->len;
-            r->stderr_truncated = k->truncated;
-        }
+    if (tbx__stream_read(k) && k == &c->capture[TBX__BACKTRACE] && c->backtrace_pending) {
+        c->backtrace_pending = 0;
+        escalate(c, TBX_ETIMEDOUT, 0);
     }
 }
 
@@ -761,123 +546,6 @@ static void exit_timer_cb(uv_timer_t *t)
     check_exit(t->data);
 }
 
-/* ------------------------------------------------------------ the verdict */
-
-static void set_message(tbx_result *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void set_message(tbx_result *r, const char *fmt, ...)
-{
-    char *m = malloc(256);
-    if (m == NULL)
-        return; /* the static message stays */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(m, 256, fmt, ap);
-    va_end(ap);
-    r->priv_[2] = m;
-    r->message = m;
-}
-
-/* The complete OK payload becomes the result's value, owned by the result. */
-static int take_value(tbx__call *c, tbx_result *r)
-{
-    size_t len = (size_t)c->hdr.len, off = 0;
-    if (tbx__msgpack_check(c->payload, len, TBX__MAX_DEPTH) != 0)
-        return TBX_EPROTO;
-    msgpack_zone *zone = msgpack_zone_new(256);
-    if (zone == NULL)
-        return -ENOMEM;
-    /* Strings and binaries in the value point into the payload: the result
-     * keeps both. */
-    if (msgpack_unpack(c->payload, len, &off, zone, &r->value) != MSGPACK_UNPACK_SUCCESS) {
-        msgpack_zone_free(zone);
-        r->value.type = MSGPACK_OBJECT_NIL;
-        return TBX_EPROTO;
-    }
-    if (c->payload_map != NULL)
-        r->priv_[6] = c->payload_map;
-    else
-        r->priv_[0] = c->payload;
-    r->priv_[1] = zone;
-    c->payload = c->payload_map = NULL;
-    return 0;
-}
-
-/* The codes a worker may report for a request it could not serve. */
-static int worker_error(int code)
-{
-    if (code == TBX_ENOTREG || code == TBX_EPROTO || (code < 0 && code > -4096))
-        return code; /* -errno: the worker's or the server's own failure */
-    return TBX_EPROTO;
-}
-
-static int classify(tbx__call *c, tbx_result *r)
-{
-    if (c->sys_error != 0)
-        return c->sys_error;
-    if (c->server_gone && c->verdict == 0) {
-        set_message(r, "the forkserver exited during the call");
-        return -ECONNRESET;
-    }
-    if (c->verdict == TBX_ETIMEDOUT && c->child.pid == 0 && c->t_launch == c->t_done &&
-        c->child.control_fd < 0) {
-        set_message(r, "deadline passed while the call waited for a free slot "
-                       "(tbx_set_max_children)");
-        return c->verdict;
-    }
-    if (c->verdict == TBX_ETIMEDOUT && c->child.worker && !c->started)
-        set_message(r, "deadline passed before the spawned program started the function "
-                       "(does its main() call tbx_init(argc, argv) first?)");
-    if (c->verdict != 0)
-        return c->verdict;
-    if (c->frame_done && c->hdr.kind == TBX__FRAME_OK) {
-        int rc = take_value(c, r);
-        if (rc == TBX_EPROTO)
-            set_message(r, "the result is not exactly one msgpack object");
-        return rc;
-    }
-    if (c->frame_done && (c->hdr.kind == TBX__FRAME_FAIL || c->hdr.kind == TBX__FRAME_ERROR)) {
-        char *m = malloc((size_t)c->hdr.len + 1);
-        if (m != NULL) {
-            memcpy(m, c->payload, (size_t)c->hdr.len);
-            m[c->hdr.len] = '\0';
-            r->priv_[2] = m;
-            r->message = m;
-        }
-        if (c->hdr.kind == TBX__FRAME_ERROR)
-            return worker_error(c->hdr.fail_code);
-        r->fail_code = c->hdr.fail_code;
-        return TBX_EFAILED;
-    }
-    if (c->hdr_got > 0) {
-        set_message(r, "the child's result frame was cut short (%llu of %llu bytes)",
-                    (unsigned long long)c->payload_got,
-                    (unsigned long long)(c->hdr_got == sizeof c->hdr ? c->hdr.len : 0));
-        return TBX_EPROTO;
-    }
-    if (c->child.worker && !c->started && c->wstatus != -1 && WIFEXITED(c->wstatus)) {
-        set_message(r, "the spawned program exited with code %d before serving the call: "
-                       "does its main() call tbx_init(argc, argv) first?",
-                    WEXITSTATUS(c->wstatus));
-        return TBX_EEXITED;
-    }
-    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus) && WTERMSIG(c->wstatus) == SIGXCPU) {
-        set_message(r, "child exceeded its CPU time limit (SIGXCPU)");
-        return TBX_ECRASHED;
-    }
-    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus)) {
-        int sig = WTERMSIG(c->wstatus);
-        set_message(r, "child killed by signal %d (%s)", sig, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?");
-        return TBX_ECRASHED;
-    }
-    if (c->wstatus != -1)
-        set_message(r, "child exited with code %d without a result", WEXITSTATUS(c->wstatus));
-    else
-        set_message(r, "child was reaped by someone else before timebox");
-    return TBX_EEXITED;
-}
-
 static void finalize(tbx__call *c)
 {
     tbx_result *r = c->out;
@@ -887,10 +555,10 @@ static void finalize(tbx__call *c)
         r->exit_code = WEXITSTATUS(c->wstatus);
     if (c->wstatus != -1 && WIFSIGNALED(c->wstatus))
         r->term_signal = WTERMSIG(c->wstatus);
-    r->status = classify(c, r);
+    r->status = tbx__verdict(c, r);
     if (r->status != 0 && r->message == NULL)
         r->message = tbx_strerror(r->status);
-    capture_give(c, r);
+    tbx__streams_give(c, r);
     for (int i = 0; i < TBX__NSTREAMS; i++) {
         free(c->capture[i].buf);
         c->capture[i].buf = NULL;
@@ -917,7 +585,7 @@ static void finalize(tbx__call *c)
     c->done_cb(c);
 }
 
-static void close_cb(uv_handle_t *h)
+void tbx__engine_close_cb(uv_handle_t *h)
 {
     tbx__call *c = h->data;
     if (--c->open_handles > 0)
@@ -943,25 +611,25 @@ static uv_handle_t *exit_handle(tbx__call *c)
 static void close_handles(tbx__call *c)
 {
     if (c->h_wake)
-        uv_close((uv_handle_t *)&c->wake, close_cb);
+        uv_close((uv_handle_t *)&c->wake, tbx__engine_close_cb);
     c->h_wake = 0;
     if (c->h_result)
-        uv_close((uv_handle_t *)&c->result_poll, close_cb);
+        uv_close((uv_handle_t *)&c->result_poll, tbx__engine_close_cb);
     if (c->h_exit)
-        uv_close(exit_handle(c), close_cb);
+        uv_close(exit_handle(c), tbx__engine_close_cb);
     c->h_result = c->h_exit = 0;
     for (int i = 0; i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
         if (k->polling) {
             k->poll.data = c; /* close_cb counts the call's handles down */
-            uv_close((uv_handle_t *)&k->poll, close_cb);
+            uv_close((uv_handle_t *)&k->poll, tbx__engine_close_cb);
         }
         k->polling = 0;
         tbx__close(k->fd);
         k->fd = -1;
     }
-    capture_close_child_ends(c);
-    request_end(c);
+    tbx__streams_close_child_ends(c);
+    tbx__request_end(c);
     tbx__close(c->child.result_fd);
     tbx__close(c->child.pidfd);
     tbx__close(c->child.control_fd);
@@ -976,7 +644,7 @@ static void finish(tbx__call *c)
     tbx__deadline_stop(&c->deadline);
     /* The child is gone: what it printed is all in the pipes. */
     for (int i = 0; i < TBX__NSTREAMS; i++)
-        capture_read(&c->capture[i]);
+        (void)tbx__stream_read(&c->capture[i]);
     close_handles(c);
 }
 
@@ -989,7 +657,7 @@ static void undo_launch(tbx__call *c)
         tbx__close(c->capture[i].fd);
         c->capture[i].fd = -1;
     }
-    capture_close_child_ends(c);
+    tbx__streams_close_child_ends(c);
     tbx__deadline_stop(&c->deadline);
     release_args(c);
 }
@@ -1046,13 +714,13 @@ static int watch(tbx__call *c)
             k->poll.data = k;
             k->polling = 1;
             c->open_handles++;
-            rc = uv_poll_start(&k->poll, UV_READABLE, capture_cb);
+            rc = uv_poll_start(&k->poll, UV_READABLE, stream_cb);
         }
     }
     if (rc == 0)
         rc = uv_poll_start(&c->result_poll, UV_READABLE, result_cb);
     if (rc == 0)
-        rc = request_start(c);
+        rc = tbx__request_start(c);
     return rc;
 }
 
@@ -1073,12 +741,12 @@ int tbx__engine_run(tbx__call *c)
     }
     if (c->opts.hard_timeout && c->opts.timeout_s > 0)
         c->request.deadline_ns = c->deadline.when_ns;
-    rc = capture_open(c);
+    rc = tbx__streams_open(c);
     if (rc == 0) {
         c->t_launch = tbx__now_ns();
         rc = launcher->launch(c, &c->child);
     }
-    capture_close_child_ends(c);
+    tbx__streams_close_child_ends(c);
     if (rc != 0) {
         undo_launch(c);
         return rc;
@@ -1115,7 +783,7 @@ static void wake_cb(uv_async_t *h)
         return; /* ended while its wake-up was on the way */
     c->queued = 0;
     c->has_slot = 1;
-    uv_close((uv_handle_t *)&c->wake, close_cb); /* counted: closes later */
+    uv_close((uv_handle_t *)&c->wake, tbx__engine_close_cb); /* counted: closes later */
     c->h_wake = 0;
     int rc = tbx__engine_run(c);
     if (rc != 0) {

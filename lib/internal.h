@@ -442,6 +442,23 @@ struct tbx__call {
     tbx_result result;         /* async: handed to the callback */
 };
 
+/* The close callback of every handle of a call's: the last one finalizes. */
+void tbx__engine_close_cb(uv_handle_t *h);
+
+/* request.c: writes the request down child.request_fd (0 or -errno), and
+ * ends the writing (closes the fd, the poll, the copy). */
+int tbx__request_start(tbx__call *call);
+void tbx__request_end(tbx__call *call);
+
+/* streams.c: the pipes for the child's stdout, stderr and backtrace. */
+int tbx__streams_open(tbx__call *call);
+void tbx__streams_close_child_ends(tbx__call *call);
+int tbx__stream_read(tbx__capture *k); /* 1 if a NUL came */
+void tbx__streams_give(tbx__call *call, tbx_result *r);
+
+/* verdict.c: the status of a finished call, with its value or message. */
+int tbx__verdict(tbx__call *call, tbx_result *r);
+
 /* Validates call's options and arguments and prepares them for launch:
  * TBX_EINVAL, -ENOMEM or 0.  On error nothing is held. */
 int tbx__engine_prepare(tbx__call *call, const void *args, size_t args_len,

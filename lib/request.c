@@ -1,0 +1,113 @@
+/*
+ * The request to a worker or the forkserver (header, name, args), written as
+ * the socket takes it, on the call's loop.  The caller's args are borrowed
+ * only for the launch: what the socket did not take at once is copied.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+static size_t request_len(const tbx__call *c)
+{
+    return sizeof c->request + c->request.name_len + (size_t)c->request.args_len;
+}
+
+/* Sends what the socket takes of the request.  Returns 1 when all of it is
+ * sent, 0 when the socket is full, or -errno (EPIPE: the child is gone, which
+ * its exit will explain).  MSG_NOSIGNAL: a dead child never raises SIGPIPE in
+ * the caller. */
+static int request_send(tbx__call *c)
+{
+    size_t total = request_len(c);
+    while (c->request_sent < total) {
+        struct iovec iov[3];
+        int n = 0;
+        if (c->request_copy != NULL) {
+            size_t at = total - c->request_copy_len;
+            iov[n++] = (struct iovec){c->request_copy + (c->request_sent - at),
+                                      total - c->request_sent};
+        } else {
+            const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
+            size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
+            size_t skip = c->request_sent;
+            for (int i = 0; i < 3; i++) {
+                if (skip >= len[i]) {
+                    skip -= len[i];
+                    continue;
+                }
+                iov[n++] = (struct iovec){(char *)part[i] + skip, len[i] - skip};
+                skip = 0;
+            }
+        }
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)n;
+        ssize_t w = sendmsg(c->child.request_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return errno == EAGAIN ? 0 : -errno;
+        c->request_sent += (size_t)w;
+    }
+    return 1;
+}
+
+void tbx__request_end(tbx__call *c)
+{
+    if (c->writing) {
+        uv_close((uv_handle_t *)&c->request_poll, tbx__engine_close_cb);
+        c->writing = 0;
+    }
+    tbx__close(c->child.request_fd);
+    c->child.request_fd = -1;
+    free(c->request_copy);
+    c->request_copy = NULL;
+}
+
+static void request_cb(uv_poll_t *h, int status, int events)
+{
+    tbx__call *c = h->data;
+    TBX__UNUSED(events);
+    if (status < 0 || request_send(c) != 0)
+        tbx__request_end(c);
+}
+
+/* Starts the request on its way.  The caller's args are borrowed only for
+ * the launch: what the socket did not take at once is copied. */
+int tbx__request_start(tbx__call *c)
+{
+    if (c->child.request_fd < 0)
+        return 0;
+    int rc = request_send(c);
+    if (rc != 0) {
+        tbx__request_end(c);
+        return 0;
+    }
+    size_t total = request_len(c), left = total - c->request_sent;
+    char *copy = malloc(left);
+    if (copy == NULL)
+        return -ENOMEM;
+    const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
+    size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
+    size_t skip = c->request_sent, k = 0;
+    for (int i = 0; i < 3; i++) {
+        size_t from = skip < len[i] ? skip : len[i];
+        memcpy(copy + k, part[i] + from, len[i] - from);
+        k += len[i] - from;
+        skip -= from;
+    }
+    c->request_copy = copy;
+    c->request_copy_len = left;
+    rc = uv_poll_init(c->loop, &c->request_poll, c->child.request_fd);
+    if (rc != 0)
+        return rc;
+    c->request_poll.data = c;
+    c->open_handles++;
+    c->writing = 1;
+    return uv_poll_start(&c->request_poll, UV_WRITABLE, request_cb);
+}
