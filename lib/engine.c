@@ -168,6 +168,7 @@ static void signal_child(tbx__call *c, int sig)
 }
 
 static void escalate_cb(tbx__deadline *d);
+static void server_silent_cb(tbx__deadline *d);
 
 /* The backtrace signal goes to the thread that runs fn: the child's first
  * (tid == pid) for our own children, the process for a server's. */
@@ -230,6 +231,14 @@ static void escalate(tbx__call *c, int why, int hard)
         tbx__deadline_stop(&c->deadline);
         c->kill_signal = SIGKILL;
         signal_child(c, SIGKILL);
+        /* A server's child ends when the server says so.  A server that is
+         * alive but stuck must not hang the call: a little after SIGKILL it
+         * is given up on (server_silent_cb). */
+        if (c->child.control_fd >= 0) {
+            c->deadline.cb = server_silent_cb;
+            (void)tbx__deadline_start(&c->deadline, c->loop,
+                                      tbx__now_ns() + TBX__SERVER_SLACK_NS);
+        }
         return;
     }
     c->kill_signal = SIGTERM;
@@ -532,6 +541,25 @@ static void control_cb(uv_poll_t *h, int status, int events)
     }
     if (!c->reaped)
         server_gone(c);
+}
+
+/* The forkserver did not report its child's end a second after SIGKILL: the
+ * call ends here, with the verdict it had.  Our end of the control socket
+ * closes with it, which tells the server, whenever it wakes, to kill the
+ * child; the pidfd, if we have one, has already had SIGKILL. */
+static void server_silent_cb(tbx__deadline *d)
+{
+    tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
+    if (c->reaped || c->finishing)
+        return;
+    tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of child %d in time: "
+                           "giving up on it", (int)c->child.pid);
+    c->server_gone = 1;
+    c->wstatus = -1;
+    c->reaped = 1;
+    mark_done(c);
+    drain(c);
+    finish(c);
 }
 
 static void exit_cb(uv_poll_t *h, int status, int events)

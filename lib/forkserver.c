@@ -112,7 +112,12 @@ static void refuse(fs_call *c, int code, const char *why)
     tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_ERROR, code, 0, len};
     struct iovec iov[2] = {{&h, sizeof h}, {(void *)why, len}};
     ssize_t n;
-    do /* a fresh pipe only we write to, and less than PIPE_BUF: no wait */
+    /* The descriptor is the client's word: a full pipe, or not a pipe at
+     * all, must not stall the server.  No child will ever write to it. */
+    int flags = fcntl(c->result_fd, F_GETFL);
+    if (flags >= 0)
+        (void)fcntl(c->result_fd, F_SETFL, flags | O_NONBLOCK);
+    do /* an honest client's fresh pipe takes it at once (< PIPE_BUF) */
         n = writev(c->result_fd, iov, 2);
     while (n < 0 && errno == EINTR);
     send_control(c, TBX__CTL_ERROR, code, -1);

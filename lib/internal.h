@@ -307,6 +307,9 @@ enum { TBX__STDOUT, TBX__STDERR, TBX__BACKTRACE, TBX__NSTREAMS };
 #define TBX__BACKTRACE_MAX ((size_t)64 << 10)
 #define TBX__BACKTRACE_SIGNAL (SIGRTMAX - 3)
 #define TBX__BACKTRACE_WAIT_NS 250000000ull
+/* How long after SIGKILL a forkserver may take to report its child's end
+ * before the call gives up on it. */
+#define TBX__SERVER_SLACK_NS 1000000000ull
 
 typedef struct tbx__capture {
     int fd;                    /* our end; -1: not captured */

@@ -4,8 +4,11 @@
  */
 #define _GNU_SOURCE
 #include "helpers.h"
+#include "../lib/internal.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <grp.h>
 #include <signal.h>
@@ -408,5 +411,88 @@ TBX_PLAIN_TEST(daemon, serves_and_shuts_down_clean)
     cr_assert_neq(access(path, F_OK), 0, "the socket is left");
     cr_assert_neq(access(keyfile, F_OK), 0, "the key is left");
     tbx_forkserver_stop(); /* drops our connection; the server was not ours */
+    remove_dir(dir);
+}
+
+/* ------------------------------------------------ a server that stalls */
+
+TBX_PLAIN_TEST(stall, a_stopped_server_cannot_hang_a_call)
+{
+    cr_assert_eq(tbx_forkserver_start(NULL), 0);
+    pid_t server = tbx_forkserver_pid();
+    cr_assert_eq(kill(server, SIGSTOP), 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "s", "stuck");
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 0.3;
+    o.grace_s = 0.1;
+    tbx_result r;
+    int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+    kill(server, SIGCONT);
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_lt(r.elapsed_s, 10.0, "the call waited %.1f s on a stopped server", r.elapsed_s);
+    tbx_result_free(&r);
+    /* Awake again, the server serves the next call. */
+    o.timeout_s = 30;
+    rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* A hostile client gives the server, as its "result pipe", one that is full
+ * and blocking, then a request the server must refuse: writing the refusal
+ * must not stall the server for everyone else. */
+TBX_PLAIN_TEST(stall, a_full_result_pipe_cannot_stall_the_server)
+{
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    uint8_t key[TBX__KEY_LEN];
+    cr_assert_eq(tbx__key_parse(getenv("TIMEBOX_FORKSERVER_KEY"), key), 0);
+    int conn = tbx__connect_unix(path, key, 10);
+    cr_assert_geq(conn, 0, "%s", tbx_err_name(conn));
+
+    int ctl[2], res[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl), 0);
+    cr_assert_eq(pipe2(res, O_CLOEXEC | O_NONBLOCK), 0);
+    char junk[4096];
+    memset(junk, 'x', sizeof junk);
+    while (write(res[1], junk, sizeof junk) > 0)
+        ; /* full */
+    cr_assert_eq(fcntl(res[1], F_SETFL, 0), 0); /* and blocking again */
+    tbx__hello hello = {TBX__HELLO_MAGIC, TBX__HELLO_CALL, 0, 0};
+    int fds[2] = {ctl[1], res[1]};
+    cr_assert_eq(tbx__send_fds(conn, &hello, sizeof hello, fds, 2, 0), (ssize_t)sizeof hello);
+    close(ctl[1]);
+    close(res[1]);
+    /* A request for a function nobody registered: refused, in writing. */
+    tbx__request_header h;
+    memset(&h, 0, sizeof h);
+    h.magic = TBX__REQUEST_MAGIC;
+    h.name_len = 7;
+    h.args_len = 1;
+    h.max_result = 1024;
+    cr_assert_eq(write(ctl[0], &h, sizeof h), (ssize_t)sizeof h);
+    cr_assert_eq(write(ctl[0], "nothing\xc0", 8), 8);
+
+    /* Meanwhile, an honest call through the same server. */
+    msgpack_sbuffer sb;
+    pack(&sb, "s", "served");
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 10;
+    tbx_result r;
+    int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "the server stalled: %s: %s", tbx_err_name(rc), r.message);
+    cr_assert(obj_str_eq(&r.value, "served"));
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+    close(ctl[0]);
+    close(res[0]);
+    close(conn);
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
 }
