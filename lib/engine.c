@@ -215,8 +215,11 @@ static void escalate(tbx__call *c, int why, int hard)
         c->verdict = why;
     /* First, where was it?  A short wait for the child's backtrace, which
      * ends the wait early when it comes (stream_cb). */
+    /* A fresh program has its handler from before its START; one that has
+     * not said START yet would only be killed by the signal. */
     if (!hard && why == TBX_ETIMEDOUT && c->kill_signal == 0 && !c->frame_done &&
-        c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked) {
+        c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked &&
+        (!c->child.worker || c->started)) {
         c->backtrace_asked = c->backtrace_pending = 1;
         ask_backtrace(c);
         c->deadline.cb = escalate_cb;

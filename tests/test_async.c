@@ -298,10 +298,12 @@ TBX_TEST(async, cancel_terms_then_kills)
     /* A child that ignores SIGTERM: SIGKILL after the grace period. */
     o.grace_s = 0.2;
     cr_assert_eq(tbx_call_async(&loop, &req, fn_ignore_term, sb.data, sb.size, &o, keep_cb), 0);
-    /* Let it ignore SIGTERM first: a short run of the loop. */
+    /* Let it ignore SIGTERM first: a run of the loop long enough for a child
+     * started on a slow machine (a fresh spawn after a cold build) to get
+     * there. */
     uv_timer_t t;
     uv_timer_init(&loop, &t);
-    uv_timer_start(&t, stop_loop, 500, 0);
+    uv_timer_start(&t, stop_loop, 2000, 0);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(cancel_seen, 1, "the call ended by itself");
     uv_close((uv_handle_t *)&t, NULL);
@@ -403,7 +405,7 @@ TBX_REGISTER(fn_term_late);
 
 /* kill_signal is SIGKILL only when SIGTERM was not enough.  Here the child
  * dies of the SIGTERM the cancel sent, about 0.2 s later, while the loop's
- * thread is busy elsewhere for 0.6 s (grace 0.1 s): when the loop runs again,
+ * thread is busy elsewhere for 2 s (grace 0.1 s): when the loop runs again,
  * the grace deadline (ready first) and the child's exit are both pending, and
  * the grace deadline must not count a SIGKILL sent to a child already dead. */
 TBX_TEST(async, cancel_kill_signal_is_what_was_needed)
@@ -425,7 +427,7 @@ TBX_TEST(async, cancel_kill_signal_is_what_was_needed)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_close((uv_handle_t *)&t, NULL);
     cr_assert_eq(tbx_cancel(&req), 0);
-    sleep_s(0.6); /* the loop's thread is busy */
+    sleep_s(2.0); /* the loop's thread is busy, long enough for the child to die */
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(cancel_seen, 1);
     cr_assert_eq(cancel_result.status, TBX_ECANCELED, "%s", tbx_err_name(cancel_result.status));
