@@ -486,3 +486,18 @@ pid_t read_pid_file(const char *path, double timeout_s)
         sleep_s(0.01);
     }
 }
+
+int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    char path[256];
+    snprintf(path, sizeof path, "%.*s", (int)args->via.str.size, args->via.str.ptr);
+    FILE *f = fopen(path, "w");
+    if (f != NULL) {
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+    }
+    child_sleep(60);
+    return msgpack_pack_nil(pk);
+}
+TBX_REGISTER(fn_pid_then_hang);

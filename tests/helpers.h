@@ -154,6 +154,9 @@ enum { MIX_OK, MIX_HANG, MIX_SEGV, MIX_FAIL, MIX_EXIT, MIX_KINDS };
  * it asserts nothing, so threads can collect and the main thread assert. */
 const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r);
 
+/* args: a path; writes the child's pid there, then sleeps 60 s. */
+int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *result, void *ctx);
+
 /* Sleeps s seconds even through signals; usable in a child. */
 void child_sleep(double s);
 

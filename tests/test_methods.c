@@ -98,21 +98,6 @@ TBX_PLAIN_TEST(forkserver, killed_between_calls_is_restarted)
     msgpack_sbuffer_destroy(&sb);
 }
 
-/* args: path; writes its pid there, then hangs. */
-static int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *pk, void *ctx)
-{
-    (void)ctx;
-    char path[256];
-    snprintf(path, sizeof path, "%.*s", (int)args->via.str.size, args->via.str.ptr);
-    FILE *f = fopen(path, "w");
-    if (f != NULL) {
-        fprintf(f, "%d\n", (int)getpid());
-        fclose(f);
-    }
-    child_sleep(60);
-    return msgpack_pack_nil(pk);
-}
-TBX_REGISTER(fn_pid_then_hang);
 
 static void status_cb(tbx_req *req, tbx_result *r)
 {

@@ -249,20 +249,6 @@ TBX_PLAIN_TEST(shared, unsafe_socket_paths_are_refused)
 
 /* ------------------------------------------------ clients that go away */
 
-static int fn_pid_then_sleep(const msgpack_object *args, msgpack_packer *pk, void *ctx)
-{
-    (void)ctx;
-    char path[128];
-    snprintf(path, sizeof path, "%.*s", (int)args->via.str.size, args->via.str.ptr);
-    FILE *f = fopen(path, "w");
-    if (f != NULL) {
-        fprintf(f, "%d\n", (int)getpid());
-        fclose(f);
-    }
-    child_sleep(60);
-    return msgpack_pack_nil(pk);
-}
-TBX_REGISTER(fn_pid_then_sleep);
 
 TBX_PLAIN_TEST(shared, client_killed_mid_call_leaves_no_child)
 {
@@ -280,7 +266,7 @@ TBX_PLAIN_TEST(shared, client_killed_mid_call_leaves_no_child)
         pack(&sb, "s", pidfile);
         tbx_opts o = test_opts(TBX_FORKSERVER);
         tbx_result r;
-        tbx_call(fn_pid_then_sleep, sb.data, sb.size, &o, &r); /* no deadline */
+        tbx_call(fn_pid_then_hang, sb.data, sb.size, &o, &r); /* no deadline */
         _exit(2);
     }
     pid_t child = read_pid_file(pidfile, 30);
