@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "common.h"
 
+#include <timebox.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -210,4 +212,26 @@ double bench_fork_floor_us(void)
     bench_read16_reap(fds[0], pid);
     close(fds[0]);
     return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+static int bench_answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
+{
+    (void)args, (void)ctx;
+    return msgpack_pack_int(result, 42);
+}
+TBX_REGISTER(bench_answer);
+
+double bench_trivial_call_us(const tbx_opts *opts)
+{
+    static const unsigned char nil = 0xc0; /* one msgpack nil */
+    tbx_result r;
+    uint64_t t0 = bench_now_ns();
+    int rc = tbx_call(bench_answer, &nil, 1, opts, &r);
+    double us = (double)(bench_now_ns() - t0) / 1e3;
+    if (rc != 0 || r.value.type != MSGPACK_OBJECT_POSITIVE_INTEGER || r.value.via.u64 != 42) {
+        fprintf(stderr, "tbx_call: %s (%s)\n", tbx_err_name(rc), r.message ? r.message : "");
+        exit(1);
+    }
+    tbx_result_free(&r);
+    return us;
 }

@@ -56,6 +56,11 @@ void bench_report(const char *scenario, const char *title, const bench_row *rows
 /* Parses a positive count from argv[i] if present, else returns def. */
 size_t bench_arg_count(int argc, char **argv, int i, size_t def);
 
+/* One trivial call (a registered function returning 42) with opts; dies
+ * unless it returns 42.  Returns its time in microseconds. */
+struct tbx_opts;
+double bench_trivial_call_us(const struct tbx_opts *opts);
+
 /* perror(what) and exit(1). */
 __attribute__((noreturn)) void bench_die(const char *what);
 

@@ -29,28 +29,6 @@
 
 #define WARMUP 200
 
-static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)ctx;
-    return msgpack_pack_int(result, 42);
-}
-
-static const unsigned char args_nil[1] = {0xc0}; /* one msgpack nil */
-
-static double run_tbx(const tbx_opts *opts)
-{
-    tbx_result r;
-    uint64_t t0 = bench_now_ns();
-    int rc = tbx_call(answer, args_nil, sizeof args_nil, opts, &r);
-    double us = (double)(bench_now_ns() - t0) / 1e3;
-    if (rc != 0 || r.value.type != MSGPACK_OBJECT_POSITIVE_INTEGER || r.value.via.u64 != 42) {
-        fprintf(stderr, "tbx_call: %s (%s)\n", tbx_err_name(rc), r.message ? r.message : "");
-        exit(1);
-    }
-    tbx_result_free(&r);
-    return us;
-}
-
 int main(int argc, char **argv)
 {
     size_t n = bench_arg_count(argc, argv, 1, 2000);
@@ -85,8 +63,8 @@ int main(int argc, char **argv)
             if (only >= 0 && kind != only)
                 continue;
             double us = kind == FLOOR      ? bench_fork_floor_us()
-                        : kind == DEADLINE ? run_tbx(&with)
-                                           : run_tbx(&without);
+                        : kind == DEADLINE ? bench_trivial_call_us(&with)
+                                           : bench_trivial_call_us(&without);
             if (i >= warmup)
                 bench_series_add(&s[kind], us);
         }

@@ -40,13 +40,6 @@
 
 extern char **environ;
 
-static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)ctx;
-    return msgpack_pack_int(result, 42);
-}
-TBX_REGISTER(answer);
-
 static double run_spawn_floor(void)
 {
     int fds[2];
@@ -67,22 +60,6 @@ static double run_spawn_floor(void)
     close(fds[1]);
     bench_read16_reap(fds[0], pid);
     return (double)(bench_now_ns() - t0) / 1e3;
-}
-
-static const unsigned char args_nil[1] = {0xc0};
-
-static double run_tbx(const tbx_opts *opts)
-{
-    tbx_result r;
-    uint64_t t0 = bench_now_ns();
-    int rc = tbx_call(answer, args_nil, sizeof args_nil, opts, &r);
-    double us = (double)(bench_now_ns() - t0) / 1e3;
-    if (rc != 0 || r.value.type != MSGPACK_OBJECT_POSITIVE_INTEGER || r.value.via.u64 != 42) {
-        fprintf(stderr, "tbx_call: %s (%s)\n", tbx_err_name(rc), r.message ? r.message : "");
-        exit(1);
-    }
-    tbx_result_free(&r);
-    return us;
 }
 
 int main(int argc, char **argv)
@@ -120,7 +97,7 @@ int main(int argc, char **argv)
             int k = (int)((i + (size_t)j) % KINDS);
             double us = k == FORK_FLOOR    ? bench_fork_floor_us()
                         : k == SPAWN_FLOOR ? run_spawn_floor()
-                                           : run_tbx(&opts[k]);
+                                           : bench_trivial_call_us(&opts[k]);
             if (i >= warmup)
                 bench_series_add(&s[k], us);
         }

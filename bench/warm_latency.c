@@ -26,13 +26,6 @@
 
 #define WARMUP 100
 
-static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)ctx;
-    return msgpack_pack_int(result, 42);
-}
-TBX_REGISTER(answer);
-
 static void answer_back(int in, int out)
 {
     char b;
@@ -64,19 +57,12 @@ static double run_prefork_floor(void)
     return us;
 }
 
+/* A call, then time for its warm child's replacement to be forked, as
+ * between real calls. */
 static double run_tbx(const tbx_opts *o)
 {
-    static const unsigned char nil = 0xc0;
-    tbx_result r;
-    uint64_t t0 = bench_now_ns();
-    int rc = tbx_call(answer, &nil, 1, o, &r);
-    double us = (double)(bench_now_ns() - t0) / 1e3;
-    if (rc != 0 || r.value.via.i64 != 42) {
-        fprintf(stderr, "tbx_call: %s (%s)\n", tbx_err_name(rc), r.message ? r.message : "");
-        exit(1);
-    }
-    tbx_result_free(&r);
-    usleep(200); /* its replacement is forked, as between real calls */
+    double us = bench_trivial_call_us(o);
+    usleep(200);
     return us;
 }
 
