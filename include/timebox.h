@@ -417,9 +417,12 @@ typedef struct tbx_forkserver_opts {
                                   0 (default): only max_children */
     unsigned warm_children;    /* keep this many children already forked
                                   and idle, each waiting for one call (then it
-                                  exits: calls share nothing), replaced in
-                                  the background as calls take them.  A call
-                                  then costs about a pipe round trip.  Their
+                                  exits: calls share nothing), each replaced
+                                  in the background once the call that took
+                                  it has returned (not while it runs, so the
+                                  server's fork does not compete with it for
+                                  the CPU).  A call then costs about a pipe
+                                  round trip.  Their
                                   deadlines are enforced by the caller alone
                                   (and their caller's death).  0 (default):
                                   none.  This process's calls only; a process

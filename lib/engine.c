@@ -613,6 +613,8 @@ static void finalize(tbx__call *c)
     r->running_s = (double)(c->t_done - c->t_started) / 1e9;
     r->teardown_s = (double)(end - c->t_done) / 1e9;
     r->elapsed_s = (double)(end - c->start_ns) / 1e9;
+    if (c->launcher != NULL && c->launcher->ended != NULL)
+        c->launcher->ended(c);
     c->done_cb(c);
 }
 
@@ -762,6 +764,7 @@ int tbx__engine_run(tbx__call *c)
                                                                        : &tbx__launch_fork;
     int rc;
 
+    c->launcher = launcher;
     c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
     c->out->exit_code = -1;
     /* The hard deadline is armed before anything is launched, so that a
@@ -799,8 +802,6 @@ int tbx__engine_run(tbx__call *c)
     /* Without a START to come, fn starts about when the launch returns. */
     if (!c->child.worker && c->opts.hard_timeout)
         c->t_started = tbx__now_ns();
-    if (launcher->started != NULL)
-        launcher->started(c);
     return 0;
 }
 

@@ -333,13 +333,14 @@ typedef struct tbx__child {
 
 /* The launcher interface: one per start method, each in its own file.
  * launch() starts the child for call and fills *child, or returns -errno /
- * TBX_E* with nothing left open or running.  started(), if set, runs once
- * the engine watches the child and its request is on its way: work that
- * need not delay the call (replacing a warm child) goes there. */
+ * TBX_E* with nothing left open or running.  ended(), if set, runs once
+ * the call is over (its child reaped, its handles closed), just before the
+ * caller hears: work that must not compete with the call's own child for the
+ * CPU (replacing a warm child) goes there. */
 typedef struct tbx__launcher {
     const char *name;
     int (*launch)(tbx__call *call, tbx__child *child);
-    void (*started)(tbx__call *call);
+    void (*ended)(tbx__call *call);
 } tbx__launcher;
 
 extern const tbx__launcher tbx__launch_fork;
@@ -406,7 +407,8 @@ struct tbx__call {
     size_t control_got;
     int control_fd_in;         /* a pidfd that came with a partial message */
 
-    /* The running child and its watchers. */
+    /* The running child, who launched it, and its watchers. */
+    const tbx__launcher *launcher;
     tbx__child child;
     uv_poll_t result_poll;
     uv_poll_t exit_poll;       /* on the pidfd */

@@ -560,16 +560,18 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-/* A warm child was taken: its replacement is ordered now, while this call's
- * child runs on its request, and the server forks it off our path. */
-static void forkserver_started(tbx__call *c)
+/* A warm child was used: its replacement is ordered now that the call is
+ * over.  Ordered sooner, the server would fork it while the call's own child
+ * runs, and both the child and the server's news of its exit would wait for
+ * the CPU the fork takes. */
+static void forkserver_ended(tbx__call *c)
 {
     if (c->child.warm)
         warm_fill();
 }
 
 const tbx__launcher tbx__launch_forkserver = {"forkserver", forkserver_launch,
-                                              forkserver_started};
+                                              forkserver_ended};
 
 void tbx__forkserver_forget_parent(void)
 {
