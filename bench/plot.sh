@@ -7,7 +7,7 @@
 #                         its floors, against the caller's RSS, from
 #                         method_latency_rss<MiB>.log (log scale)
 # payload_throughput.png  MB/s of args and results per method and of the raw
-#                         pipe, against the payload size, from payload.log
+#                         pipe and memfd, against the payload size, from payload.log
 # Needs gnuplot (Debian: apt-get install gnuplot-nox); says so and exits 0
 # without it.
 set -eu
@@ -68,7 +68,7 @@ fi
 
 # --- payload throughput: one row per size, one column per series ---
 if [ -f "$results/payload.log" ]; then
-    pseries="pipe_floor pipe1m_floor args_fork args_spawn args_forkserver result_fork result_spawn result_forkserver"
+    pseries="pipe_floor pipe1m_floor memfd_floor args_fork args_spawn args_forkserver result_fork result_spawn result_forkserver"
     awk -v series="$pseries" '/^RESULT scenario=payload_mbps / {
             delete f
             for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
@@ -86,7 +86,7 @@ if [ -f "$results/payload.log" ]; then
     gnuplot <<GP
 set terminal pngcairo size 900,560 font ",11"
 set output "$results/payload_throughput.png"
-set title "Payload throughput per start method vs raw pipe (MB/s = 10^6 B / median time)"
+set title "Payload throughput per start method vs raw pipe and memfd (MB/s = 10^6 B / median time)"
 set xlabel "payload size"
 set ylabel "MB/s (log scale)"
 set logscale xy
@@ -96,12 +96,13 @@ set xtics ("1K" 1024, "4K" 4096, "16K" 16384, "64K" 65536, "256K" 262144, "1M" 1
            "4M" 4194304, "16M" 16777216, "64M" 67108864, "256M" 268435456)
 plot "$tmp/payload.dat" u 1:2 w lp lw 3 lc rgb "black" pt 7 t "raw pipe (fork, write, read)", \
      "" u 1:3 w lp lw 2 lc rgb "gray50" dt 3 pt 6 t "raw pipe, 1 MiB pipe buffer", \
-     "" u 1:4 w lp lw 2 lc 1 pt 5 t "args, fork", \
-     "" u 1:5 w lp lw 2 lc 2 pt 5 t "args, spawn", \
-     "" u 1:6 w lp lw 2 lc 3 pt 5 t "args, forkserver", \
-     "" u 1:7 w lp lw 2 lc 1 dt 2 pt 9 t "result, fork", \
-     "" u 1:8 w lp lw 2 lc 2 dt 2 pt 9 t "result, spawn", \
-     "" u 1:9 w lp lw 2 lc 3 dt 2 pt 9 t "result, forkserver"
+     "" u 1:4 w lp lw 2 lc rgb "gray30" dt 4 pt 4 t "raw memfd (fork, pwrite, mmap)", \
+     "" u 1:5 w lp lw 2 lc 1 pt 5 t "args, fork", \
+     "" u 1:6 w lp lw 2 lc 2 pt 5 t "args, spawn", \
+     "" u 1:7 w lp lw 2 lc 3 pt 5 t "args, forkserver", \
+     "" u 1:8 w lp lw 2 lc 1 dt 2 pt 9 t "result, fork", \
+     "" u 1:9 w lp lw 2 lc 2 dt 2 pt 9 t "result, spawn", \
+     "" u 1:10 w lp lw 2 lc 3 dt 2 pt 9 t "result, forkserver"
 GP
     echo "plot.sh: wrote $results/payload_throughput.png"
 else

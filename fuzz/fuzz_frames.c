@@ -7,7 +7,9 @@
  * payload gathered in a buffer grown by tbx__grow_buffer as bytes "arrive";
  * an OK payload checked by tbx__msgpack_check and then unpacked by
  * msgpack_unpack, as the engine does; FAIL and ERROR payloads copied out as
- * the message.
+ * the message.  An OK_BULK header takes the rest of the input as the bulk
+ * memfd's contents, sealed or not by the first byte's high bit, and goes
+ * through tbx__bulk_map as the engine's does.
  *
  * Invariants checked beyond "no crash, no sanitizer report":
  *   - tbx__msgpack_check accepting a buffer means msgpack_unpack unpacks it
@@ -19,10 +21,13 @@
  */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static const uint64_t max_results[] = {
     (uint64_t)256 << 20, 0, 1, 16, 64, 4096, 65536, UINT64_MAX,
@@ -81,6 +86,31 @@ static int take_value(const char *payload, size_t len)
     return 0;
 }
 
+/* The child says its result, len bytes, is in the memfd; the memfd holds
+ * these bytes, sealed or not.  Mapped only when both are true, and then
+ * unpacked as any result. */
+static int bulk(int sealed, const uint8_t *p, size_t n, uint64_t len)
+{
+    int fd = memfd_create("fuzz-bulk", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return 0;
+    if (n > 0 && write(fd, p, n) != (ssize_t)n) {
+        close(fd);
+        return 0;
+    }
+    if (sealed)
+        (void)fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK);
+    char *payload, *map;
+    if (tbx__bulk_map(fd, len, &payload, &map) == 0) {
+        if (!sealed || len != n)
+            __builtin_trap(); /* an unsealed or mis-sized memfd is refused */
+        (void)take_value(payload, (size_t)len);
+        tbx__payload_free(payload, map);
+    }
+    close(fd);
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -112,8 +142,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 return 0; /* a second START is refused */
             continue;
         }
-        if (hdr.kind == TBX__FRAME_OK && hdr.len > max)
+        if ((hdr.kind == TBX__FRAME_OK || hdr.kind == TBX__FRAME_OK_BULK) && hdr.len > max)
             __builtin_trap();
+        if (hdr.kind == TBX__FRAME_OK_BULK)
+            return bulk(data[0] >> 7, p, (size_t)(end - p), hdr.len);
         if ((hdr.kind == TBX__FRAME_FAIL || hdr.kind == TBX__FRAME_ERROR) &&
             hdr.len > TBX__MAX_MESSAGE)
             __builtin_trap();

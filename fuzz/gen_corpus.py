@@ -10,7 +10,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 FRAME = 0x31584254   # "TBX1"
 REQUEST = 0x51584254  # "TBXQ"
 CONTROL = 0x4b584254  # "TBXK"
-OK, FAIL, START, ERROR = 1, 2, 3, 4
+OK, FAIL, START, ERROR, OK_BULK = 1, 2, 3, 4, 5
 
 
 def frame(kind, payload=b"", code=0, magic=FRAME, reserved=0, length=None):
@@ -60,6 +60,12 @@ seeds = {
         "lying_bin": b"\x00" + frame(OK, b"\xc6\x7f\xff\xff\xff\x00"),
         "trailing_frame": b"\x00" + frame(OK, b"\x2a") + frame(OK, b"\x05"),
         "big_payload": b"\x40" + frame(OK, b"\xc5\x10\x00" + bytes(4096)),
+        # the rest of the input is the bulk memfd: sealed (first byte's high
+        # bit) or not, of the size the header says or not
+        "bulk_sealed": b"\x80" + frame(OK_BULK, length=9) + b"\x82\xa1a\x01\xa1b\x92\xc0\xc3",
+        "bulk_unsealed": b"\x00" + frame(OK_BULK, length=9) + b"\x82\xa1a\x01\xa1b\x92\xc0\xc3",
+        "bulk_short": b"\x80" + frame(OK_BULK, length=100) + b"\xc4\x03abc",
+        "bulk_empty": b"\x80" + frame(OK_BULK, length=0),
     },
     "request": {
         # first byte: piece size selector

@@ -224,7 +224,12 @@ typedef struct tbx_opts {
     size_t max_result;    /* Largest result accepted, in bytes of msgpack.
                              Default 256 MiB (also when 0); larger ->
                              TBX_ETOOBIG, child killed, parent memory
-                             bounded by it. */
+                             bounded by it.  A result of 1 MiB or more
+                             comes back in a memfd made for the call
+                             (packed into it once, sealed, then mapped
+                             read-only into the result: never copied
+                             through the pipe); under 1 MiB, none is
+                             made. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
     /* Resource limits in the child (setrlimit before any hook or fn runs;

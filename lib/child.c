@@ -7,7 +7,8 @@
  * limited to async-signal-safe calls; but timebox's own part is: it takes no
  * lock and calls no malloc.  The arguments were unpacked by the parent; the
  * result is packed into a buffer on this stack, which grows with mmap and
- * mremap (system calls, not the allocator) when the result is large.  A child
+ * mremap (system calls, not the allocator) when the result is large; past
+ * TBX__BIG_PAYLOAD it goes on into the call's bulk memfd (bulk.c).  A child
  * forked from a threaded caller therefore cannot deadlock on an allocator
  * lock inside timebox.  The child always ends with _exit.
  * =============================================================
@@ -44,6 +45,9 @@ typedef struct result_buf {
     int failed;
     int fail_code;
     int out_of_memory;
+    int bulk_fd;          /* the call's memfd; -1: none */
+    int in_bulk;          /* the result goes into bulk_fd: data stages it */
+    size_t bulk_len;      /* bytes already written to bulk_fd */
     char *data;
     size_t len;           /* bytes packed (also counted past max) */
     size_t cap;
@@ -77,10 +81,58 @@ static int grow(result_buf *rb, size_t need)
     return 0;
 }
 
+static int pwrite_all(int fd, const char *p, size_t len, size_t off)
+{
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        len -= (size_t)w;
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+/* Into the bulk memfd by pwrite, not through a shared mapping: the kernel
+ * fills whole new pages without zeroing them first or faulting them in one
+ * by one.  Small pieces gather in data first; large ones go straight in. */
+static int bulk_write(result_buf *rb, const char *buf, size_t len)
+{
+    size_t staged = rb->len - rb->bulk_len;
+    if (staged + len > rb->cap) {
+        if (pwrite_all(rb->bulk_fd, rb->data, staged, rb->bulk_len) != 0)
+            return -1;
+        rb->bulk_len += staged;
+        staged = 0;
+        if (len >= rb->cap) {
+            if (pwrite_all(rb->bulk_fd, buf, len, rb->bulk_len) != 0)
+                return -1;
+            rb->bulk_len += len;
+            rb->len += len;
+            return 0;
+        }
+    }
+    memcpy(rb->data + staged, buf, len);
+    rb->len += len;
+    return 0;
+}
+
+/* Whether a result past TBX__BIG_PAYLOAD may go to the bulk memfd: one
+ * exists, and writing to it cannot meet a file size limit (SIGXFSZ). */
+static int bulk_usable(const result_buf *rb)
+{
+    struct rlimit r;
+    return rb->bulk_fd >= 0 && getrlimit(RLIMIT_FSIZE, &r) == 0 &&
+           (r.rlim_cur == RLIM_INFINITY || r.rlim_cur >= rb->max);
+}
+
 static int result_write(void *data, const char *buf, size_t len)
 {
     result_buf *rb = data;
-    if (len == 0) /* msgpack hands over (NULL, 0) for empty strings */
+    if (len == 0 || rb->failed) /* msgpack hands over (NULL, 0) for empty strings */
         return 0;
     if (rb->len + len > rb->max || rb->out_of_memory) {
         /* Over max_result: stop storing but keep counting, so the header
@@ -88,13 +140,26 @@ static int result_write(void *data, const char *buf, size_t len)
         rb->len += len;
         return 0;
     }
-    if (rb->len + len > rb->cap && grow(rb, rb->len + len) != 0) {
-        rb->out_of_memory = 1;
-        return -1;
+    if (!rb->in_bulk && rb->len + len > TBX__BIG_PAYLOAD && rb->len + len > rb->cap &&
+        bulk_usable(rb)) {
+        /* What is packed so far goes first; data stages the rest. */
+        if (pwrite_all(rb->bulk_fd, rb->data, rb->len, 0) == 0) {
+            rb->in_bulk = 1;
+            rb->bulk_len = rb->len;
+        }
     }
-    memcpy(rb->data + rb->len, buf, len);
-    rb->len += len;
-    return 0;
+    int rc = 0;
+    if (rb->in_bulk)
+        rc = bulk_write(rb, buf, len);
+    else if (rb->len + len > rb->cap && grow(rb, rb->len + len) != 0)
+        rc = -1;
+    else {
+        memcpy(rb->data + rb->len, buf, len);
+        rb->len += len;
+    }
+    if (rc != 0)
+        rb->out_of_memory = 1;
+    return rc;
 }
 
 int tbx_fail(msgpack_packer *result, int code, const char *fmt, ...)
@@ -142,6 +207,26 @@ static int write_frame(int fd, uint32_t kind, int32_t code, const void *p, size_
         }
     }
     return 0;
+}
+
+/* A result in the bulk memfd: the last of it written, the memfd sealed, and
+ * only its header down the pipe.  A memfd that will not seal (something has
+ * it mapped writable) is read back and goes down the pipe after all. */
+static int send_bulk(int fd, result_buf *rb)
+{
+    size_t staged = rb->len - rb->bulk_len;
+    if (pwrite_all(rb->bulk_fd, rb->data, staged, rb->bulk_len) != 0)
+        return -1;
+    if (fcntl(rb->bulk_fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) ==
+        0) {
+        tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK_BULK, 0, 0, rb->len};
+        return tbx__write_all(fd, &h, sizeof h);
+    }
+    void *p = mmap(NULL, rb->len, PROT_READ, MAP_SHARED, rb->bulk_fd, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    (void)fcntl(fd, F_SETPIPE_SZ, (int)TBX__BIG_PAYLOAD);
+    return write_frame(fd, TBX__FRAME_OK, 0, p, rb->len);
 }
 
 static void reset_signals(const tbx__child_spec *spec)
@@ -279,6 +364,9 @@ void tbx__child_main(const tbx__child_spec *spec)
 
     rb.magic = RESULT_MAGIC;
     rb.failed = rb.fail_code = rb.out_of_memory = 0;
+    rb.bulk_fd = spec->bulk_fd;
+    rb.in_bulk = 0;
+    rb.bulk_len = 0;
     rb.data = rb.inline_data;
     rb.len = 0;
     rb.cap = sizeof rb.inline_data;
@@ -313,6 +401,8 @@ void tbx__child_main(const tbx__child_spec *spec)
     else if (rb.len > rb.max) { /* the header alone: the parent refuses it */
         tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK, 0, 0, rb.len};
         rc = tbx__write_all(spec->result_fd, &h, sizeof h);
+    } else if (rb.in_bulk) {
+        rc = send_bulk(spec->result_fd, &rb);
     } else {
         /* A big result crosses in 1 MiB writes, not 64 KiB ones. */
         if (rb.len >= TBX__BIG_PAYLOAD)

@@ -76,6 +76,7 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     c->child.result_fd = -1;
     c->child.request_fd = -1;
     c->child.control_fd = -1;
+    c->child.bulk_fd = -1;
     c->control_fd_in = -1;
     for (int i = 0; i < TBX__NSTREAMS; i++)
         c->capture[i].fd = c->capture[i].child_fd = -1;
@@ -352,6 +353,19 @@ static void on_header(tbx__call *c)
             c->sys_error = rc;
             escalate(c, rc, 1);
         }
+        return;
+    }
+    if (c->hdr.kind == TBX__FRAME_OK_BULK) {
+        /* Nothing follows on the pipe: the payload is the sealed memfd. */
+        rc = tbx__bulk_map(c->child.bulk_fd, c->hdr.len, &c->payload, &c->payload_map);
+        if (rc != 0) {
+            if (rc != TBX_EPROTO)
+                c->sys_error = rc;
+            return reject(c, rc);
+        }
+        c->payload_cap = (size_t)c->hdr.len;
+        c->payload_got = c->hdr.len;
+        frame_complete(c);
         return;
     }
     if (c->hdr.kind == TBX__FRAME_OK && c->hdr.len >= TBX__BIG_PAYLOAD)
@@ -667,7 +681,9 @@ static void close_handles(tbx__call *c)
     tbx__close(c->child.pidfd);
     tbx__close(c->child.control_fd);
     tbx__close(c->control_fd_in);
+    tbx__close(c->child.bulk_fd);
     c->child.result_fd = c->child.pidfd = c->child.control_fd = c->control_fd_in = -1;
+    c->child.bulk_fd = -1;
 }
 
 static void finish(tbx__call *c)

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define MAX_FDS 5
+#define MAX_FDS 6
 
 ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds,
                       int flags)

@@ -67,6 +67,7 @@ struct fs_call {
     int request_fd;           /* warm: where its child reads the request */
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     int backtrace_fd;         /* where the child writes a backtrace */
+    int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -179,6 +180,7 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
             tbx__close(o->out_fd);
             tbx__close(o->err_fd);
             tbx__close(o->backtrace_fd);
+            tbx__close(o->bulk_fd);
         }
         tbx__close(o->pidfd);
     }
@@ -190,11 +192,12 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
     }
     sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
     if (c->request_fd >= 0) /* warm: the request comes from the caller */
-        tbx__worker_serve(c->request_fd, c->result_fd, -1, 1);
+        tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
     tbx__request_spec(&c->rq, c->result_fd, &spec);
     spec.reset_signals = 0;
     spec.parent_mask = mask;
     spec.backtrace_fd = c->backtrace_fd;
+    spec.bulk_fd = c->bulk_fd;
     tbx__child_main(&spec);
 }
 
@@ -240,7 +243,8 @@ static void start_child(fs_call *c)
     tbx__close(c->out_fd);
     tbx__close(c->err_fd);
     tbx__close(c->backtrace_fd);
-    c->result_fd = c->request_fd = c->out_fd = c->err_fd = c->backtrace_fd = -1;
+    tbx__close(c->bulk_fd);
+    c->result_fd = c->request_fd = c->out_fd = c->err_fd = c->backtrace_fd = c->bulk_fd = -1;
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {
@@ -401,16 +405,32 @@ static void call_close(fs_call *c)
         uv_close((uv_handle_t *)&c->exit_poll, call_free_cb);
 }
 
+/* How many fds a hello of this kind and flags brings; -1: no such hello. */
+static int hello_fds(uint32_t kind, uint32_t flags)
+{
+    int bulk = flags & TBX__HELLO_BULK ? 1 : 0;
+    if (kind == TBX__HELLO_WARM && (flags & ~(uint32_t)TBX__HELLO_BULK) == 0)
+        return 3 + bulk;
+    if (kind != TBX__HELLO_CALL ||
+        (flags & ~(uint32_t)(TBX__HELLO_CAPTURE | TBX__HELLO_BACKTRACE | TBX__HELLO_BULK)) != 0)
+        return -1;
+    return 2 + (flags & TBX__HELLO_CAPTURE ? 2 : 0) + (flags & TBX__HELLO_BACKTRACE ? 1 : 0) + bulk;
+}
+
 /* fds: control, result, then for a warm call its request socket; for a
- * call with flags, its stdout and stderr (CAPTURE) and its backtrace pipe
- * (BACKTRACE), in that order. */
+ * call with flags, its stdout and stderr (CAPTURE), its backtrace pipe
+ * (BACKTRACE) and its bulk memfd (BULK), in that order. */
 static void call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t flags,
-                     const int fds[5])
+                     const int fds[TBX__HELLO_MAX_FDS])
 {
     fs_call *c = calloc(1, sizeof *c);
-    if (c == NULL || uv_poll_init(&srv->loop, &c->control_poll, fds[0]) != 0) {
+    /* A bulk fd is written by our child: only a fresh memfd is taken, not
+     * some other file the client would have us write to. */
+    int bulk_ok = !(flags & TBX__HELLO_BULK) ||
+                  tbx__bulk_check_fresh(fds[hello_fds(kind, flags) - 1]) == 0;
+    if (c == NULL || !bulk_ok || uv_poll_init(&srv->loop, &c->control_poll, fds[0]) != 0) {
         free(c);
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < TBX__HELLO_MAX_FDS; i++)
             tbx__close(fds[i]);
         return;
     }
@@ -424,6 +444,7 @@ static void call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t 
     }
     if (flags & TBX__HELLO_BACKTRACE)
         c->backtrace_fd = fds[at++];
+    c->bulk_fd = flags & TBX__HELLO_BULK ? fds[at++] : -1;
     c->srv = srv;
     c->client = client;
     c->control_fd = control_fd;
@@ -531,7 +552,7 @@ static void client_cb(uv_poll_t *h, int status, int events)
     }
     for (;;) {
         tbx__hello hello;
-        int fds[5] = {-1, -1, -1, -1, -1}, nfds = 5;
+        int fds[TBX__HELLO_MAX_FDS] = {-1, -1, -1, -1, -1, -1}, nfds = TBX__HELLO_MAX_FDS;
         ssize_t n = tbx__recv_fds(k->fd, &hello, sizeof hello, fds, &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN)
             return;
@@ -545,13 +566,7 @@ static void client_cb(uv_poll_t *h, int status, int events)
             client_close(k);
             return;
         }
-        int want = -1;
-        if (hello.kind == TBX__HELLO_WARM && hello.flags == 0)
-            want = 3;
-        else if (hello.kind == TBX__HELLO_CALL &&
-                 (hello.flags & ~(uint32_t)(TBX__HELLO_CAPTURE | TBX__HELLO_BACKTRACE)) == 0)
-            want = 2 + (hello.flags & TBX__HELLO_CAPTURE ? 2 : 0) +
-                   (hello.flags & TBX__HELLO_BACKTRACE ? 1 : 0);
+        int want = hello_fds(hello.kind, hello.flags);
         if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC ||
             hello.reserved != 0 || nfds != want) {
             while (nfds > 0)

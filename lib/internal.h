@@ -65,8 +65,10 @@ enum {
     TBX__FRAME_OK = 1,
     TBX__FRAME_FAIL = 2,
     TBX__FRAME_START = 3,
-    TBX__FRAME_ERROR = 4 /* the worker could not serve: fail_code is a
-                            TBX_E* code (ENOTREG, EPROTO), payload a message */
+    TBX__FRAME_ERROR = 4, /* the worker could not serve: fail_code is a
+                             TBX_E* code (ENOTREG, EPROTO), payload a message */
+    TBX__FRAME_OK_BULK = 5 /* the result, len bytes, is in the call's bulk
+                              memfd, sealed; nothing follows on the pipe */
 };
 
 typedef struct tbx__frame_header {
@@ -119,7 +121,8 @@ int tbx__request_check(const tbx__request_header *hdr);
  *         socket to the server, which forks when it is whole.
  *         With flags, more fds follow: the write ends of the stdout and
  *         stderr pipes the child's fds 1 and 2 become (CAPTURE), and of the
- *         pipe it writes a backtrace to (BACKTRACE).
+ *         pipe it writes a backtrace to (BACKTRACE), then the call's bulk
+ *         memfd (BULK: the server takes only a fresh, sealable memfd).
  *   WARM: the same as CALL, and the read end of a request socket: the server forks
  *         at once a child that waits for its request there, from the caller
  *         itself, whenever a call takes it (a warm child, see the header).
@@ -131,7 +134,10 @@ int tbx__request_check(const tbx__request_header *hdr);
 #define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
 
 enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2 };
-enum { TBX__HELLO_CAPTURE = 1, TBX__HELLO_BACKTRACE = 2 }; /* CALL's flags */
+/* CALL's flags (WARM's: BULK only).  BULK: the call's bulk memfd comes
+ * last. */
+enum { TBX__HELLO_CAPTURE = 1, TBX__HELLO_BACKTRACE = 2, TBX__HELLO_BULK = 4 };
+#define TBX__HELLO_MAX_FDS 6 /* control, result, stdout, stderr, backtrace, bulk */
 
 typedef struct tbx__hello {
     uint32_t magic;
@@ -224,6 +230,23 @@ int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total);
  * size; tbx__payload_free frees either kind. */
 #define TBX__MAP_HEADER 64
 void tbx__payload_free(char *payload, char *map);
+
+/* bulk.c: a big result crosses in a memfd instead of the pipe.  The parent
+ * makes one per call (bulk_create) and the child, once its result has grown
+ * past TBX__BIG_PAYLOAD, packs straight into it, seals it and sends only a
+ * TBX__FRAME_OK_BULK header.  The parent maps the sealed pages: no copy
+ * through the pipe, and none into a buffer of ours.
+ *   create: a memfd (CLOEXEC, sealable), or -1 when max_result leaves no
+ *           room for a big result or the kernel has no memfd.
+ *   map:    checks that fd is sealed against writes, growing and shrinking
+ *           and holds exactly len bytes, then maps them read-only after a
+ *           page of our own (TBX__MAP_HEADER's role: tbx__payload_free
+ *           frees it).  0, TBX_EPROTO (the child lied), or -errno. */
+int tbx__bulk_create(uint64_t max_result);
+int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map);
+/* 0 if fd is a sealable memfd with no seal yet, as bulk_create makes them
+ * (the forkserver checks what a client sends); TBX_EPROTO otherwise. */
+int tbx__bulk_check_fresh(int fd);
 
 /* The forkserver's environment: its connection's fd, its limits
  * ("max_children:request_timeout_ms"), and shared objects to preload
@@ -327,6 +350,7 @@ typedef struct tbx__child {
     int result_fd; /* read end of the result pipe, CLOEXEC */
     int request_fd; /* -1, or our end of a socket the request goes down */
     int control_fd; /* forkserver: the call's control socket; -1 otherwise */
+    int bulk_fd;   /* -1, or a memfd a big result comes back in (bulk.c) */
     int worker;    /* 1: a fresh program that must say START before fn */
     int warm;      /* 1: a warm child, taken from the pool */
 } tbx__child;
@@ -354,7 +378,7 @@ extern const tbx__launcher tbx__launch_forkserver;
 typedef struct tbx__spawn_spec {
     const char *executable;
     char *const *argv;
-    int fds[3];                /* each lifted (tbx__lift_fd) first */
+    int fds[4];                /* each lifted (tbx__lift_fd) first */
     int nfds;
     const char *const *env;
     int reset_signals;
@@ -505,6 +529,8 @@ typedef struct tbx__child_spec {
     int stdout_fd, stderr_fd;  /* placed on 1 and 2 before anything runs; -1:
                                   left as they are */
     int backtrace_fd;          /* where to write a backtrace when asked; -1 */
+    int bulk_fd;               /* a memfd for a result of TBX__BIG_PAYLOAD
+                                  or more; -1: the pipe only */
 } tbx__child_spec;
 
 /* Runs the call in this (child) process and _exits.  Never returns. */
@@ -517,7 +543,7 @@ void tbx__worker_maybe_serve(void);
  * signals_clean: the dispositions are already the defaults (a forkserver
  * child), so reset_signals has nothing left to do. */
 __attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd,
-                                                 int signals_clean);
+                                                 int bulk_fd, int signals_clean);
 /* 1 if this process was started as a worker but never called tbx_init. */
 int tbx__worker_unserved(void);
 

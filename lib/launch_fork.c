@@ -35,6 +35,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     rc = tbx__pipe(fds, 0);
     if (rc != 0)
         return rc;
+    int bulk = tbx__bulk_create(c->opts.max_result);
     spec.fn = c->fn;
     spec.args = &c->args;
     spec.ctx = c->opts.ctx;
@@ -56,6 +57,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.stdout_fd = c->capture[0].child_fd;
     spec.stderr_fd = c->capture[1].child_fd;
     spec.backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
+    spec.bulk_fd = bulk;
 
     flush_caller_stdio();
     sigfillset(&all);
@@ -68,12 +70,14 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     tbx__close(fds[1]);
     if (pid < 0) {
         tbx__close(fds[0]);
+        tbx__close(bulk);
         return -err;
     }
     (void)setpgid(pid, pid);
 
     child->pid = pid;
     child->result_fd = fds[0];
+    child->bulk_fd = bulk;
     child->pidfd = tbx__pidfd_open(pid);
     if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
         /* An old kernel; or a host's waitpid(-1) reaped a quick child
@@ -85,6 +89,8 @@ static int fork_launch(tbx__call *c, tbx__child *child)
         rc = child->pidfd;
         tbx__kill_reap(pid);
         tbx__close(fds[0]);
+        tbx__close(bulk);
+        child->bulk_fd = -1;
         return rc;
     }
     return 0;

@@ -51,11 +51,10 @@ static uint8_t fs_key[TBX__KEY_LEN];
 static int fs_have_key;
 
 /* Warm children: slots made ahead, each with a child of the server waiting
- * for its request.  A call takes one and orders its replacement, which the
- * server forks while the call runs.  The pool belongs to the connection: it
- * is dropped with it. */
+ * for its request.  A call takes one, and orders its replacement once it has
+ * returned.  The pool belongs to the connection: it is dropped with it. */
 typedef struct warm_slot {
-    int control, request, result;
+    int control, request, result, bulk;
     struct warm_slot *next;
 } warm_slot;
 
@@ -84,6 +83,7 @@ static void warm_drop(void)
         tbx__close(w->control);
         tbx__close(w->request);
         tbx__close(w->result);
+        tbx__close(w->bulk);
         free(w);
     }
     warm_count = 0;
@@ -447,14 +447,16 @@ static int warm_add(void)
     warm_slot *w = malloc(sizeof *w);
     if (w == NULL)
         return -ENOMEM;
+    /* The call that takes it is not known yet: its memfd is made anyway. */
+    int bulk = tbx__bulk_create(UINT64_MAX);
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
         socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0)
         rc = -errno;
     if (rc == 0)
         rc = tbx__pipe(res, 0);
     if (rc == 0) {
-        int fds[3] = {ctl[1], res[1], req[1]};
-        rc = hand_over(TBX__HELLO_WARM, 0, fds, 3);
+        int fds[4] = {ctl[1], res[1], req[1], bulk};
+        rc = hand_over(TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0, fds, bulk >= 0 ? 4 : 3);
     }
     tbx__close(ctl[1]);
     tbx__close(req[1]);
@@ -463,10 +465,12 @@ static int warm_add(void)
         tbx__close(ctl[0]);
         tbx__close(req[0]);
         tbx__close(res[0]);
+        tbx__close(bulk);
         free(w);
         return rc;
     }
     w->control = ctl[0];
+    w->bulk = bulk;
     w->request = req[0];
     w->result = res[0];
     pthread_mutex_lock(&warm_lock);
@@ -516,6 +520,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         child->result_fd = w->result;
         child->control_fd = w->control;
         child->request_fd = w->request;
+        child->bulk_fd = w->bulk;
         child->worker = 1;
         child->warm = 1;
         free(w);
@@ -523,19 +528,24 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
+    int bulk = -1;
     rc = tbx__pipe(res, 0);
     if (rc == 0) {
         /* The request itself goes out from the engine, on the control
          * socket; the captured streams' write ends go to the child. */
-        int fds[5] = {ctl[1], res[1]}, n = 2;
+        int fds[TBX__HELLO_MAX_FDS] = {ctl[1], res[1]}, n = 2;
         if (capture) {
             fds[n++] = c->capture[TBX__STDOUT].child_fd;
             fds[n++] = c->capture[TBX__STDERR].child_fd;
         }
         if (backtrace)
             fds[n++] = c->capture[TBX__BACKTRACE].child_fd;
+        bulk = tbx__bulk_create(c->opts.max_result);
+        if (bulk >= 0)
+            fds[n++] = bulk;
         rc = hand_over(TBX__HELLO_CALL,
-                       (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0),
+                       (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0) |
+                           (bulk >= 0 ? TBX__HELLO_BULK : 0),
                        fds, n);
     }
     tbx__close(ctl[1]);
@@ -549,6 +559,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         /* Closing our end tells the server, if it has the call, to drop it. */
         tbx__close(ctl[0]);
         tbx__close(res[0]);
+        tbx__close(bulk);
         return rc;
     }
     child->pid = 0; /* until LAUNCHED */
@@ -556,6 +567,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     child->result_fd = res[0];
     child->control_fd = ctl[0];
     child->request_fd = req;
+    child->bulk_fd = bulk;
     child->worker = 1;
     return 0;
 }

@@ -21,8 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define WORKER_ENV_VALUE "TIMEBOX_WORKER=3,4"
-#define FIRST_FREE_FD 6
+#define FIRST_FREE_FD 7 /* 3 request, 4 result, then backtrace, bulk */
 
 extern char **environ;
 
@@ -199,26 +198,42 @@ int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid)
 static int spawn_launch(tbx__call *c, tbx__child *child)
 {
     int sv[2] = {-1, -1}, res[2] = {-1, -1}, rc;
+    int bulk = tbx__bulk_create(c->opts.max_result);
     pid_t pid;
 
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        return -errno;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        rc = -errno;
+        tbx__close(bulk);
+        return rc;
+    }
     rc = tbx__pipe(res, 0);
     if (rc == 0)
         rc = lift(&sv[1]);
     if (rc == 0)
         rc = lift(&res[1]);
-    /* The captured streams go onto 1 and 2, the backtrace pipe onto 5:
-     * lifted above 3, 4 and 5 first. */
+    /* The captured streams go onto 1 and 2, the backtrace pipe and the
+     * bulk memfd onto 5 and 6 (or 5 alone): lifted above them first. */
     for (int i = 0; rc == 0 && i < TBX__NSTREAMS; i++)
         if (c->capture[i].child_fd >= 0)
             rc = lift(&c->capture[i].child_fd);
+    if (rc == 0 && bulk >= 0)
+        rc = lift(&bulk);
     if (rc == 0) {
-        static const char *const env[] = {WORKER_ENV_VALUE, NULL};
         int bt = c->capture[TBX__BACKTRACE].child_fd;
-        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1], bt},
-                              bt >= 0 ? 3 : 2, env, c->opts.reset_signals,
-                              c->capture[TBX__STDOUT].child_fd, c->capture[TBX__STDERR].child_fd};
+        tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1]}, 2, NULL,
+                              c->opts.reset_signals, c->capture[TBX__STDOUT].child_fd,
+                              c->capture[TBX__STDERR].child_fd};
+        int bt_at = bt >= 0 ? 3 + sp.nfds : -1;
+        if (bt >= 0)
+            sp.fds[sp.nfds++] = bt;
+        int bulk_at = bulk >= 0 ? 3 + sp.nfds : -1;
+        if (bulk >= 0)
+            sp.fds[sp.nfds++] = bulk;
+        /* request,result,backtrace,bulk: tbx__worker_maybe_serve reads it */
+        char var[64];
+        (void)snprintf(var, sizeof var, "TIMEBOX_WORKER=3,4,%d,%d", bt_at, bulk_at);
+        const char *const env[] = {var, NULL};
+        sp.env = env;
         rc = tbx__spawn(&sp, &pid);
     }
     tbx__close(sv[1]);
@@ -227,11 +242,13 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         /* glibc reports a failed exec here and has reaped that child. */
         tbx__close(sv[0]);
         tbx__close(res[0]);
+        tbx__close(bulk);
         return rc;
     }
     child->pid = pid;
     child->result_fd = res[0];
     child->request_fd = sv[0];
+    child->bulk_fd = bulk;
     child->worker = 1;
     child->pidfd = tbx__pidfd_open(pid);
     if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
@@ -241,6 +258,8 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         tbx__kill_reap(pid);
         tbx__close(sv[0]);
         tbx__close(res[0]);
+        tbx__close(bulk);
+        child->bulk_fd = -1;
         return rc;
     }
     return 0;

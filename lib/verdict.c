@@ -83,7 +83,7 @@ int tbx__verdict(tbx__call *c, tbx_result *r)
                        "(does its main() call tbx_init(argc, argv) first?)");
     if (c->verdict != 0)
         return c->verdict;
-    if (c->frame_done && c->hdr.kind == TBX__FRAME_OK) {
+    if (c->frame_done && (c->hdr.kind == TBX__FRAME_OK || c->hdr.kind == TBX__FRAME_OK_BULK)) {
         int rc = take_value(c, r);
         if (rc == TBX_EPROTO)
             set_message(r, "the result is not exactly one msgpack object");

@@ -17,6 +17,8 @@ int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
     switch (hdr->kind) {
     case TBX__FRAME_OK:
         return hdr->len > max_len ? TBX_ETOOBIG : 0;
+    case TBX__FRAME_OK_BULK:
+        return hdr->len == 0 ? TBX_EPROTO : hdr->len > max_len ? TBX_ETOOBIG : 0;
     case TBX__FRAME_FAIL:
     case TBX__FRAME_ERROR:
         return hdr->len > TBX__MAX_MESSAGE ? TBX_EPROTO : 0;

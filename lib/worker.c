@@ -97,6 +97,7 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->parent_pid = getppid();
     spec->stdout_fd = spec->stderr_fd = -1; /* placed by whoever started us */
     spec->backtrace_fd = -1;
+    spec->bulk_fd = -1;
     spec->limit_memory = rq->h.limit_memory;
     spec->limit_cpu_s = rq->h.limit_cpu_s;
     spec->limit_files = rq->h.limit_files;
@@ -133,7 +134,7 @@ static void read_request(int req_fd, int res_fd, tbx__request *rq)
         refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
 }
 
-void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int signals_clean)
+void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int bulk_fd, int signals_clean)
 {
     tbx__request rq;
     tbx__child_spec spec;
@@ -150,6 +151,7 @@ void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int signals_cle
         spec.reset_signals = 0; /* the forkserver already put them back */
     if (rq.h.flags & TBX__REQ_BACKTRACE)
         spec.backtrace_fd = backtrace_fd;
+    spec.bulk_fd = bulk_fd;
     tbx__child_main(&spec);
 }
 
@@ -170,12 +172,14 @@ int tbx__worker_unserved(void)
 void tbx__worker_maybe_serve(void)
 {
     const char *v = getenv(WORKER_VAR);
-    int req_fd, res_fd;
+    int req_fd, res_fd, backtrace_fd, bulk_fd;
     char tail;
-    if (v == NULL || sscanf(v, "%d,%d%c", &req_fd, &res_fd, &tail) != 2)
+    /* request,result,backtrace,bulk: fds, -1 for one that did not come */
+    if (v == NULL ||
+        sscanf(v, "%d,%d,%d,%d%c", &req_fd, &res_fd, &backtrace_fd, &bulk_fd, &tail) != 4)
         return;
     /* Gone before fn runs: the function's own children are not workers. */
     unsetenv(WORKER_VAR);
     pthread_once(&unserved_once, unserved_init);
-    tbx__worker_serve(req_fd, res_fd, 5, 0); /* spawn puts a backtrace pipe on 5 */
+    tbx__worker_serve(req_fd, res_fd, backtrace_fd, bulk_fd, 0);
 }

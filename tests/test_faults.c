@@ -404,7 +404,7 @@ struct frame_hdr {
     uint64_t len;
 };
 #define FRAME_MAGIC 0x31584254u
-enum { K_OK = 1, K_FAIL = 2, K_START = 3, K_ERROR = 4 };
+enum { K_OK = 1, K_FAIL = 2, K_START = 3, K_ERROR = 4, K_OK_BULK = 5 };
 
 struct raw {
     unsigned char buf[512];
@@ -827,7 +827,7 @@ TBX_TEST(frames, garbage_and_bad_headers_are_eproto)
     struct {
         const char *what;
         struct raw b;
-    } cases[12];
+    } cases[14];
     size_t n = 0;
     memset(cases, 0, sizeof cases);
 
@@ -873,6 +873,14 @@ TBX_TEST(frames, garbage_and_bad_headers_are_eproto)
     cases[n].what = "ERROR with a code no worker sends";
     raw_hdr(&cases[n].b, FRAME_MAGIC, K_ERROR, 12345, 0, 2);
     raw_bytes(&cases[n++].b, "no", 2);
+
+    /* The result is in the bulk memfd, says the child; but nothing is
+     * there, and nothing sealed it. */
+    cases[n].what = "bulk result in an unsealed, empty memfd";
+    raw_hdr(&cases[n++].b, FRAME_MAGIC, K_OK_BULK, 0, 0, 4096);
+
+    cases[n].what = "zero-length bulk result";
+    raw_hdr(&cases[n++].b, FRAME_MAGIC, K_OK_BULK, 0, 0, 0);
 
     for (size_t i = 0; i < n; i++) {
         tbx_result r;

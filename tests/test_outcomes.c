@@ -5,11 +5,14 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* A result common to every outcome: status mirrors the return value. */
@@ -192,6 +195,106 @@ TBX_TEST(ok, result_32mib)
             cr_assert_fail("byte %zu is %u, not %u", i, p[i], big_byte(i));
     tbx_result_free(&r);
     msgpack_sbuffer_destroy(&sb);
+}
+
+/* A big result of many small pieces: past 1 MiB it moves into the call's
+ * bulk memfd, and the pieces on both sides of the move arrive in order. */
+static int fn_many_ints(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    uint64_t n = args->via.u64;
+    msgpack_pack_array(pk, (size_t)n);
+    for (uint64_t i = 0; i < n; i++)
+        msgpack_pack_uint64(pk, i * 2654435761u);
+    return 0;
+}
+TBX_REGISTER(fn_many_ints);
+
+static void check_many_ints(const tbx_result *r, uint64_t n)
+{
+    cr_assert_eq(r->value.type, MSGPACK_OBJECT_ARRAY);
+    cr_assert_eq(r->value.via.array.size, n);
+    for (uint64_t i = 0; i < n; i++)
+        if (r->value.via.array.ptr[i].via.u64 != i * 2654435761u)
+            cr_assert_fail("item %llu is wrong", (unsigned long long)i);
+}
+
+TBX_TEST(ok, result_of_small_pieces_past_1mib)
+{
+    uint64_t n = 600000; /* about 3 MiB of uint32s */
+    msgpack_sbuffer sb;
+    pack(&sb, "u", n);
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 100;
+    tbx_result r;
+    int rc = tbx_call(fn_many_ints, sb.data, sb.size, &o, &r);
+    check_common(rc, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    check_many_ints(&r, n);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* The bulk memfd of this call, as the child sees it; -1 if none. */
+static int find_bulk_fd(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    int found = -1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], target[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t t = readlink(path, target, sizeof target - 1);
+        target[t < 0 ? 0 : t] = '\0';
+        if (strstr(target, "memfd:timebox-result") != NULL)
+            found = atoi(e->d_name);
+    }
+    closedir(d);
+    return found;
+}
+
+/* args [n, how]: how 0: maps the call's bulk memfd writable and keeps it
+ * mapped, so that it cannot be sealed; how 1: a file size limit of 64 KiB,
+ * which writing past it into the memfd would meet (SIGXFSZ).  Then packs
+ * fn_many_ints's result: either way it must come down the pipe instead. */
+static int fn_bulk_unusable(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    uint64_t how = args->via.array.ptr[1].via.u64;
+    if (how == 0) {
+        int fd = find_bulk_fd();
+        if (fd < 0)
+            return tbx_fail(pk, 1, "no bulk memfd");
+        if (ftruncate(fd, 4096) != 0 ||
+            mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
+            return tbx_fail(pk, 2, "map: %s", strerror(errno));
+    } else {
+        struct rlimit lim = {65536, 65536};
+        if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
+            return tbx_fail(pk, 3, "setrlimit: %s", strerror(errno));
+    }
+    return fn_many_ints(&args->via.array.ptr[0], pk, ctx);
+}
+TBX_REGISTER(fn_bulk_unusable);
+
+TBX_TEST(ok, result_goes_down_the_pipe_when_the_memfd_cannot_take_it)
+{
+    uint64_t n = 600000;
+    for (uint64_t how = 0; how < 2; how++) {
+        msgpack_sbuffer sb;
+        pack(&sb, "a uu", 2, n, how);
+        tbx_opts o = test_opts(*method);
+        o.timeout_s = 100;
+        tbx_result r;
+        int rc = tbx_call(fn_bulk_unusable, sb.data, sb.size, &o, &r);
+        check_common(rc, &r);
+        cr_assert_eq(rc, 0, "how %llu: %s: %s", (unsigned long long)how, tbx_err_name(rc),
+                     r.message);
+        check_many_ints(&r, n);
+        tbx_result_free(&r);
+        msgpack_sbuffer_destroy(&sb);
+    }
 }
 
 /* Large arguments reach the child intact (echoed back). */
@@ -529,14 +632,18 @@ TBX_TEST(toobig, big_result_over_small_limit)
 {
     msgpack_sbuffer sb;
     pack(&sb, "u", (uint64_t)BIG_RESULT);
-    tbx_opts o = test_opts(*method);
-    o.max_result = 4096;
-    o.timeout_s = 100;
-    tbx_result r;
-    int rc = tbx_call(fn_big, sb.data, sb.size, &o, &r);
-    check_common(rc, &r);
-    cr_assert_eq(rc, TBX_ETOOBIG, "%s: %s", tbx_err_name(rc), r.message);
-    tbx_result_free(&r);
+    /* Below the 1 MiB where a result moves to the bulk memfd, and above. */
+    size_t limits[] = {4096, (size_t)3 << 20};
+    for (size_t i = 0; i < 2; i++) {
+        tbx_opts o = test_opts(*method);
+        o.max_result = limits[i];
+        o.timeout_s = 100;
+        tbx_result r;
+        int rc = tbx_call(fn_big, sb.data, sb.size, &o, &r);
+        check_common(rc, &r);
+        cr_assert_eq(rc, TBX_ETOOBIG, "limit %zu: %s: %s", limits[i], tbx_err_name(rc), r.message);
+        tbx_result_free(&r);
+    }
     msgpack_sbuffer_destroy(&sb);
 }
 
