@@ -350,6 +350,9 @@ TBX_EXTERN void tbx_result_free(tbx_result *r);
  * tbx_call runs fn in a child and waits for its result, its failure or its
  * deadline.  args/args_len: exactly one msgpack object (checked before any
  * child is made; TBX_EINVAL otherwise).  opts may be NULL for the defaults.
+ * With fork the child reads the args where they are; with spawn and the
+ * forkserver, args of 1 MiB or more are written once into a sealed memfd
+ * that the child maps, and smaller ones go down a socket.
  *
  * Always fills *out, whatever it returns (out->status == the return value),
  * so tbx_result_free(out) is always right afterwards.

@@ -1,5 +1,7 @@
 /*
- * The bulk memfd: how a big result comes back without crossing the pipe.
+ * The bulk memfd: how a big result comes back without crossing the pipe,
+ * and big args go to a fresh program or the forkserver without crossing a
+ * socket.
  *
  * Through a pipe, every byte of a result is copied twice (into the pipe,
  * out of it) into pages the parent has just faulted in.  Instead the parent
@@ -12,6 +14,11 @@
  * process, the child's stragglers included, can change a byte, so what the
  * parent checks is what it later unpacks.  A child that could not seal (a
  * grandchild still maps the pages writable) sends its result down the pipe.
+ *
+ * Args of a spawn or forkserver call go the other way the same way: the
+ * caller writes them into a memfd of their own, seals it, and passes it with
+ * the request (SCM_RIGHTS); the worker or the server maps it.  (With fork
+ * the child already shares the caller's memory: nothing to do.)
  */
 #include "internal.h"
 
@@ -40,12 +47,21 @@ int tbx__bulk_check_fresh(int fd)
     return fcntl(fd, F_GET_SEALS) == 0 ? 0 : TBX_EPROTO;
 }
 
-int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map)
+/* 0 if fd is sealed against writes and resizing and holds exactly len
+ * (> 0) bytes: then what is checked in it stays checked. */
+static int check_sealed(int fd, uint64_t len)
 {
     struct stat st;
     int seals = fd >= 0 ? fcntl(fd, F_GET_SEALS) : -1;
     if (seals < 0 || (seals & NEEDED_SEALS) != NEEDED_SEALS || fstat(fd, &st) != 0 ||
         st.st_size < 0 || (uint64_t)st.st_size != len || len == 0)
+        return TBX_EPROTO;
+    return 0;
+}
+
+int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map)
+{
+    if (check_sealed(fd, len) != 0)
         return TBX_EPROTO;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     if (len > SIZE_MAX - page)
@@ -67,4 +83,37 @@ int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map)
     *map = base;
     *payload = base + page;
     return 0;
+}
+
+int tbx__bulk_args(const void *args, size_t len)
+{
+    if (len < TBX__BIG_PAYLOAD)
+        return -1;
+    int fd = memfd_create("timebox-args", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -1;
+    const char *p = args;
+    for (size_t off = 0; off < len;) {
+        ssize_t w = pwrite(fd, p + off, len - off, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            tbx__close(fd);
+            return -1; /* ENOSPC, a memory limit: the socket, then */
+        }
+        off += (size_t)w;
+    }
+    if (fcntl(fd, F_ADD_SEALS, NEEDED_SEALS | F_SEAL_SEAL) != 0) {
+        tbx__close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+char *tbx__bulk_map_args(int fd, uint64_t len)
+{
+    if (check_sealed(fd, len) != 0 || len > SIZE_MAX)
+        return NULL;
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
 }

@@ -49,6 +49,7 @@ int tbx_set_default_method(tbx_method method)
 int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
                         const tbx_opts *opts)
 {
+    c->args_fd = -1;
     if (opts != NULL)
         c->opts = *opts;
     else
@@ -109,6 +110,10 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
         c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
         c->request.grace_ns = tbx__seconds_to_ns(c->opts.grace_s);
         c->request.max_result = c->opts.max_result;
+        /* Big args go as a sealed memfd: written once, mapped there. */
+        c->args_fd = tbx__bulk_args(args, args_len);
+        if (c->args_fd >= 0)
+            c->request.flags |= TBX__REQ_ARGS_BULK;
         return 0;
     }
 
@@ -129,6 +134,8 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
 
 static void release_args(tbx__call *c)
 {
+    tbx__close(c->args_fd);
+    c->args_fd = -1;
     if (c->args_unpacked) {
         msgpack_zone_destroy(&c->args_zone);
         c->args_unpacked = 0;

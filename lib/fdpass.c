@@ -16,15 +16,21 @@
 ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds,
                       int flags)
 {
+    struct iovec iov = {(void *)buf, len};
+    return tbx__sendv_fds(sock, &iov, 1, fds, nfds, flags);
+}
+
+ssize_t tbx__sendv_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds,
+                       int flags)
+{
     union {
         char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
         struct cmsghdr align;
     } u;
-    struct iovec iov = {(void *)buf, len};
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = (size_t)iovcnt;
     if (nfds < 0 || nfds > MAX_FDS)
         return -EINVAL;
     if (nfds > 0) {

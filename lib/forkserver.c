@@ -68,6 +68,7 @@ struct fs_call {
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
+    int args_fd;              /* big args: a sealed memfd, with the request */
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -182,6 +183,7 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
             tbx__close(o->backtrace_fd);
             tbx__close(o->bulk_fd);
         }
+        tbx__close(o->args_fd);
         tbx__close(o->pidfd);
     }
     if (c->out_fd >= 0) {
@@ -286,6 +288,23 @@ static void launch(fs_call *c)
 
 /* ------------------------------------------------------------ the request */
 
+/* The request is whole: big args, sent as a memfd, are mapped (the child
+ * inherits the mapping).  0, or -1 with the call refused. */
+static int take_bulk_args(fs_call *c)
+{
+    tbx__request *rq = &c->rq;
+    if (!(rq->h.flags & TBX__REQ_ARGS_BULK))
+        return 0;
+    rq->args_buf = tbx__bulk_map_args(c->args_fd, rq->h.args_len);
+    rq->args_mapped = rq->args_buf != NULL;
+    tbx__close(c->args_fd);
+    c->args_fd = -1;
+    if (rq->args_buf != NULL)
+        return 0;
+    refuse(c, TBX_EPROTO, "the forkserver got an args memfd that is not sealed, or of another size");
+    return -1;
+}
+
 /* Reads what has arrived of the request.  Returns 1 when it is whole, 0 to
  * wait, -1 when the call is over (closed or refused). */
 static int read_request(fs_call *c)
@@ -295,15 +314,26 @@ static int read_request(fs_call *c)
         const uint64_t hsize = sizeof rq->h;
         ssize_t n;
         if (c->got < hsize) {
-            n = tbx__read(c->control_fd, (char *)&rq->h + c->got, (size_t)(hsize - c->got));
+            /* Big args' memfd comes with the header's first bytes. */
+            int fd = -1, nfds = 1;
+            n = tbx__recv_fds(c->control_fd, (char *)&rq->h + c->got, (size_t)(hsize - c->got),
+                              &fd, &nfds, MSG_DONTWAIT);
+            if (nfds > 0 && c->args_fd >= 0) {
+                tbx__close(fd);
+                refuse(c, TBX_EPROTO, "the forkserver got a malformed request");
+                return -1;
+            }
+            if (nfds > 0)
+                c->args_fd = fd;
         } else {
             uint64_t at = c->got - hsize, name_len = rq->h.name_len;
             uint64_t args_at = at > name_len ? at - name_len : 0;
-            if (at == name_len + rq->h.args_len)
-                return 1;
+            uint64_t args_len = rq->h.flags & TBX__REQ_ARGS_BULK ? 0 : rq->h.args_len;
+            if (at == name_len + args_len)
+                return take_bulk_args(c) == 0 ? 1 : -1;
             /* The buffer grows with what arrives, not with what the header
              * claims. */
-            if (c->cap == args_at &&
+            if (args_len > 0 && c->cap == args_at &&
                 tbx__grow_buffer(&rq->args_buf, &c->cap, rq->h.args_len) != 0) {
                 refuse(c, -ENOMEM, "the forkserver has no memory for the args");
                 return -1;
@@ -312,7 +342,8 @@ static int read_request(fs_call *c)
             int k = 0;
             if (at < name_len)
                 iov[k++] = (struct iovec){rq->name + at, (size_t)(name_len - at)};
-            iov[k++] = (struct iovec){rq->args_buf + args_at, c->cap - (size_t)args_at};
+            if (args_len > 0)
+                iov[k++] = (struct iovec){rq->args_buf + args_at, c->cap - (size_t)args_at};
             do
                 n = readv(c->control_fd, iov, k);
             while (n < 0 && errno == EINTR);
@@ -326,7 +357,8 @@ static int read_request(fs_call *c)
             return -1;
         }
         c->got += (uint64_t)n;
-        if (c->got == hsize && tbx__request_check(&rq->h) != 0) {
+        if (c->got == hsize && (tbx__request_check(&rq->h) != 0 ||
+                                !(rq->h.flags & TBX__REQ_ARGS_BULK) != (c->args_fd < 0))) {
             refuse(c, TBX_EPROTO, "the forkserver got a malformed request");
             return -1;
         }
@@ -386,6 +418,8 @@ static void call_free_cb(uv_handle_t *h)
     tbx__close(c->out_fd);
     tbx__close(c->err_fd);
     tbx__close(c->backtrace_fd);
+    tbx__close(c->bulk_fd);
+    tbx__close(c->args_fd);
     tbx__close(c->pidfd);
     tbx__request_free(&c->rq);
     free(c);
@@ -445,6 +479,7 @@ static void call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t 
     if (flags & TBX__HELLO_BACKTRACE)
         c->backtrace_fd = fds[at++];
     c->bulk_fd = flags & TBX__HELLO_BULK ? fds[at++] : -1;
+    c->args_fd = -1;
     c->srv = srv;
     c->client = client;
     c->control_fd = control_fd;

@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #define TBX__UNUSED(x) ((void)(x))
 
@@ -92,7 +93,10 @@ enum {
     TBX__REQ_RESET_SIGNALS = 1,
     TBX__REQ_SOFT_DEADLINE = 2,
     TBX__REQ_ALLOW_CORE = 4,
-    TBX__REQ_BACKTRACE = 8 /* a backtrace pipe comes with the call */
+    TBX__REQ_BACKTRACE = 8, /* a backtrace pipe comes with the call */
+    TBX__REQ_ARGS_BULK = 16 /* the args are not in the request but in a
+                               sealed memfd sent with its first bytes
+                               (SCM_RIGHTS, bulk.c) */
 };
 
 typedef struct tbx__request_header {
@@ -217,6 +221,8 @@ int tbx__control_check(const tbx__control *m, int from_server);
  * and never raise SIGPIPE.  Return bytes, or -errno. */
 ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds,
                       int flags);
+ssize_t tbx__sendv_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds,
+                       int flags); /* the same, gathering iovcnt pieces */
 ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags);
 
 /* Grows *buf toward total bytes with what has arrived: doubles from 64 KiB,
@@ -247,6 +253,13 @@ int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map);
 /* 0 if fd is a sealable memfd with no seal yet, as bulk_create makes them
  * (the forkserver checks what a client sends); TBX_EPROTO otherwise. */
 int tbx__bulk_check_fresh(int fd);
+/* Args of TBX__BIG_PAYLOAD or more, for a worker or the server: a sealed
+ * memfd holding them (CLOEXEC), or -1 (smaller, or no memfd: the request
+ * carries them).  map_args: the args in such a memfd, mapped read-only (for
+ * munmap of len bytes), if it is sealed and holds exactly len bytes; NULL
+ * otherwise. */
+int tbx__bulk_args(const void *args, size_t len);
+char *tbx__bulk_map_args(int fd, uint64_t len);
 
 /* The forkserver's environment: its connection's fd, its limits
  * ("max_children:request_timeout_ms"), and shared objects to preload
@@ -407,6 +420,8 @@ struct tbx__call {
     msgpack_zone args_zone;
     msgpack_object args;
     const char *name;          /* registered name (spawn) */
+    int args_fd;               /* args of a worker's, when big: a sealed
+                                  memfd sent with the request; else -1 */
 
     /* The request to a worker: header, name, args, written as the socket
      * takes them.  What did not fit at launch is copied to request_copy. */
@@ -552,7 +567,8 @@ int tbx__worker_unserved(void);
 typedef struct tbx__request {
     tbx__request_header h;
     char name[TBX__MAX_NAME + 1];
-    char *args_buf;
+    char *args_buf;            /* malloc'd, or mapped (args_mapped) */
+    int args_mapped;           /* args_buf maps a bulk memfd (REQ_ARGS_BULK) */
     msgpack_zone zone;
     msgpack_object args;
     tbx_fn *fn;

@@ -11,9 +11,16 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+/* The bytes of the request: header, name, and args unless a memfd carries
+ * them (then it goes with the first bytes sent). */
+static size_t args_inline(const tbx__call *c)
+{
+    return c->args_fd >= 0 ? 0 : (size_t)c->request.args_len;
+}
+
 static size_t request_len(const tbx__call *c)
 {
-    return sizeof c->request + c->request.name_len + (size_t)c->request.args_len;
+    return sizeof c->request + c->request.name_len + args_inline(c);
 }
 
 /* Sends what the socket takes of the request.  Returns 1 when all of it is
@@ -32,7 +39,7 @@ static int request_send(tbx__call *c)
                                       total - c->request_sent};
         } else {
             const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
-            size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
+            size_t len[3] = {sizeof c->request, c->request.name_len, args_inline(c)};
             size_t skip = c->request_sent;
             for (int i = 0; i < 3; i++) {
                 if (skip >= len[i]) {
@@ -43,15 +50,11 @@ static int request_send(tbx__call *c)
                 skip = 0;
             }
         }
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = iov;
-        msg.msg_iovlen = (size_t)n;
-        ssize_t w = sendmsg(c->child.request_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno == EINTR)
-            continue;
+        /* The args' memfd, if any, rides on the header's first byte. */
+        int nfds = c->request_sent == 0 && c->args_fd >= 0 ? 1 : 0;
+        ssize_t w = tbx__sendv_fds(c->child.request_fd, iov, n, &c->args_fd, nfds, MSG_DONTWAIT);
         if (w < 0)
-            return errno == EAGAIN ? 0 : -errno;
+            return w == -EAGAIN ? 0 : (int)w;
         c->request_sent += (size_t)w;
     }
     return 1;
@@ -93,7 +96,7 @@ int tbx__request_start(tbx__call *c)
     if (copy == NULL)
         return -ENOMEM;
     const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
-    size_t len[3] = {sizeof c->request, c->request.name_len, (size_t)c->request.args_len};
+    size_t len[3] = {sizeof c->request, c->request.name_len, args_inline(c)};
     size_t skip = c->request_sent, k = 0;
     for (int i = 0; i < 3; i++) {
         size_t from = skip < len[i] ? skip : len[i];

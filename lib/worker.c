@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define WORKER_VAR "TIMEBOX_WORKER"
@@ -77,8 +78,12 @@ void tbx__request_free(tbx__request *rq)
     if (rq->unpacked)
         msgpack_zone_destroy(&rq->zone);
     rq->unpacked = 0;
-    free(rq->args_buf);
+    if (rq->args_mapped && rq->args_buf != NULL)
+        (void)munmap(rq->args_buf, (size_t)rq->h.args_len);
+    else
+        free(rq->args_buf);
     rq->args_buf = NULL;
+    rq->args_mapped = 0;
     rq->fn = NULL;
 }
 
@@ -104,26 +109,41 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->allow_core = (rq->h.flags & TBX__REQ_ALLOW_CORE) != 0;
 }
 
-/* Reads the request: a small one (the usual) in one read, into buf. */
+/* Reads the request: a small one (the usual) in one read, into buf.  Big
+ * args come as a sealed memfd with the header's bytes, and are mapped. */
 static void read_request(int req_fd, int res_fd, tbx__request *rq)
 {
     char buf[sizeof rq->h + TBX__MAX_NAME + 4096];
     size_t got = 0;
+    int args_fd = -1;
     while (got < sizeof rq->h) {
-        ssize_t n = tbx__read(req_fd, buf + got, sizeof buf - got);
-        if (n <= 0)
-            refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");
+        int fd = -1, nfds = 1;
+        ssize_t n = tbx__recv_fds(req_fd, buf + got, sizeof buf - got, &fd, &nfds, 0);
+        if (n <= 0 || (nfds > 0 && args_fd >= 0))
+            refuse(res_fd, TBX_EPROTO, "the worker's request was cut short or malformed");
+        if (nfds > 0)
+            args_fd = fd;
         got += (size_t)n;
     }
     memcpy(&rq->h, buf, sizeof rq->h);
-    if (tbx__request_check(&rq->h) != 0)
+    int bulk = (rq->h.flags & TBX__REQ_ARGS_BULK) != 0;
+    if (tbx__request_check(&rq->h) != 0 || bulk != (args_fd >= 0))
         refuse(res_fd, TBX_EPROTO, "the worker got a malformed request");
-    rq->args_buf = malloc((size_t)rq->h.args_len);
+    if (bulk) {
+        rq->args_buf = tbx__bulk_map_args(args_fd, rq->h.args_len);
+        rq->args_mapped = 1;
+        tbx__close(args_fd);
+        if (rq->args_buf == NULL)
+            refuse(res_fd, TBX_EPROTO, "the worker's args memfd is not sealed, or not %llu bytes",
+                   (unsigned long long)rq->h.args_len);
+    } else {
+        rq->args_buf = malloc((size_t)rq->h.args_len);
+    }
     if (rq->args_buf == NULL)
         refuse(res_fd, -ENOMEM, "the worker has no memory for %llu bytes of args",
                (unsigned long long)rq->h.args_len);
     /* What came with the header: the name, then the start of the args. */
-    size_t name_len = rq->h.name_len, args_len = (size_t)rq->h.args_len;
+    size_t name_len = rq->h.name_len, args_len = bulk ? 0 : (size_t)rq->h.args_len;
     size_t more = got - sizeof rq->h;
     size_t in_name = more < name_len ? more : name_len;
     size_t in_args = more - in_name < args_len ? more - in_name : args_len;

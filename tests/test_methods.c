@@ -336,6 +336,35 @@ TBX_PLAIN_TEST(warm, calls_take_warm_children_and_they_are_replaced)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* 4 MiB of args and the same back: both cross in memfds (the args' sent
+ * with the request, straight to the waiting child; the result's made with
+ * the slot), byte for byte. */
+TBX_PLAIN_TEST(warm, big_args_and_result_cross_a_warm_child)
+{
+    tbx_forkserver_opts fo = warm_opts(1);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    size_t len = (size_t)4 << 20;
+    char *bytes = malloc(len);
+    cr_assert_not_null(bytes);
+    for (size_t i = 0; i < len; i++)
+        bytes[i] = (char)(i * 7 + (i >> 12));
+    msgpack_sbuffer sb;
+    pack(&sb, "x", bytes, len);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    for (int i = 0; i < 3; i++) {
+        tbx_result r;
+        int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+        cr_assert_eq(rc, 0, "call %d: %s: %s", i, tbx_err_name(rc), r.message);
+        cr_assert_eq(r.value.type, MSGPACK_OBJECT_BIN);
+        cr_assert_eq(r.value.via.bin.size, len);
+        cr_assert_eq(memcmp(r.value.via.bin.ptr, bytes, len), 0, "call %d: the bytes differ", i);
+        tbx_result_free(&r);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    free(bytes);
+}
+
 TBX_PLAIN_TEST(warm, a_hanging_warm_call_meets_its_deadline)
 {
     tbx_forkserver_opts fo = warm_opts(1);

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -476,6 +478,125 @@ TBX_PLAIN_TEST(stall, a_full_result_pipe_cannot_stall_the_server)
     msgpack_sbuffer_destroy(&sb);
     close(ctl[0]);
     close(res[0]);
+    close(conn);
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+/* ------------------------------------ a hostile client's memfds, checked */
+
+/* The next frame from the server's child on fd, skipping START: its header
+ * and up to cap bytes of payload.  Fails the test after 10 s. */
+static tbx__frame_header next_frame(int fd, char *payload, size_t cap)
+{
+    tbx__frame_header h;
+    for (;;) {
+        size_t got = 0;
+        while (got < sizeof h) {
+            struct pollfd p = {fd, POLLIN, 0};
+            cr_assert_eq(poll(&p, 1, 10000), 1, "no frame from the server within 10 s");
+            ssize_t n = read(fd, (char *)&h + got, sizeof h - got);
+            cr_assert_gt(n, 0, "the result pipe closed without a frame");
+            got += (size_t)n;
+        }
+        if (h.kind != TBX__FRAME_START)
+            break;
+    }
+    cr_assert_leq(h.len, cap, "kind %u code %d len %llu", h.kind, h.fail_code,
+                  (unsigned long long)h.len);
+    for (size_t got = 0; got < h.len;) {
+        ssize_t n = read(fd, payload + got, (size_t)h.len - got);
+        cr_assert_gt(n, 0);
+        got += (size_t)n;
+    }
+    return h;
+}
+
+/* A call's control socket and result pipe, handed to the server with hello
+ * flags and, if extra >= 0, that fd as the call's bulk memfd. */
+static void raw_call_open(int conn, uint32_t flags, int extra, int ctl[2], int res[2])
+{
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl), 0);
+    cr_assert_eq(pipe2(res, O_CLOEXEC), 0);
+    tbx__hello hello = {TBX__HELLO_MAGIC, TBX__HELLO_CALL, flags, 0};
+    int fds[3] = {ctl[1], res[1], extra};
+    int n = extra >= 0 ? 3 : 2;
+    cr_assert_eq(tbx__send_fds(conn, &hello, sizeof hello, fds, n, 0), (ssize_t)sizeof hello);
+    close(ctl[1]);
+    close(res[1]);
+}
+
+/* fn_echo's request with its args ("served", 7 bytes of msgpack) in a
+ * memfd, sealed or not, sent with the header. */
+static void send_args_in_memfd(int ctl, int sealed)
+{
+    static const char args[] = "\xa6served";
+    int m = memfd_create("hostile-args", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    cr_assert_geq(m, 0);
+    cr_assert_eq(write(m, args, 7), 7);
+    if (sealed)
+        cr_assert_eq(fcntl(m, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK), 0);
+    tbx__request_header h;
+    memset(&h, 0, sizeof h);
+    h.magic = TBX__REQUEST_MAGIC;
+    h.flags = TBX__REQ_ARGS_BULK;
+    h.name_len = 7;
+    h.args_len = 7;
+    h.max_result = 1024;
+    cr_assert_eq(tbx__send_fds(ctl, &h, sizeof h, &m, 1, 0), (ssize_t)sizeof h);
+    cr_assert_eq(write(ctl, "fn_echo", 7), 7);
+    close(m);
+}
+
+TBX_PLAIN_TEST(hostile, bulk_and_args_memfds_are_checked)
+{
+    char dir[64], path[96], payload[256];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    uint8_t key[TBX__KEY_LEN];
+    cr_assert_eq(tbx__key_parse(getenv("TIMEBOX_FORKSERVER_KEY"), key), 0);
+    int conn = tbx__connect_unix(path, key, 10);
+    cr_assert_geq(conn, 0, "%s", tbx_err_name(conn));
+    int ctl[2], res[2];
+
+    /* A "bulk memfd" that is a pipe, which the child would write into: the
+     * call is dropped, its control socket closed. */
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    raw_call_open(conn, TBX__HELLO_BULK, p[1], ctl, res);
+    struct pollfd pf = {ctl[0], POLLIN, 0};
+    cr_assert_eq(poll(&pf, 1, 10000), 1, "the server kept a call with a pipe for a memfd");
+    char b;
+    cr_assert_eq(read(ctl[0], &b, 1), 0, "the call was not dropped");
+    close(ctl[0]);
+    close(res[0]);
+    close(p[0]);
+    close(p[1]);
+
+    /* Args in a memfd nobody sealed (the client could change them while the
+     * server checks them): refused in writing. */
+    raw_call_open(conn, 0, -1, ctl, res);
+    send_args_in_memfd(ctl[0], 0);
+    tbx__frame_header h = next_frame(res[0], payload, sizeof payload);
+    cr_assert_eq(h.kind, TBX__FRAME_ERROR);
+    cr_assert_eq(h.fail_code, TBX_EPROTO);
+    close(ctl[0]);
+    close(res[0]);
+
+    /* Sealed: served, the args read from the memfd. */
+    raw_call_open(conn, 0, -1, ctl, res);
+    send_args_in_memfd(ctl[0], 1);
+    h = next_frame(res[0], payload, sizeof payload);
+    cr_assert_eq(h.kind, TBX__FRAME_OK, "kind %u code %d: %.*s", h.kind, h.fail_code,
+                 (int)h.len, payload);
+    cr_assert_eq(h.len, 7);
+    cr_assert_eq(memcmp(payload, "\xa6served", 7), 0);
+    close(ctl[0]);
+    close(res[0]);
+
     close(conn);
     tbx_forkserver_stop();
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
