@@ -9,8 +9,3 @@ endif()
 if(NOT TARGET PkgConfig::TIMEBOX_MSGPACK)
   pkg_search_module(TIMEBOX_MSGPACK REQUIRED IMPORTED_TARGET GLOBAL msgpack-c msgpack)
 endif()
-# OpenSSL's libcrypto: HMAC-SHA256 and a constant-time compare for the
-# shared forkserver's handshake.
-if(NOT TARGET PkgConfig::TIMEBOX_CRYPTO)
-  pkg_check_modules(TIMEBOX_CRYPTO REQUIRED IMPORTED_TARGET GLOBAL libcrypto)
-endif()

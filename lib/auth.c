@@ -4,15 +4,12 @@
  * since CVE-2022-42919).  Each side sends a fresh random nonce; the other
  * proves it knows the key by returning HMAC-SHA256(key, role || nonce).  The
  * role string keeps a proof from one direction being replayed in the other.
- * The HMAC and the constant-time compare are OpenSSL's; nonces and keys come
+ * The HMAC is sha256.c's, compared in constant time; nonces and keys come
  * from getrandom.
  */
 #include "internal.h"
 
 #include <errno.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -37,11 +34,9 @@ void tbx__auth_prove(const uint8_t key[TBX__KEY_LEN], const char *role,
 {
     uint8_t msg[64 + TBX__NONCE_LEN];
     size_t rlen = strlen(role);
-    unsigned int len = TBX__PROOF_LEN;
     memcpy(msg, role, rlen);
     memcpy(msg + rlen, nonce, TBX__NONCE_LEN);
-    if (HMAC(EVP_sha256(), key, TBX__KEY_LEN, msg, rlen + TBX__NONCE_LEN, out, &len) == NULL)
-        memset(out, 0, TBX__PROOF_LEN); /* never equal to a real proof */
+    tbx__hmac_sha256(key, TBX__KEY_LEN, msg, rlen + TBX__NONCE_LEN, out);
 }
 
 int tbx__auth_check(const uint8_t key[TBX__KEY_LEN], const char *role,
@@ -49,7 +44,7 @@ int tbx__auth_check(const uint8_t key[TBX__KEY_LEN], const char *role,
 {
     uint8_t want[TBX__PROOF_LEN];
     tbx__auth_prove(key, role, nonce, want);
-    return CRYPTO_memcmp(want, proof, TBX__PROOF_LEN) == 0 ? 0 : TBX_EPROTO;
+    return tbx__equal_ct(want, proof, TBX__PROOF_LEN) ? 0 : TBX_EPROTO;
 }
 
 int tbx__key_parse(const char *hex, uint8_t key[TBX__KEY_LEN])

@@ -202,6 +202,11 @@ typedef struct tbx__keymsg {
 } tbx__keymsg;
 
 int tbx__random(void *buf, size_t len);
+/* sha256.c: HMAC-SHA256 of msg under key (RFC 2104), and 1 if a and b hold
+ * the same n bytes, in time that does not depend on where they differ. */
+void tbx__hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t msg_len,
+                      uint8_t out[32]);
+int tbx__equal_ct(const void *a, const void *b, size_t n);
 void tbx__auth_prove(const uint8_t key[TBX__KEY_LEN], const char *role,
                      const uint8_t nonce[TBX__NONCE_LEN], uint8_t out[TBX__PROOF_LEN]);
 /* 0 if proof is role's proof for nonce under key, compared in constant

@@ -14,7 +14,6 @@ packages=(
     pkg-config
     libuv1-dev
     libmsgpack-dev
-    libssl-dev # libcrypto: the shared forkserver's HMAC
     libcriterion-dev # the test suite
 )
 

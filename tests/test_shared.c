@@ -603,3 +603,66 @@ TBX_PLAIN_TEST(hostile, bulk_and_args_memfds_are_checked)
     unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
 }
+
+/* ------------------------------------------- the handshake's HMAC-SHA256 */
+
+static void hex_of(const uint8_t *p, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", p[i]);
+}
+
+/* RFC 4231 test cases 1, 2 and 6 (a key longer than a block), then message
+ * lengths around SHA-256's padding boundaries (values from Python's hmac). */
+TBX_PLAIN_TEST(auth, hmac_sha256_matches_its_reference_values)
+{
+    static const struct {
+        const char *key, *msg;
+        size_t key_len, msg_len;
+        const char *want;
+    } rfc[] = {
+        {"\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b",
+         "Hi There", 20, 8, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
+        {"Jefe", "what do ya want for nothing?", 4, 28,
+         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
+    };
+    uint8_t mac[32];
+    char hex[65];
+    for (size_t i = 0; i < sizeof rfc / sizeof rfc[0]; i++) {
+        tbx__hmac_sha256((const uint8_t *)rfc[i].key, rfc[i].key_len,
+                         (const uint8_t *)rfc[i].msg, rfc[i].msg_len, mac);
+        hex_of(mac, 32, hex);
+        cr_assert_str_eq(hex, rfc[i].want, "RFC 4231 case %zu", i);
+    }
+    uint8_t long_key[131];
+    memset(long_key, 0xaa, sizeof long_key);
+    const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
+    tbx__hmac_sha256(long_key, sizeof long_key, (const uint8_t *)m6, strlen(m6), mac);
+    hex_of(mac, 32, hex);
+    cr_assert_str_eq(hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+
+    static const struct {
+        size_t len;
+        const char *want;
+    } sizes[] = {
+        {0, "d38b42096d80f45f826b44a9d5607de72496a415d3f4a1a8c88e3bb9da8dc1cb"},
+        {55, "ef3cd5285b72cc9a950e0031eedfca28c93cffdb14ca948f2932fb4d31fd0b7e"},
+        {56, "4a0342cdc5a480d2d487b4c69b9611a2b796e8dd9acf8295f92123473098ebdc"},
+        {63, "20617142df4ce5c8433f79829f78d9e945ffbbdcb49c9fc822f0840cbc019574"},
+        {64, "014883ee52a054030c349a728526f93606a65fddcdc3b48a78c09bd021ba4996"},
+        {65, "bc77a01a7e5fbe9fec7062882071ff5d7350a667948b9eea40abb8dcb0b73743"},
+        {200, "492713ada335cb48ad37b7788030fcb3f5b979d669cae480eb75f2eb64063c1d"},
+    };
+    uint8_t key[32], msg[200];
+    for (size_t i = 0; i < sizeof key; i++)
+        key[i] = (uint8_t)i;
+    for (size_t i = 0; i < sizeof msg; i++)
+        msg[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        tbx__hmac_sha256(key, sizeof key, msg, sizes[i].len, mac);
+        hex_of(mac, 32, hex);
+        cr_assert_str_eq(hex, sizes[i].want, "a %zu-byte message", sizes[i].len);
+    }
+    cr_assert(tbx__equal_ct("abc", "abc", 3));
+    cr_assert_not(tbx__equal_ct("abc", "abd", 3));
+}
