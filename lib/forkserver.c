@@ -25,6 +25,7 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
@@ -81,8 +82,14 @@ struct fs_call {
     unsigned running : 1, reaped : 1, closing : 1;
 };
 
+#define MAX_STATIC_FDS 64
+
 struct fs_server {
     uv_loop_t loop;
+    /* The descriptors (>= 3) open when it began to serve, sorted: anything
+     * else a child finds open is a client's or a call's.  -1: not known. */
+    int static_fds[MAX_STATIC_FDS];
+    int nstatic;
     sigset_t handled;          /* signals whose disposition is not SIG_DFL */
     tbx__fs_config *cfg;
     int listen_fd;
@@ -158,6 +165,76 @@ static void backstop_cb(tbx__deadline *d)
         (void)kill(-c->pid, SIGKILL);
 }
 
+/* Notes which descriptors the server has before it serves: its own, its
+ * preloads', libuv's.  Not known (-1) without /proc, or with too many. */
+static void note_static_fds(fs_server *srv)
+{
+    DIR *d = opendir("/proc/self/fd");
+    srv->nstatic = -1;
+    if (d == NULL)
+        return;
+    int n = 0, self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == self || fd < 3)
+            continue;
+        if (n == MAX_STATIC_FDS) {
+            closedir(d);
+            return;
+        }
+        int at = n++;
+        while (at > 0 && srv->static_fds[at - 1] > fd) { /* insertion sort */
+            srv->static_fds[at] = srv->static_fds[at - 1];
+            at--;
+        }
+        srv->static_fds[at] = fd;
+    }
+    closedir(d);
+    srv->nstatic = n;
+}
+
+/* In a child: closes, in a few close_range calls, every descriptor the
+ * server opened since it began serving (clients', calls', pidfds; a cost
+ * that would otherwise grow with the calls in flight, for every child),
+ * except keep[]; and the listening socket and the creator's connection.
+ * -1 if it could not (no close_range, or no list): the caller closes them
+ * one by one. */
+static int close_dynamic_fds(const fs_server *srv, const int *keep, int nkeep)
+{
+    int stop[MAX_STATIC_FDS + 8], n = 0;
+    if (srv->nstatic < 0)
+        return -1;
+    /* The descriptors to step over, sorted: static ones (but those two)
+     * merged with keep[]. */
+    for (int i = 0; i < srv->nstatic; i++) {
+        int fd = srv->static_fds[i];
+        if (fd != srv->listen_fd && fd != srv->cfg->conn)
+            stop[n++] = fd;
+    }
+    for (int i = 0; i < nkeep; i++) {
+        int at = n++;
+        while (at > 0 && stop[at - 1] > keep[i]) {
+            stop[at] = stop[at - 1];
+            at--;
+        }
+        stop[at] = keep[i];
+    }
+    unsigned from = 3;
+    for (int i = 0; i < n; i++) {
+        if (stop[i] < 0 || (unsigned)stop[i] < from)
+            continue;
+        if ((unsigned)stop[i] > from && tbx__close_range(from, (unsigned)stop[i] - 1) != 0)
+            return -1;
+        from = (unsigned)stop[i] + 1;
+    }
+    if (tbx__close_range(from, ~0u) != 0)
+        return -1;
+    tbx__close(srv->listen_fd);
+    tbx__close(srv->cfg->conn);
+    return 0;
+}
+
 /* The child: it keeps nothing of the server's but its result pipe. */
 __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
 {
@@ -170,6 +247,16 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
     for (int sig = 1; sig < NSIG; sig++)
         if (sigismember(&srv->handled, sig) == 1)
             signal(sig, SIG_DFL);
+    if (c->out_fd >= 0) {
+        (void)dup2(c->out_fd, 1);
+        (void)dup2(c->err_fd, 2);
+        tbx__close(c->out_fd);
+        tbx__close(c->err_fd);
+        c->out_fd = c->err_fd = -1;
+    }
+    int keep[4] = {c->result_fd, c->request_fd, c->backtrace_fd, c->bulk_fd};
+    if (close_dynamic_fds(srv, keep, 4) == 0)
+        goto closed;
     tbx__close(srv->listen_fd);
     for (fs_client *k = srv->clients; k != NULL; k = k->next)
         tbx__close(k->fd);
@@ -186,12 +273,7 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
         tbx__close(o->args_fd);
         tbx__close(o->pidfd);
     }
-    if (c->out_fd >= 0) {
-        (void)dup2(c->out_fd, 1);
-        (void)dup2(c->err_fd, 2);
-        tbx__close(c->out_fd);
-        tbx__close(c->err_fd);
-    }
+closed:
     sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
     if (c->request_fd >= 0) /* warm: the request comes from the caller */
         tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
@@ -794,6 +876,7 @@ void tbx__forkserver_run(tbx__fs_config *cfg)
         if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL)
             sigaddset(&srv.handled, sig);
     }
+    note_static_fds(&srv);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     shutdown_now(&srv);
 }

@@ -38,6 +38,7 @@ int tbx__pidfd_open(pid_t pid);
 int tbx__pidfd_send_signal(int pidfd, int sig);
 int tbx__pipe(int fds[2], int flags); /* pipe2(O_CLOEXEC | flags) */
 int tbx__close(int fd);               /* close, EINTR treated as closed */
+int tbx__close_range(unsigned first, unsigned last); /* 0, or -errno (ENOSYS) */
 ssize_t tbx__read(int fd, void *buf, size_t len);  /* retries EINTR */
 int tbx__write_all(int fd, const void *buf, size_t len); /* blocking fd */
 int tbx__timerfd_create(void);        /* CLOCK_MONOTONIC, CLOEXEC|NONBLOCK */

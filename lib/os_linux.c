@@ -21,6 +21,14 @@
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+int tbx__close_range(unsigned first, unsigned last)
+{
+    return syscall(SYS_close_range, first, last, 0) == 0 ? 0 : -errno;
+}
 
 uint64_t tbx__now_ns(void)
 {

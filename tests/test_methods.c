@@ -304,6 +304,92 @@ TBX_TEST_T(big, two_gib_caller_with_eight_threads, 300.0)
     free(ballast);
 }
 
+/* ----------------------------------------- a server child's descriptors */
+
+/* -> how many descriptors this process has open. */
+static int fn_open_fds(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    return msgpack_pack_int(pk, count_fds());
+}
+TBX_REGISTER(fn_open_fds);
+
+static int fds_in_a_server_child(void)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "n");
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    tbx_result r;
+    int rc = tbx_call(fn_open_fds, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    int n = (int)obj_int(&r.value);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+    return n;
+}
+
+/* How many children the forkserver has. */
+static int server_children(void)
+{
+    char path[64], buf[8192];
+    pid_t pid = tbx_forkserver_pid();
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    int count = 0;
+    for (char *t = strtok(buf, " \n"); t != NULL; t = strtok(NULL, " \n"))
+        count++;
+    return count;
+}
+
+static void count_cb(tbx_req *req, tbx_result *r)
+{
+    (*(int *)req->data)++;
+    tbx_result_free(r);
+}
+
+/* A child of the server holds nothing of the server's other calls: as many
+ * descriptors with 40 calls in flight as with none. */
+TBX_PLAIN_TEST(server, a_child_holds_no_other_calls_descriptors)
+{
+    cr_assert_eq(tbx_forkserver_start(NULL), 0);
+    int alone = fds_in_a_server_child();
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    enum { N = 40 };
+    static tbx_req reqs[N];
+    int done = 0;
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)60000);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 60;
+    for (int i = 0; i < N; i++) {
+        reqs[i].data = &done;
+        cr_assert_eq(tbx_call_async(&loop, &reqs[i], fn_sleep_ms, sb.data, sb.size, &o, count_cb),
+                     0);
+    }
+    /* Until the server has forked them all. */
+    for (int i = 0; i < 500 && server_children() < N; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        sleep_s(0.02);
+    }
+    cr_assert_eq(server_children(), N, "the server did not fork all %d children in 10 s", N);
+    int busy = fds_in_a_server_child();
+    for (int i = 0; i < N; i++)
+        tbx_cancel(&reqs[i]);
+    while (done < N)
+        uv_run(&loop, UV_RUN_ONCE);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    msgpack_sbuffer_destroy(&sb);
+    cr_assert_eq(busy, alone, "%d descriptors with %d calls in flight, %d with none", busy, N,
+                 alone);
+}
+
 /* ------------------------------------------------------- warm children */
 
 static tbx_forkserver_opts warm_opts(unsigned n)
