@@ -3,6 +3,15 @@
  * tools make there.
  *
  *   peer_tbx [calls [deadline_calls]]      (default 200, 5)
+ *   peer_tbx serve
+ *
+ * serve: one trivial call per line on stdin ("fork", "forkserver" or
+ * "spawn"), its time in microseconds as a line on stdout, until EOF or
+ * "quit" (the Python side's fork children share the pipe: EOF may never
+ * come); so that
+ * peer_bench.py can put timebox's calls in the same rotation as the Python
+ * tools' (the VM's speed drifts within a run; ratios of interleaved samples
+ * do not).
  *
  * Series, per method (fork, forkserver, spawn), interleaved (rotating order):
  *   <m>_trivial  a function returning 42, timeout 10 s (after 10 of warm-up)
@@ -19,6 +28,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <timebox.h>
@@ -72,9 +82,37 @@ static double call(tbx_fn *fn, double timeout_s, tbx_method m, int want)
     return us;
 }
 
+static int serve(void)
+{
+    char line[64];
+    while (fgets(line, sizeof line, stdin) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        if (strcmp(line, "quit") == 0)
+            break;
+        int k = 0;
+        while (k < METHODS && strcmp(line, mnames[k]) != 0)
+            k++;
+        if (k == METHODS) {
+            fprintf(stderr, "peer_tbx serve: no method %s\n", line);
+            return 2;
+        }
+        printf("%.2f\n", call(answer, 10, methods[k], 0));
+        fflush(stdout);
+    }
+    tbx_forkserver_stop();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     tbx_init(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "serve") == 0) {
+        if (tbx_forkserver_start(NULL) != 0) {
+            perror("tbx_forkserver_start");
+            return 1;
+        }
+        return serve();
+    }
     size_t n = bench_arg_count(argc, argv, 1, 200);
     size_t nd = bench_arg_count(argc, argv, 2, 5);
     if (tbx_forkserver_start(NULL) != 0) {

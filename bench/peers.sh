@@ -35,6 +35,6 @@ if [ ! -x "$exe" ]; then
 fi
 echo "== peers: timebox side"
 "$exe" "$n" "$nd" | tee "$results/peers_timebox.log"
-echo "== peers: Python side"
-"$py" "$here/peers/peer_bench.py" "$results/peers_timebox.log" "$n" "$nd" |
+echo "== peers: Python side, timebox's trivial calls interleaved"
+"$py" "$here/peers/peer_bench.py" "$results/peers_timebox.log" "$n" "$nd" "$exe" |
     tee "$results/peers.log"

@@ -1,10 +1,17 @@
 """What a Python user of a timeout helper pays per call, next to timebox.
 
-    peer_bench.py TBX_LOG [calls [deadline_calls]]
+    peer_bench.py TBX_LOG [calls [deadline_calls [PEER_TBX]]]
 
 TBX_LOG holds the RESULT lines of bench_peer_tbx, run just before by
-bench/peers.sh (the same calls through timebox).  Series, one fresh child
-process per call unless said otherwise:
+bench/peers.sh (the same calls through timebox).  With PEER_TBX (that
+program's path), timebox's trivial calls are made in the same rotation as
+the Python tools' (PEER_TBX serve times each one and says how long it took)
+and the ratios are to those: the VM's speed drifts within a run, and only
+interleaved samples share it.  Series, one fresh child process per call
+unless said otherwise:
+
+  timebox_<method>   (with PEER_TBX) tbx_call of a function returning 42,
+                     timeout 10 s, by fork, forkserver, spawn
 
   mp_<method>        multiprocessing Process + Queue per call, as a timeout
                      decorator does it: start, q.get(timeout), join; for
@@ -29,6 +36,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import subprocess
 import sys
 import time
 
@@ -178,6 +186,28 @@ def td_deadline(fn):
 
 # ---- statistics and output ----
 
+class TimeboxServe:
+    """bench_peer_tbx serve: one trivial call per request, timed there."""
+
+    def __init__(self, exe):
+        self.p = subprocess.Popen([exe, "serve"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def call(self, method):
+        self.p.stdin.write(method + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            sys.exit("peer_bench.py: bench_peer_tbx serve stopped")
+        return float(line)
+
+    def close(self):
+        # Not EOF: the tools' fork children hold the pipe's write end too.
+        self.p.stdin.write("quit\n")
+        self.p.stdin.flush()
+        self.p.wait()
+
+
 def stats(v):
     v = sorted(v)
     n = len(v)
@@ -204,6 +234,7 @@ def main():
     tbx = read_tbx(sys.argv[1])
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     nd = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    serve = TimeboxServe(sys.argv[4]) if len(sys.argv) > 4 else None
     print("python %s, pebble %s, timeout_decorator %s" % (
         sys.version.split()[0],
         getattr(pebble, "__version__", "installed") if pebble else "skipped: not installed",
@@ -223,6 +254,10 @@ def main():
         TD_ANSWER = timeout_decorator.timeout(10, use_signals=False)(answer)
         series["timeout_decorator"] = (max(10, n // 2), td_call)
 
+    if serve:
+        for m in ("fork", "forkserver", "spawn"):
+            series["timebox_" + m] = (n, lambda m=m: serve.call(m))
+
     names = list(series)
     samples = {k: [] for k in names}
     warm = 3
@@ -234,15 +269,24 @@ def main():
             if i >= calls + warm:
                 continue
             t0 = time.perf_counter_ns()
-            fn()
+            took = fn()
             us = (time.perf_counter_ns() - t0) / 1e3
+            if k.startswith("timebox_"):
+                us = took  # timed where the call was made, without the pipe to it
             if i >= warm:
                 samples[k].append(us)
 
-    ref = [("fork", tbx.get("fork_trivial")), ("forkserver", tbx.get("forkserver_trivial")),
-           ("spawn", tbx.get("spawn_trivial"))]
+    if serve:
+        serve.close()
+        ref = [(m, stats(samples["timebox_" + m])[1]) for m in ("fork", "forkserver", "spawn")]
+        names = [k for k in names if not k.startswith("timebox_")]
+        how = "interleaved with these"
+    else:
+        ref = [("fork", tbx.get("fork_trivial")), ("forkserver", tbx.get("forkserver_trivial")),
+               ("spawn", tbx.get("spawn_trivial"))]
+        how = "from bench_peer_tbx, run just before"
     print("\npeers: one trivial call (returns 42, timeout 10 s), microseconds;"
-          " x tbx_<m> = median / timebox's median by that method, same run")
+          " x tbx_<m> = median / timebox's median by that method (%s)" % how)
     print("%-20s %5s %10s %10s %10s %10s %10s" % ("series", "n", "median", "p99",
                                                   "x tbx_fork", "x tbx_fs", "x tbx_spawn"))
     for m, med in ref:
