@@ -84,6 +84,22 @@ static int make_bin(const msgpack_object *args, msgpack_packer *result, void *ct
 }
 TBX_REGISTER(make_bin);
 
+/* In a floor's child: N bytes of chunk into fd, by write, or by pwrite at
+ * their offset (a memfd); then _exit. */
+__attribute__((noreturn)) static void write_n(int fd, size_t n, int at_offset)
+{
+    for (size_t off = 0; off < n;) {
+        size_t len = n - off < CHUNK ? n - off : CHUNK;
+        ssize_t w = at_offset ? pwrite(fd, chunk, len, (off_t)off) : write(fd, chunk, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            _exit(1);
+        off += (size_t)w;
+    }
+    _exit(0);
+}
+
 static double run_floor(size_t n, unsigned char *sink, int pipe_size)
 {
     int fds[2];
@@ -95,18 +111,8 @@ static double run_floor(size_t n, unsigned char *sink, int pipe_size)
     pid_t pid = fork();
     if (pid < 0)
         bench_die("fork");
-    if (pid == 0) {
-        for (size_t off = 0; off < n;) {
-            size_t len = n - off < CHUNK ? n - off : CHUNK;
-            ssize_t w = write(fds[1], chunk, len);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                _exit(1);
-            off += (size_t)w;
-        }
-        _exit(0);
-    }
+    if (pid == 0)
+        write_n(fds[1], n, 0);
     close(fds[1]);
     size_t got = 0;
     while (got < n) {
@@ -133,18 +139,8 @@ static double run_memfd_floor(size_t n)
     pid_t pid = fork();
     if (pid < 0)
         bench_die("fork");
-    if (pid == 0) {
-        for (size_t off = 0; off < n;) {
-            size_t len = n - off < CHUNK ? n - off : CHUNK;
-            ssize_t w = pwrite(fd, chunk, len, (off_t)off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                _exit(1);
-            off += (size_t)w;
-        }
-        _exit(0);
-    }
+    if (pid == 0)
+        write_n(fd, n, 1);
     int wstatus;
     if (waitpid(pid, &wstatus, 0) != pid || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
         bench_die("waitpid");

@@ -428,19 +428,37 @@ TBX_PLAIN_TEST(stall, a_stopped_server_cannot_hang_a_call)
     msgpack_sbuffer_destroy(&sb);
 }
 
-/* A hostile client gives the server, as its "result pipe", one that is full
- * and blocking, then a request the server must refuse: writing the refusal
- * must not stall the server for everyone else. */
-TBX_PLAIN_TEST(stall, a_full_result_pipe_cannot_stall_the_server)
+/* A shared server of our own, and a raw connection to it (handshake done):
+ * for tests that speak its protocol by hand.  raw_client_end undoes both. */
+static int raw_client(char *dir, size_t dir_len)
 {
-    char dir[64], path[96];
-    socket_dir(dir, sizeof dir, path, sizeof path);
+    char path[96];
+    socket_dir(dir, dir_len, path, sizeof path);
     tbx_forkserver_opts fo = shared_opts(path);
     cr_assert_eq(tbx_forkserver_start(&fo), 0);
     uint8_t key[TBX__KEY_LEN];
     cr_assert_eq(tbx__key_parse(getenv("TIMEBOX_FORKSERVER_KEY"), key), 0);
     int conn = tbx__connect_unix(path, key, 10);
     cr_assert_geq(conn, 0, "%s", tbx_err_name(conn));
+    return conn;
+}
+
+static void raw_client_end(int conn, const char *dir)
+{
+    close(conn);
+    tbx_forkserver_stop();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
+/* A hostile client gives the server, as its "result pipe", one that is full
+ * and blocking, then a request the server must refuse: writing the refusal
+ * must not stall the server for everyone else. */
+TBX_PLAIN_TEST(stall, a_full_result_pipe_cannot_stall_the_server)
+{
+    char dir[64];
+    int conn = raw_client(dir, sizeof dir);
 
     int ctl[2], res[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl), 0);
@@ -478,11 +496,7 @@ TBX_PLAIN_TEST(stall, a_full_result_pipe_cannot_stall_the_server)
     msgpack_sbuffer_destroy(&sb);
     close(ctl[0]);
     close(res[0]);
-    close(conn);
-    tbx_forkserver_stop();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    raw_client_end(conn, dir);
 }
 
 /* ------------------------------------ a hostile client's memfds, checked */
@@ -552,14 +566,8 @@ static void send_args_in_memfd(int ctl, int sealed)
 
 TBX_PLAIN_TEST(hostile, bulk_and_args_memfds_are_checked)
 {
-    char dir[64], path[96], payload[256];
-    socket_dir(dir, sizeof dir, path, sizeof path);
-    tbx_forkserver_opts fo = shared_opts(path);
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
-    uint8_t key[TBX__KEY_LEN];
-    cr_assert_eq(tbx__key_parse(getenv("TIMEBOX_FORKSERVER_KEY"), key), 0);
-    int conn = tbx__connect_unix(path, key, 10);
-    cr_assert_geq(conn, 0, "%s", tbx_err_name(conn));
+    char dir[64], payload[256];
+    int conn = raw_client(dir, sizeof dir);
     int ctl[2], res[2];
 
     /* A "bulk memfd" that is a pipe, which the child would write into: the
@@ -596,12 +604,7 @@ TBX_PLAIN_TEST(hostile, bulk_and_args_memfds_are_checked)
     cr_assert_eq(memcmp(payload, "\xa6served", 7), 0);
     close(ctl[0]);
     close(res[0]);
-
-    close(conn);
-    tbx_forkserver_stop();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    raw_client_end(conn, dir);
 }
 
 /* ------------------------------------------- the handshake's HMAC-SHA256 */
