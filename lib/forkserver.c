@@ -165,6 +165,18 @@ static void backstop_cb(tbx__deadline *d)
         (void)kill(-c->pid, SIGKILL);
 }
 
+/* Closes the fds a call brought for its child (the child has its copies,
+ * or there will be no child). */
+static void close_child_ends(fs_call *c)
+{
+    int *fds[] = {&c->result_fd, &c->request_fd, &c->out_fd,
+                  &c->err_fd,    &c->backtrace_fd, &c->bulk_fd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        tbx__close(*fds[i]);
+        *fds[i] = -1;
+    }
+}
+
 /* Notes which descriptors the server has before it serves: its own, its
  * preloads', libuv's.  Not known (-1) without /proc, or with too many. */
 static void note_static_fds(fs_server *srv)
@@ -263,12 +275,7 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
     for (fs_call *o = srv->calls; o != NULL; o = o->next) {
         tbx__close(o->control_fd);
         if (o != c) {
-            tbx__close(o->result_fd);
-            tbx__close(o->request_fd);
-            tbx__close(o->out_fd);
-            tbx__close(o->err_fd);
-            tbx__close(o->backtrace_fd);
-            tbx__close(o->bulk_fd);
+            close_child_ends(o);
         }
         tbx__close(o->args_fd);
         tbx__close(o->pidfd);
@@ -322,13 +329,7 @@ static void start_child(fs_call *c)
     if (c->client != NULL)
         c->client->children++;
     tbx__request_free(&c->rq); /* the child has its copy */
-    tbx__close(c->result_fd);
-    tbx__close(c->request_fd);
-    tbx__close(c->out_fd);
-    tbx__close(c->err_fd);
-    tbx__close(c->backtrace_fd);
-    tbx__close(c->bulk_fd);
-    c->result_fd = c->request_fd = c->out_fd = c->err_fd = c->backtrace_fd = c->bulk_fd = -1;
+    close_child_ends(c);
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {
@@ -495,12 +496,7 @@ static void call_free_cb(uv_handle_t *h)
     if (--c->handles > 0)
         return;
     tbx__close(c->control_fd);
-    tbx__close(c->result_fd);
-    tbx__close(c->request_fd);
-    tbx__close(c->out_fd);
-    tbx__close(c->err_fd);
-    tbx__close(c->backtrace_fd);
-    tbx__close(c->bulk_fd);
+    close_child_ends(c);
     tbx__close(c->args_fd);
     tbx__close(c->pidfd);
     tbx__request_free(&c->rq);
