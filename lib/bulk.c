@@ -114,6 +114,9 @@ char *tbx__bulk_map_args(int fd, uint64_t len)
 {
     if (check_sealed(fd, len) != 0 || len > SIZE_MAX)
         return NULL;
-    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    /* Not populated: the function faults in what it reads (16 pages at a
+     * time, the kernel's fault-around), and a forkserver child would not
+     * inherit the server's page tables for these pages anyway. */
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE, fd, 0);
     return p == MAP_FAILED ? NULL : p;
 }

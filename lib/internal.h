@@ -261,9 +261,9 @@ int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map);
 int tbx__bulk_check_fresh(int fd);
 /* Args of TBX__BIG_PAYLOAD or more, for a worker or the server: a sealed
  * memfd holding them (CLOEXEC), or -1 (smaller, or no memfd: the request
- * carries them).  map_args: the args in such a memfd, mapped read-only (for
- * munmap of len bytes), if it is sealed and holds exactly len bytes; NULL
- * otherwise. */
+ * carries them).  map_args: the args in such a memfd, mapped read-only and
+ * faulted in as they are read (for munmap of len bytes), if it is sealed
+ * and holds exactly len bytes; NULL otherwise. */
 int tbx__bulk_args(const void *args, size_t len);
 char *tbx__bulk_map_args(int fd, uint64_t len);
 
