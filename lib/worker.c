@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -201,5 +202,11 @@ void tbx__worker_maybe_serve(void)
     /* Gone before fn runs: the function's own children are not workers. */
     unsetenv(WORKER_VAR);
     pthread_once(&unserved_once, unserved_init);
+    /* Inherited across our exec on purpose, but not across fn's: a program
+     * fn runs gets none of them. */
+    int fds[4] = {req_fd, res_fd, backtrace_fd, bulk_fd};
+    for (int i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            (void)fcntl(fds[i], F_SETFD, FD_CLOEXEC);
     tbx__worker_serve(req_fd, res_fd, backtrace_fd, bulk_fd, 0);
 }

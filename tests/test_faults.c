@@ -1403,6 +1403,67 @@ static void ignore_cb(tbx_req *req, tbx_result *r)
     tbx_result_free(r);
 }
 
+/* -> the descriptors (>= 3) of this process that are not close-on-exec,
+ * as "fd:target" strings. */
+static int fn_inheritable_fds(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    char list[32][160];
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return tbx_fail(pk, 1, "opendir: %s", strerror(errno));
+    int self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < 32) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == self || fd < 3)
+            continue;
+        int fl = fcntl(fd, F_GETFD);
+        if (fl < 0 || (fl & FD_CLOEXEC))
+            continue;
+        char path[300], target[128];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t t = readlink(path, target, sizeof target - 1);
+        target[t < 0 ? 0 : t] = '\0';
+        snprintf(list[n++], sizeof list[0], "%d:%s", fd, target);
+    }
+    closedir(d);
+    msgpack_pack_array(pk, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        msgpack_pack_str(pk, strlen(list[i]));
+        msgpack_pack_str_body(pk, list[i], strlen(list[i]));
+    }
+    return 0;
+}
+TBX_REGISTER(fn_inheritable_fds);
+
+/* A spawned worker or a forkserver child holds its call's descriptors
+ * close-on-exec: a program the function runs inherits none of them (a fork
+ * child is a copy of the caller, whose own descriptors are the caller's
+ * business). */
+TBX_TEST(child, a_program_fn_runs_inherits_no_call_descriptor)
+{
+    if (*method == TBX_FORK)
+        return;
+    msgpack_sbuffer sb;
+    pack(&sb, "n");
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 60;
+    o.capture_output = 1;          /* with the stdout, stderr pipes */
+    o.backtrace_on_timeout = 1;    /* and the backtrace pipe */
+    tbx_result r;
+    int rc = tbx_call(fn_inheritable_fds, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(r.value.type, MSGPACK_OBJECT_ARRAY);
+    for (uint32_t i = 0; i < r.value.via.array.size; i++) {
+        const msgpack_object_str *f = &r.value.via.array.ptr[i].via.str;
+        cr_assert_fail("fd %.*s is inherited across exec", (int)f->size, f->ptr);
+    }
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* Every descriptor timebox opens in the caller is close-on-exec: a program
  * the host starts meanwhile inherits none of them. */
 TBX_TEST(host, every_descriptor_is_cloexec)
