@@ -212,6 +212,14 @@ int count_fds(void)
     return n;
 }
 
+void fd_target(int fd, char *target, size_t len)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t t = readlink(path, target, len - 1);
+    target[t < 0 ? 0 : t] = '\0';
+}
+
 void describe_fds(char *buf, size_t len)
 {
     size_t off = 0;
@@ -224,10 +232,8 @@ void describe_fds(char *buf, size_t len)
     while ((e = readdir(d)) != NULL && off + 1 < len) {
         if (e->d_name[0] == '.' || atoi(e->d_name) == self)
             continue;
-        char path[300], target[256];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[256];
+        fd_target(atoi(e->d_name), target, sizeof target);
         int w = snprintf(buf + off, len - off, "  %s -> %s\n", e->d_name, target);
         if (w < 0)
             break;

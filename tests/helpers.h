@@ -96,6 +96,9 @@ int64_t obj_int(const msgpack_object *o);
 /* -------------------------------------------------------- process state */
 /* Open descriptors of this process (not counting the one used to list them). */
 int count_fds(void);
+/* What descriptor fd of this process is ("pipe:[123]", a path, ...), as
+ * /proc/self/fd says; "" if it cannot tell. */
+void fd_target(int fd, char *target, size_t len);
 /* Writes "fd -> target" lines for every open descriptor into buf. */
 void describe_fds(char *buf, size_t len);
 /* Children of this process, running or zombie; pids into pids[0..max). */

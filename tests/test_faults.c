@@ -255,10 +255,8 @@ static int fn_count_fds(const msgpack_object *args, msgpack_packer *pk, void *ct
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.' || atoi(e->d_name) == self)
             continue;
-        char path[300], target[256];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[256];
+        fd_target(atoi(e->d_name), target, sizeof target);
         total++;
         inherited += strstr(target, "tbx-inherit") != NULL;
     }
@@ -322,10 +320,8 @@ static int find_result_fd(const msgpack_object *known, pid_t caller)
         int fd = atoi(e->d_name);
         if (e->d_name[0] == '.' || fd == self || fd < 3)
             continue;
-        char path[64], target[64];
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[64];
+        fd_target(fd, target, sizeof target);
         unsigned long ino = pipe_inode(target);
         int fl = fcntl(fd, F_GETFL);
         if (ino == 0 || fl < 0 || (fl & O_ACCMODE) != O_WRONLY || (fl & O_NONBLOCK))
@@ -383,10 +379,8 @@ static int my_pipes(unsigned long *ino, int max)
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.' || atoi(e->d_name) == self)
             continue;
-        char path[300], target[64];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[64];
+        fd_target(atoi(e->d_name), target, sizeof target);
         unsigned long i = pipe_inode(target);
         if (i != 0 && n < max)
             ino[n++] = i;
@@ -1422,10 +1416,8 @@ static int fn_inheritable_fds(const msgpack_object *args, msgpack_packer *pk, vo
         int fl = fcntl(fd, F_GETFD);
         if (fl < 0 || (fl & FD_CLOEXEC))
             continue;
-        char path[300], target[128];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[128];
+        fd_target(atoi(e->d_name), target, sizeof target);
         snprintf(list[n++], sizeof list[0], "%d:%s", fd, target);
     }
     closedir(d);
@@ -1501,10 +1493,8 @@ TBX_TEST(host, every_descriptor_is_cloexec)
         if (e->d_name[0] == '.' || fd == self || (fd < 4096 && before[fd]))
             continue;
         int fl = fcntl(fd, F_GETFD);
-        char path[64], target[128];
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[128];
+        fd_target(fd, target, sizeof target);
         cr_assert(fl >= 0 && (fl & FD_CLOEXEC), "fd %d (%s) is not close-on-exec", fd, target);
         checked++;
     }

@@ -244,10 +244,8 @@ static int find_bulk_fd(void)
     int found = -1;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        char path[300], target[256];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+        char target[256];
+        fd_target(atoi(e->d_name), target, sizeof target);
         if (strstr(target, "memfd:timebox-result") != NULL)
             found = atoi(e->d_name);
     }
