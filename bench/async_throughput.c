@@ -63,18 +63,8 @@ typedef struct slot {
 
 static void floor_start(int ep, slot *sl)
 {
-    int fds[2];
     sl->t0 = bench_now_ns();
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        bench_die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        bench_die("fork");
-    if (pid == 0)
-        _exit(write(fds[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
-    close(fds[1]);
-    sl->fd = fds[0];
-    sl->pid = pid;
+    sl->pid = bench_fork_writer(&sl->fd);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sl};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, sl->fd, &ev) != 0)
         bench_die("epoll_ctl");

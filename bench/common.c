@@ -197,10 +197,9 @@ void bench_read16_reap(int fd, pid_t pid)
         bench_die("waitpid");
 }
 
-double bench_fork_floor_us(void)
+pid_t bench_fork_writer(int *read_fd)
 {
     int fds[2];
-    uint64_t t0 = bench_now_ns();
     if (pipe2(fds, O_CLOEXEC) != 0)
         bench_die("pipe2");
     pid_t pid = fork();
@@ -209,8 +208,17 @@ double bench_fork_floor_us(void)
     if (pid == 0)
         _exit(write(fds[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
     close(fds[1]);
-    bench_read16_reap(fds[0], pid);
-    close(fds[0]);
+    *read_fd = fds[0];
+    return pid;
+}
+
+double bench_fork_floor_us(void)
+{
+    int fd;
+    uint64_t t0 = bench_now_ns();
+    pid_t pid = bench_fork_writer(&fd);
+    bench_read16_reap(fd, pid);
+    close(fd);
     return (double)(bench_now_ns() - t0) / 1e3;
 }
 

@@ -64,6 +64,10 @@ double bench_trivial_call_us(const struct tbx_opts *opts);
 /* perror(what) and exit(1). */
 __attribute__((noreturn)) void bench_die(const char *what);
 
+/* pipe2 + fork of a child that writes 16 bytes and _exits: its pid, and
+ * the pipe's read end in *read_fd. */
+pid_t bench_fork_writer(int *read_fd);
+
 /* The fork floor, in microseconds: pipe2 + fork; the child writes 16 bytes
  * and _exits; the parent reads them, waitpids and closes the pipe. */
 double bench_fork_floor_us(void);

@@ -498,17 +498,23 @@ static void check_exit(tbx__call *c)
 
 /* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
  * server reaps; its EXITED comes after the child's group is gone.  The socket
- * closing before that means the server died. */
-static void server_gone(tbx__call *c)
+ * closing before that means the server died.  Either way, no EXITED will
+ * come: the call ends with what it has. */
+static void give_up_on_server(tbx__call *c)
 {
-    if (c->child.pidfd >= 0)
-        (void)tbx__pidfd_send_signal(c->child.pidfd, SIGKILL);
     c->server_gone = 1;
     c->wstatus = -1;
     c->reaped = 1;
     mark_done(c);
     drain(c);
     finish(c);
+}
+
+static void server_gone(tbx__call *c)
+{
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, SIGKILL);
+    give_up_on_server(c);
 }
 
 static void control_cb(uv_poll_t *h, int status, int events)
@@ -578,12 +584,7 @@ static void server_silent_cb(tbx__deadline *d)
         return;
     tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of child %d in time: "
                            "giving up on it", (int)c->child.pid);
-    c->server_gone = 1;
-    c->wstatus = -1;
-    c->reaped = 1;
-    mark_done(c);
-    drain(c);
-    finish(c);
+    give_up_on_server(c);
 }
 
 static void exit_cb(uv_poll_t *h, int status, int events)
