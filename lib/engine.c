@@ -16,17 +16,12 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,22 +29,11 @@
 
 static void finish(tbx__call *c);
 
-static atomic_int default_method = TBX_FORK;
-
-int tbx_set_default_method(tbx_method method)
-{
-    if (method != TBX_FORK && method != TBX_SPAWN && method != TBX_FORKSERVER)
-        return TBX_EINVAL;
-    atomic_store(&default_method, (int)method);
-    return 0;
-}
-
 /* ------------------------------------------------------------ preparation */
 
-int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
-                        const tbx_opts *opts)
+/* What every method needs checked: 0 or TBX_EINVAL. */
+static int check_common(tbx__call *c, const void *args, size_t args_len, const tbx_opts *opts)
 {
-    c->args_fd = -1;
     if (opts != NULL)
         c->opts = *opts;
     else
@@ -60,18 +44,32 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
     if (c->opts.max_result == 0)
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     if (c->opts.method == TBX_METHOD_DEFAULT)
-        c->opts.method = (tbx_method)atomic_load(&default_method);
-    if (c->opts.method != TBX_FORK && c->opts.method != TBX_SPAWN &&
-        c->opts.method != TBX_FORKSERVER)
+        c->opts.method = tbx__default_method();
+    return 0;
+}
+
+/* What the call's launcher accepts: a ctx, an unregistered fn, args this
+ * big.  0, TBX_EINVAL or TBX_ENOTREG, before anything is launched. */
+static int check_accepted(tbx__call *c, size_t args_len)
+{
+    const tbx__launcher *l = c->launcher;
+    if ((c->opts.ctx != NULL && !(l->accepts & TBX__ACCEPTS_CTX)) ||
+        (l->max_args != 0 && args_len > l->max_args))
         return TBX_EINVAL;
-    /* A program spawned as a worker that skipped tbx_init would otherwise
-     * spawn itself again, and again. */
-    if (tbx__worker_unserved())
-        return TBX_EINVAL;
-    if (tbx__msgpack_check(args, args_len, TBX__MAX_DEPTH) != 0)
-        return TBX_EINVAL;
-    c->args_buf = args;
-    c->args_len = args_len;
+    if (l->accepts & TBX__ACCEPTS_UNREGISTERED)
+        return 0;
+    /* A fresh program finds fn by name. */
+    c->name = tbx_name_of(c->fn);
+    if (c->name == NULL)
+        return TBX_ENOTREG;
+    size_t name_len = strlen(c->name);
+    if (name_len == 0 || name_len > TBX__MAX_NAME)
+        return TBX_ENOTREG;
+    return 0;
+}
+
+static void reset_child(tbx__call *c)
+{
     c->child.pid = 0;
     c->child.pidfd = -1;
     c->child.result_fd = -1;
@@ -83,47 +81,42 @@ int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
         c->capture[i].fd = c->capture[i].child_fd = -1;
     c->child.worker = 0;
     c->child.warm = 0;
-    tbx__deadline_init(&c->deadline, NULL);
-    if (c->opts.method != TBX_FORK) {
-        /* A fresh program finds fn by name, and a pointer cannot cross an
-         * exec: both are refused here, before anything is launched. */
-        if (c->opts.ctx != NULL || args_len > TBX__MAX_ARGS)
-            return TBX_EINVAL;
-        c->name = tbx_name_of(c->fn);
-        if (c->name == NULL)
-            return TBX_ENOTREG;
-        size_t name_len = strlen(c->name);
-        if (name_len == 0 || name_len > TBX__MAX_NAME)
-            return TBX_ENOTREG;
-        memset(&c->request, 0, sizeof c->request);
-        c->request.magic = TBX__REQUEST_MAGIC;
-        c->request.flags = (c->opts.reset_signals ? TBX__REQ_RESET_SIGNALS : 0) |
-                           (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE) |
-                           (c->opts.allow_core ? TBX__REQ_ALLOW_CORE : 0);
-        c->request.limit_memory = c->opts.limit_memory;
-        c->request.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
-        c->request.limit_files = c->opts.limit_files;
-        if (c->opts.backtrace_on_timeout)
-            c->request.flags |= TBX__REQ_BACKTRACE;
-        c->request.name_len = (uint32_t)name_len;
-        c->request.args_len = args_len;
-        c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
-        c->request.grace_ns = tbx__seconds_to_ns(c->opts.grace_s);
-        c->request.max_result = c->opts.max_result;
-        /* Big args go as a sealed memfd: written once, mapped there. */
-        c->args_fd = tbx__bulk_args(args, args_len);
-        if (c->args_fd >= 0)
-            c->request.flags |= TBX__REQ_ARGS_BULK;
-        return 0;
-    }
+}
 
-    /* The fork child reads the args in memory, so they are unpacked here, in
-     * the parent: the child allocates nothing on timebox's side. */
+int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
+                        const tbx_opts *opts)
+{
+    c->args_fd = -1;
+    int rc = check_common(c, args, args_len, opts);
+    if (rc != 0)
+        return rc;
+    c->launcher = tbx__launcher_of(c->opts.method);
+    if (c->launcher == NULL)
+        return TBX_EINVAL;
+    /* A program spawned as a worker that skipped tbx_init would otherwise
+     * spawn itself again, and again. */
+    if (tbx__worker_unserved())
+        return TBX_EINVAL;
+    if (tbx__msgpack_check(args, args_len, TBX__MAX_DEPTH) != 0)
+        return TBX_EINVAL;
+    if (c->launcher->resolve != NULL)
+        c->launcher = c->launcher->resolve(c);
+    c->args_buf = args;
+    c->args_len = args_len;
+    reset_child(c);
+    tbx__deadline_init(&c->deadline, NULL);
+    rc = check_accepted(c, args_len);
+    return rc != 0 ? rc : c->launcher->prepare(c);
+}
+
+int tbx__engine_unpack_args(tbx__call *c)
+{
+    /* The child allocates nothing on timebox's side. */
     if (!msgpack_zone_init(&c->args_zone, 256))
         return -ENOMEM;
     size_t off = 0;
     msgpack_unpack_return u =
-        msgpack_unpack(args, args_len, &off, &c->args_zone, &c->args);
+        msgpack_unpack(c->args_buf, c->args_len, &off, &c->args_zone, &c->args);
     if (u != MSGPACK_UNPACK_SUCCESS) {
         msgpack_zone_destroy(&c->args_zone);
         return u == MSGPACK_UNPACK_NOMEM_ERROR ? -ENOMEM : TBX_EINVAL;
@@ -144,62 +137,12 @@ static void release_args(tbx__call *c)
 
 /* -------------------------------------------------------------- signalling */
 
-/* Signals the child's whole process group, and the child itself if it has
- * left the group.  Only called before the child is reaped. */
 static void signal_child(tbx__call *c, int sig)
 {
-    pid_t pid = c->child.pid;
-    if (c->child.control_fd >= 0 && c->child.request_fd >= 0) {
-        /* The request is still on its way, and a KILL would land in the
-         * middle of it: the server hears our end close instead, drops the
-         * call, and closes its end. */
-        tbx__request_end(c);
-        (void)shutdown(c->child.control_fd, SHUT_WR);
-        return;
-    }
-    if (c->child.control_fd >= 0) {
-        /* The server's child: the server signals the group (it alone may,
-         * since it reaps), the pidfd reaches the child at once. */
-        tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_KILL, 0, sig};
-        (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (c->child.pidfd >= 0)
-            (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
-        return;
-    }
-    int group_ok = kill(-pid, sig) == 0;
-    if (!group_ok || getpgid(pid) != pid) {
-        if (c->child.pidfd >= 0)
-            (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
-        else
-            (void)kill(pid, sig);
-    }
+    c->launcher->signal(c, sig);
 }
 
 static void escalate_cb(tbx__deadline *d);
-static void server_silent_cb(tbx__deadline *d);
-
-/* The backtrace signal goes to the thread that runs fn: the child's first
- * (tid == pid) for our own children, the process for a server's. */
-static void ask_backtrace(tbx__call *c)
-{
-    if (c->child.control_fd < 0 && c->child.pid > 0)
-        (void)syscall(SYS_tgkill, c->child.pid, c->child.pid, TBX__BACKTRACE_SIGNAL);
-    else if (c->child.pidfd >= 0)
-        (void)tbx__pidfd_send_signal(c->child.pidfd, TBX__BACKTRACE_SIGNAL);
-}
-
-/* Whether the child has already exited, its exit not yet handled: the
- * deadline and the exit can both be ready when the loop wakes. */
-static int child_exited(tbx__call *c)
-{
-    if (c->child.pidfd >= 0) {
-        struct pollfd p = {c->child.pidfd, POLLIN, 0};
-        return poll(&p, 1, 0) == 1;
-    }
-    if (c->child.pid <= 0 || c->child.control_fd >= 0)
-        return 0;
-    return tbx__child_state(c->child.pid, -1) != 0;
-}
 
 /* Ends the child: SIGTERM, then SIGKILL after grace (or SIGKILL at once).
  * A child that has already exited is left to its exit watcher: it was not
@@ -217,7 +160,7 @@ static void escalate(tbx__call *c, int why, int hard)
         finish(c);
         return;
     }
-    if (c->finishing || c->reaped || child_exited(c))
+    if (c->finishing || c->reaped || c->launcher->exited(c))
         return;
     if (c->verdict == 0 && !c->frame_done)
         c->verdict = why;
@@ -229,7 +172,7 @@ static void escalate(tbx__call *c, int why, int hard)
         c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked &&
         (!c->child.worker || c->started)) {
         c->backtrace_asked = c->backtrace_pending = 1;
-        ask_backtrace(c);
+        c->launcher->backtrace(c);
         c->deadline.cb = escalate_cb;
         if (tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__BACKTRACE_WAIT_NS) == 0)
             return;
@@ -242,14 +185,6 @@ static void escalate(tbx__call *c, int why, int hard)
         tbx__deadline_stop(&c->deadline);
         c->kill_signal = SIGKILL;
         signal_child(c, SIGKILL);
-        /* A server's child ends when the server says so.  A server that is
-         * alive but stuck must not hang the call: a little after SIGKILL it
-         * is given up on (server_silent_cb). */
-        if (c->child.control_fd >= 0) {
-            c->deadline.cb = server_silent_cb;
-            (void)tbx__deadline_start(&c->deadline, c->loop,
-                                      tbx__now_ns() + TBX__SERVER_SLACK_NS);
-        }
         return;
     }
     c->kill_signal = SIGTERM;
@@ -462,141 +397,16 @@ static void check_trailing(tbx__call *c)
         c->verdict = TBX_EPROTO;
 }
 
-/* The child has exited (or may have): reap it, after killing its group. */
-static void check_exit(tbx__call *c)
+void tbx__engine_child_ended(tbx__call *c, int wstatus, int trailing)
 {
-    int wstatus;
-    if (c->reaped || c->finishing)
-        return;
-    int state = tbx__child_state(c->child.pid, c->child.pidfd);
-    if (state == 0)
-        return; /* still running: a spurious wake-up, or the poll timer */
-    /* The group may hold grandchildren; nothing of the call outlives it.  The
-     * unreaped zombie keeps the group id from being reused meanwhile.  A
-     * child someone else reaped (ECHILD) held nothing: its group id may be a
-     * stranger's now, and is left alone. */
-    if (state == 1)
-        (void)kill(-c->child.pid, SIGKILL);
-    int r = state == 1 ? tbx__reap(c->child.pid, &wstatus, 1) : -ECHILD;
-    if (r == 0)
-        return; /* not yet: a spurious wake-up */
-    if (r < 0) {
-        /* ECHILD: someone else reaped our child (a waitpid(-1) in the
-         * host).  It is gone; its status is lost. */
-        tbx__log(TBX_LOG_WARN, "child %d was reaped by someone else (a waitpid(-1) in the "
-                               "program?): its exit status is lost", (int)c->child.pid);
-        wstatus = -1;
-    }
     c->reaped = 1;
     c->wstatus = wstatus;
     mark_done(c);
     /* Every byte the child wrote is in the pipe now. */
     drain(c);
-    check_trailing(c);
+    if (trailing)
+        check_trailing(c);
     finish(c);
-}
-
-/* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
- * server reaps; its EXITED comes after the child's group is gone.  The socket
- * closing before that means the server died.  Either way, no EXITED will
- * come: the call ends with what it has. */
-static void give_up_on_server(tbx__call *c)
-{
-    c->server_gone = 1;
-    c->wstatus = -1;
-    c->reaped = 1;
-    mark_done(c);
-    drain(c);
-    finish(c);
-}
-
-static void server_gone(tbx__call *c)
-{
-    if (c->child.pidfd >= 0)
-        (void)tbx__pidfd_send_signal(c->child.pidfd, SIGKILL);
-    give_up_on_server(c);
-}
-
-static void control_cb(uv_poll_t *h, int status, int events)
-{
-    tbx__call *c = h->data;
-    TBX__UNUSED(events);
-    while (!c->reaped && status >= 0) {
-        int fd = -1, nfds = 1;
-        ssize_t n = tbx__recv_fds(c->child.control_fd, (char *)&c->control + c->control_got,
-                                  sizeof c->control - c->control_got, &fd, &nfds, MSG_DONTWAIT);
-        if (n == -EAGAIN)
-            return;
-        if (n <= 0)
-            break;
-        if (nfds == 1) { /* only LAUNCHED brings one, and only once */
-            if (c->control_fd_in >= 0)
-                tbx__close(c->control_fd_in);
-            c->control_fd_in = fd;
-        }
-        c->control_got += (size_t)n;
-        if (c->control_got < sizeof c->control)
-            continue;
-        c->control_got = 0;
-        tbx__control *m = &c->control;
-        if (tbx__control_check(m, 1) != 0)
-            break;
-        if (m->kind == TBX__CTL_LAUNCHED && c->child.pid == 0 && m->pid > 0) {
-            c->child.pid = m->pid;
-            c->child.pidfd = c->control_fd_in;
-            c->control_fd_in = -1;
-            if (c->kill_signal != 0 && c->child.pidfd >= 0)
-                (void)tbx__pidfd_send_signal(c->child.pidfd, c->kill_signal);
-        } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
-            c->wstatus = m->code;
-            c->reaped = 1;
-            mark_done(c);
-            drain(c);
-            check_trailing(c);
-            finish(c);
-            return;
-        } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {
-            /* Nothing launched; a worker-style ERROR frame may explain. */
-            if (m->code < 0 && m->code > -4096)
-                c->sys_error = m->code;
-            c->wstatus = -1;
-            c->reaped = 1;
-            mark_done(c);
-            drain(c);
-            finish(c);
-            return;
-        } else {
-            break;
-        }
-    }
-    if (!c->reaped)
-        server_gone(c);
-}
-
-/* The forkserver did not report its child's end a second after SIGKILL: the
- * call ends here, with the verdict it had.  Our end of the control socket
- * closes with it, which tells the server, whenever it wakes, to kill the
- * child; the pidfd, if we have one, has already had SIGKILL. */
-static void server_silent_cb(tbx__deadline *d)
-{
-    tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
-    if (c->reaped || c->finishing)
-        return;
-    tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of child %d in time: "
-                           "giving up on it", (int)c->child.pid);
-    give_up_on_server(c);
-}
-
-static void exit_cb(uv_poll_t *h, int status, int events)
-{
-    TBX__UNUSED(status);
-    TBX__UNUSED(events);
-    check_exit(h->data);
-}
-
-static void exit_timer_cb(uv_timer_t *t)
-{
-    check_exit(t->data);
 }
 
 static void finalize(tbx__call *c)
@@ -651,16 +461,6 @@ void tbx__engine_close_cb(uv_handle_t *h)
         c->abandoned_cb(c);
 }
 
-/* The handle that learns of the child's end: control, pidfd or timer. */
-static uv_handle_t *exit_handle(tbx__call *c)
-{
-    if (c->child.control_fd >= 0)
-        return (uv_handle_t *)&c->control_poll;
-    if (c->child.pidfd >= 0)
-        return (uv_handle_t *)&c->exit_poll;
-    return (uv_handle_t *)&c->exit_timer;
-}
-
 /* Closes every handle the call opened (each close_cb counts one down) and
  * every descriptor it holds. */
 static void close_handles(tbx__call *c)
@@ -671,7 +471,7 @@ static void close_handles(tbx__call *c)
     if (c->h_result)
         uv_close((uv_handle_t *)&c->result_poll, tbx__engine_close_cb);
     if (c->h_exit)
-        uv_close(exit_handle(c), tbx__engine_close_cb);
+        uv_close(c->exit_h, tbx__engine_close_cb);
     c->h_result = c->h_exit = 0;
     for (int i = 0; i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
@@ -719,15 +519,6 @@ static void undo_launch(tbx__call *c)
     release_args(c);
 }
 
-/* The launch worked but watching it did not: end the child here and now. */
-static void abandon(tbx__call *c)
-{
-    /* A server's child is the server's to end: closing the control socket
-     * tells it to. */
-    if (c->child.control_fd < 0)
-        tbx__kill_reap(c->child.pid);
-}
-
 static int watch(tbx__call *c)
 {
     int rc = uv_poll_init(c->loop, &c->result_poll, c->child.result_fd);
@@ -737,31 +528,8 @@ static int watch(tbx__call *c)
     c->open_handles++;
     c->h_result = 1;
     c->reading = 1;
-    if (c->child.control_fd >= 0) {
-        rc = uv_poll_init(c->loop, &c->control_poll, c->child.control_fd);
-        if (rc == 0) {
-            c->control_poll.data = c;
-            c->open_handles++;
-            c->h_exit = 1;
-            rc = uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
-        }
-    } else if (c->child.pidfd >= 0) {
-        rc = uv_poll_init(c->loop, &c->exit_poll, c->child.pidfd);
-        if (rc == 0) {
-            c->exit_poll.data = c;
-            c->open_handles++;
-            c->h_exit = 1;
-            rc = uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
-        }
-    } else {
-        rc = uv_timer_init(c->loop, &c->exit_timer);
-        if (rc == 0) {
-            c->exit_timer.data = c;
-            c->open_handles++;
-            c->h_exit = 1;
-            rc = uv_timer_start(&c->exit_timer, exit_timer_cb, 1, 1);
-        }
-    }
+    if (rc == 0)
+        rc = c->launcher->watch(c, &c->exit_h);
     for (int i = 0; rc == 0 && i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
         if (k->fd < 0)
@@ -783,12 +551,8 @@ static int watch(tbx__call *c)
 
 int tbx__engine_run(tbx__call *c)
 {
-    const tbx__launcher *launcher = c->opts.method == TBX_SPAWN        ? &tbx__launch_spawn
-                                    : c->opts.method == TBX_FORKSERVER ? &tbx__launch_forkserver
-                                                                       : &tbx__launch_fork;
     int rc;
 
-    c->launcher = launcher;
     c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
     c->out->exit_code = -1;
     /* The hard deadline is armed before anything is launched, so that a
@@ -802,7 +566,7 @@ int tbx__engine_run(tbx__call *c)
     rc = tbx__streams_open(c);
     if (rc == 0) {
         c->t_launch = tbx__now_ns();
-        rc = launcher->launch(c, &c->child);
+        rc = c->launcher->launch(c, &c->child);
     }
     tbx__streams_close_child_ends(c);
     if (rc != 0) {
@@ -818,7 +582,7 @@ int tbx__engine_run(tbx__call *c)
          * its close callback, which then hands c to abandoned_cb instead of
          * done_cb: the caller hears only this return value. */
         tbx__deadline_stop(&c->deadline);
-        abandon(c);
+        c->launcher->abandon(c);
         c->abandoned = c->open_handles > 0;
         close_handles(c);
         return rc;

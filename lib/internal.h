@@ -374,21 +374,76 @@ typedef struct tbx__child {
     int warm;      /* 1: a warm child, taken from the pool */
 } tbx__child;
 
-/* The launcher interface: one per start method, each in its own file.
- * launch() starts the child for call and fills *child, or returns -errno /
- * TBX_E* with nothing left open or running.  ended(), if set, runs once
- * the call is over (its child reaped, its handles closed), just before the
- * caller hears: work that must not compete with the call's own child for the
- * CPU (replacing a warm child) goes there. */
-typedef struct tbx__launcher {
+/* The launcher interface: one per start method, each in its own file, each
+ * a row of tbx__methods (methods.c), indexed by tbx_method.  The engine
+ * (engine.c) names no method: whatever differs between them is here.
+ *   accepts    TBX__ACCEPTS_*: what the method takes (a ctx pointer, an
+ *              unregistered fn); the engine refuses the rest (EINVAL,
+ *              ENOTREG) before anything is launched.
+ *   resolve    optional: the launcher that really serves this call (a method
+ *              chosen per call returns another row); NULL: itself.
+ *   prepare    readies the args for the child: unpacked in the parent
+ *              (tbx__engine_unpack_args) or as a request (tbx__request_build).
+ *   launch     starts the child and fills *child, or returns -errno / TBX_E*
+ *              with nothing left open or running.
+ *   watch      opens the one handle that learns of the child's end (counted
+ *              in open_handles, h_exit set) and returns it through *h; the
+ *              launcher calls tbx__engine_child_ended when it knows.
+ *   exited     1 if the child has exited, its end not yet handled (the
+ *              deadline and the exit can be ready at the same wake-up).
+ *   signal     sends sig to the child and its group.
+ *   backtrace  asks the child for a backtrace (TBX__BACKTRACE_SIGNAL).
+ *   abandon    the launch worked but watching it did not: the child must
+ *              end now, with nothing of it left.
+ *   ended      optional: runs once the call is over (its child reaped, its
+ *              handles closed), just before the caller hears: work that must
+ *              not compete with the call's own child for the CPU (replacing a
+ *              warm child) goes there. */
+enum { TBX__ACCEPTS_CTX = 1, TBX__ACCEPTS_UNREGISTERED = 2 };
+
+typedef struct tbx__launcher tbx__launcher;
+struct tbx__launcher {
     const char *name;
+    unsigned accepts;
+    uint64_t max_args;         /* the longest args it takes; 0: no limit */
+    const tbx__launcher *(*resolve)(tbx__call *call);
+    int (*prepare)(tbx__call *call);
     int (*launch)(tbx__call *call, tbx__child *child);
+    int (*watch)(tbx__call *call, uv_handle_t **h);
+    int (*exited)(tbx__call *call);
+    void (*signal)(tbx__call *call, int sig);
+    void (*backtrace)(tbx__call *call);
+    void (*abandon)(tbx__call *call);
     void (*ended)(tbx__call *call);
-} tbx__launcher;
+};
 
 extern const tbx__launcher tbx__launch_fork;
 extern const tbx__launcher tbx__launch_spawn;
 extern const tbx__launcher tbx__launch_forkserver;
+/* The launcher of a method, or NULL for one this build does not provide
+ * (TBX_METHOD_DEFAULT included). */
+const tbx__launcher *tbx__launcher_of(tbx_method method);
+/* The method TBX_METHOD_DEFAULT stands for (tbx_set_default_method). */
+tbx_method tbx__default_method(void);
+
+/* own_child.c: the parts of a launcher whose child is our own (we reap it):
+ * exit learned through its pidfd, or by polling waitpid without one; signals
+ * sent to its group; the backtrace signal to its first thread. */
+int tbx__own_watch(tbx__call *call, uv_handle_t **h);
+int tbx__own_exited(tbx__call *call);
+void tbx__own_signal(tbx__call *call, int sig);
+void tbx__own_backtrace(tbx__call *call);
+void tbx__own_abandon(tbx__call *call);
+
+/* What the engine offers its launchers.
+ * child_ended: the child has ended with wstatus (-1: unknown); the rest of
+ *   the result is read and the call finishes.  trailing: a byte after the
+ *   result frame makes the call TBX_EPROTO (the child is gone, so every byte
+ *   it wrote is in the pipe).
+ * unpack_args: the args unpacked in the parent (a fork child reads them in
+ *   memory).  */
+void tbx__engine_child_ended(tbx__call *call, int wstatus, int trailing);
+int tbx__engine_unpack_args(tbx__call *call);
 
 /* Starts a fresh program with posix_spawn: fds[i] placed at 3 + i, every
  * other descriptor closed, env (NAME=value, NULL-terminated) added to the
@@ -458,6 +513,7 @@ struct tbx__call {
     uv_poll_t result_poll;
     uv_poll_t exit_poll;       /* on the pidfd */
     uv_timer_t exit_timer;     /* polls waitpid when there is no pidfd */
+    uv_handle_t *exit_h;       /* the launcher's watch: one of these */
     tbx__deadline deadline;
     int open_handles;          /* closes still to come before done */
 
@@ -495,8 +551,10 @@ struct tbx__call {
 /* The close callback of every handle of a call's: the last one finalizes. */
 void tbx__engine_close_cb(uv_handle_t *h);
 
-/* request.c: writes the request down child.request_fd (0 or -errno), and
- * ends the writing (closes the fd, the poll, the copy). */
+/* request.c: builds the request for a fresh program (a launcher's prepare),
+ * writes it down child.request_fd (0 or -errno), and ends the writing
+ * (closes the fd, the poll, the copy). */
+int tbx__request_build(tbx__call *call);
 int tbx__request_start(tbx__call *call);
 void tbx__request_end(tbx__call *call);
 
@@ -623,6 +681,12 @@ int tbx__listen_unix(const char *path, int shared);
 /* Connects to a shared forkserver at path and authenticates both ways.
  * Returns the connection or -errno / TBX_EPROTO (bad key either way). */
 int tbx__connect_unix(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s);
+/* fs_client.c, for the forkserver launcher: hands a call's fds to the
+ * server (starting or restarting it; 0 or -errno); takes a warm child into
+ * *child (1) if one waits (else 0); tops the warm pool up. */
+int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds);
+int tbx__fs_client_take_warm(tbx__child *child);
+void tbx__fs_client_warm_fill(void);
 /* If this process was started as a forkserver, becomes it. */
 void tbx__forkserver_maybe_serve(void);
 /* A fork child: forgets the parent's forkserver connection. */

@@ -1,531 +1,108 @@
 /*
- * The forkserver method, the caller's side: start the server, hand it each
- * call, restart it when it has died.
- *
- * The process holds one connection to its server (SOCK_SEQPACKET: one
- * message per call, so threads and loops share it without a lock around the
- * send).  A call sends one message carrying two fds: the server's end of a
- * fresh control socket and the write end of the result pipe.  The request
- * then goes down the control socket like spawn's, and the engine watches the
- * control socket for LAUNCHED and EXITED (see engine.c).
- *
- * A read-write lock guards the connection: calls hold it shared while they
- * send, so a restart or stop (exclusive) never closes the descriptor under a
- * sender, nor lets its number be reused by another open meanwhile.
+ * The forkserver method's launcher.  A call hands the server two fds (the
+ * server's end of a fresh control socket and the write end of the result
+ * pipe; see internal.h), or takes a warm child; the request then goes down
+ * the control socket as spawn's does.  The server forks and reaps: the child's
+ * end is learned from its control messages (LAUNCHED with a pidfd, then
+ * EXITED or ERROR), and its signals are asked of the server.  A server that
+ * dies, or says nothing a while after SIGKILL, is given up on.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/un.h>
-#include <unistd.h>
 
-#define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
-#define STOP_TIMEOUT_MS 5000
-#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN */
-
-static void set_send_timeout(int fd)
+/* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
+ * server reaps; its EXITED comes after the child's group is gone.  The socket
+ * closing before that means the server died.  Either way, no EXITED will
+ * come: the call ends with what it has. */
+static void give_up_on_server(tbx__call *c)
 {
-    struct timeval tv = {SEND_TIMEOUT_S, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    c->server_gone = 1;
+    tbx__engine_child_ended(c, -1, 0);
 }
 
-static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
-static int fs_conn = -1;
-static pid_t fs_pid;   /* the server, once known */
-static pid_t fs_owner; /* the process that started it: only it stops or reaps
-                          it (a forked worker inherits the connection) */
-/* The options of the last explicit start, kept for restarts. */
-static char *fs_env_limits, *fs_env_preload, *fs_env_listen, *fs_env_allow, *fs_executable;
-static char **fs_argv;
-static uint8_t fs_key[TBX__KEY_LEN];
-static int fs_have_key;
-
-/* Warm children: slots made ahead, each with a child of the server waiting
- * for its request.  A call takes one, and orders its replacement once it has
- * returned.  The pool belongs to the connection: it is dropped with it. */
-typedef struct warm_slot {
-    int control, request, result, bulk;
-    struct warm_slot *next;
-} warm_slot;
-
-static pthread_mutex_t warm_lock = PTHREAD_MUTEX_INITIALIZER;
-static warm_slot *warm_pool;
-static unsigned warm_count;
-static atomic_uint warm_target; /* read by every launch, set by a start */
-
-static void warm_fill(void);
-
-#define SOCKET_ENV "TIMEBOX_FORKSERVER_SOCKET"
-#define KEY_ENV "TIMEBOX_FORKSERVER_KEY"
-#define CONNECT_TIMEOUT_S 10.0
-
-void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
+static void server_gone(tbx__call *c)
 {
-    memset(opts, 0, sizeof *opts);
-    opts->request_timeout_s = 10;
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, SIGKILL);
+    give_up_on_server(c);
 }
 
-static void warm_drop(void)
+static void control_cb(uv_poll_t *h, int status, int events)
 {
-    while (warm_pool != NULL) {
-        warm_slot *w = warm_pool;
-        warm_pool = w->next;
-        tbx__close(w->control);
-        tbx__close(w->request);
-        tbx__close(w->result);
-        tbx__close(w->bulk);
-        free(w);
-    }
-    warm_count = 0;
-}
-
-/* A process forked by the program (a pre-forked worker) keeps the
- * connection it inherits, but not the warm slots: their children wait for
- * the parent's calls.  The locks, which another thread may have held at the
- * fork, start afresh. */
-static void atfork_child(void)
-{
-    pthread_rwlock_init(&fs_lock, NULL);
-    pthread_mutex_init(&warm_lock, NULL);
-    warm_drop();
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void atfork_register(void)
-{
-    (void)pthread_atfork(NULL, NULL, atfork_child);
-}
-
-static void free_argv(char **argv)
-{
-    for (char **a = argv; a != NULL && *a != NULL; a++)
-        free(*a);
-    free(argv);
-}
-
-/* Turns opts into what a start needs, kept across restarts. */
-static int remember(const tbx_forkserver_opts *o)
-{
-    char limits[96], allow[16 * 12 + 32], *preload = NULL, *exe = NULL, **argv = NULL;
-    size_t len = 1, n = 0;
-    snprintf(limits, sizeof limits, "%s=%u:%llu:%u", TBX__FS_LIMITS_VAR, o->max_children,
-             (unsigned long long)(o->request_timeout_s > 0 ? o->request_timeout_s * 1000 : 0),
-             o->max_per_client);
-    if (o->nallow_uids > TBX__MAX_ALLOW)
-        return TBX_EINVAL;
-    size_t at = (size_t)snprintf(allow, sizeof allow, "%s=", TBX__FS_ALLOW_VAR);
-    for (size_t i = 0; i < o->nallow_uids; i++)
-        at += (size_t)snprintf(allow + at, sizeof allow - at, "%s%u", i ? "," : "",
-                               (unsigned)o->allow_uids[i]);
-    char *listen = NULL;
-    if (o->socket_path != NULL) {
-        if (strlen(o->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-            return -ENAMETOOLONG;
-        listen = malloc(sizeof TBX__FS_LISTEN_VAR + strlen(o->socket_path) + 1);
-        if (listen == NULL)
-            return -ENOMEM;
-        sprintf(listen, "%s=%s", TBX__FS_LISTEN_VAR, o->socket_path);
-    }
-    for (const char *const *p = o->preload; p != NULL && *p != NULL; p++) {
-        if (strchr(*p, '\n') != NULL) {
-            free(listen);
-            return TBX_EINVAL;
+    tbx__call *c = h->data;
+    TBX__UNUSED(events);
+    while (!c->reaped && status >= 0) {
+        int fd = -1, nfds = 1;
+        ssize_t n = tbx__recv_fds(c->child.control_fd, (char *)&c->control + c->control_got,
+                                  sizeof c->control - c->control_got, &fd, &nfds, MSG_DONTWAIT);
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0)
+            break;
+        if (nfds == 1) { /* only LAUNCHED brings one, and only once */
+            if (c->control_fd_in >= 0)
+                tbx__close(c->control_fd_in);
+            c->control_fd_in = fd;
         }
-        len += strlen(*p) + 1;
-    }
-    preload = malloc(sizeof TBX__FS_PRELOAD_VAR + len);
-    if (preload == NULL) {
-        free(listen);
-        return -ENOMEM;
-    }
-    strcpy(preload, TBX__FS_PRELOAD_VAR "=");
-    for (const char *const *p = o->preload; p != NULL && *p != NULL; p++)
-        strcat(strcat(preload, *p), "\n");
-    int ok = 1;
-    if (o->executable != NULL)
-        ok = (exe = strdup(o->executable)) != NULL;
-    while (ok && o->argv != NULL && o->argv[n] != NULL)
-        n++;
-    if (ok && o->argv != NULL) {
-        ok = (argv = calloc(n + 1, sizeof *argv)) != NULL;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = (argv[i] = strdup(o->argv[i])) != NULL;
-    }
-    char *lim = ok ? strdup(limits) : NULL;
-    char *alw = lim != NULL ? strdup(allow) : NULL;
-    if (alw == NULL) {
-        free(lim);
-        free(preload);
-        free(listen);
-        free(exe);
-        free_argv(argv);
-        return -ENOMEM;
-    }
-    free(fs_env_limits);
-    free(fs_env_preload);
-    free(fs_env_listen);
-    free(fs_env_allow);
-    free(fs_executable);
-    free_argv(fs_argv);
-    atomic_store(&warm_target, o->warm_children);
-    fs_env_limits = lim;
-    fs_env_preload = preload;
-    fs_env_listen = listen;
-    fs_env_allow = alw;
-    fs_executable = exe;
-    fs_argv = argv;
-    return 0;
-}
-
-/* Waits for the server's first word: it serves, or why it will not. */
-static int await_ready(int conn, pid_t pid)
-{
-    struct pollfd p = {conn, POLLIN, 0};
-    uint64_t until = tbx__now_ns() + (uint64_t)START_TIMEOUT_MS * 1000000u;
-    for (;;) {
-        uint64_t now = tbx__now_ns();
-        int r = now >= until ? 0 : poll(&p, 1, (int)((until - now) / 1000000u) + 1);
-        if (r < 0 && errno == EINTR)
+        c->control_got += (size_t)n;
+        if (c->control_got < sizeof c->control)
             continue;
-        if (r <= 0) {
-            (void)kill(pid, SIGKILL);
-            return -ETIMEDOUT;
-        }
-        tbx__hello ready;
-        int nfds = 0;
-        ssize_t n = tbx__recv_fds(conn, &ready, sizeof ready, NULL, &nfds, 0);
-        if (n == (ssize_t)sizeof ready && ready.magic == TBX__HELLO_MAGIC)
-            return (int)ready.kind; /* 0, or the reason it refused */
-        return TBX_EEXITED; /* it exited first: no tbx_init in main()? */
-    }
-}
-
-/* Ends the server we started: the connection closes, SIGTERM asks, SIGKILL
- * insists.  Our own child: we reap it. */
-static void stop_locked(void)
-{
-    int wstatus;
-    if (fs_conn < 0)
-        return;
-    pthread_mutex_lock(&warm_lock);
-    warm_drop(); /* their children die with the connection's server */
-    pthread_mutex_unlock(&warm_lock);
-    tbx__close(fs_conn);
-    fs_conn = -1;
-    if (fs_owner != getpid()) {
-        /* Attached, or inherited: the server is not ours to end. */
-        fs_pid = 0;
-        return;
-    }
-    (void)kill(fs_pid, SIGTERM);
-    for (int waited = 0; tbx__reap(fs_pid, &wstatus, 1) == 0; waited++) {
-        if (waited == STOP_TIMEOUT_MS) {
-            (void)kill(fs_pid, SIGKILL);
-            (void)tbx__reap(fs_pid, &wstatus, 0);
+        c->control_got = 0;
+        tbx__control *m = &c->control;
+        if (tbx__control_check(m, 1) != 0)
+            break;
+        if (m->kind == TBX__CTL_LAUNCHED && c->child.pid == 0 && m->pid > 0) {
+            c->child.pid = m->pid;
+            c->child.pidfd = c->control_fd_in;
+            c->control_fd_in = -1;
+            if (c->kill_signal != 0 && c->child.pidfd >= 0)
+                (void)tbx__pidfd_send_signal(c->child.pidfd, c->kill_signal);
+        } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
+            tbx__engine_child_ended(c, m->code, 1);
+            return;
+        } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {
+            /* Nothing launched; a worker-style ERROR frame may explain. */
+            if (m->code < 0 && m->code > -4096)
+                c->sys_error = m->code;
+            tbx__engine_child_ended(c, -1, 0);
+            return;
+        } else {
             break;
         }
-        usleep(1000);
     }
-    fs_pid = 0;
+    if (!c->reaped)
+        server_gone(c);
 }
 
-static int start_locked(void)
+/* The forkserver did not report its child's end a second after SIGKILL: the
+ * call ends here, with the verdict it had.  Our end of the control socket
+ * closes with it, which tells the server, whenever it wakes, to kill the
+ * child; the pidfd, if we have one, has already had SIGKILL. */
+static void server_silent_cb(tbx__deadline *d)
 {
-    int sv[2], rc;
-    pid_t pid;
-    if (fs_conn >= 0)
-        return 0;
-    if (fs_env_limits == NULL) {
-        tbx_forkserver_opts o;
-        tbx_forkserver_opts_init(&o);
-        if ((rc = remember(&o)) != 0)
-            return rc;
-    }
-    if (!fs_have_key) {
-        if ((rc = tbx__random(fs_key, sizeof fs_key)) != 0)
-            return rc;
-        fs_have_key = 1;
-    }
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-        return -errno;
-    rc = tbx__lift_fd(&sv[1]);
-    if (rc == 0) {
-        const char *env[] = {TBX__FS_VAR "=3", fs_env_limits, fs_env_preload, fs_env_allow,
-                             fs_env_listen, NULL};
-        tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1, -1, -1};
-        rc = tbx__spawn(&sp, &pid);
-    }
-    tbx__close(sv[1]);
-    if (rc != 0) {
-        tbx__close(sv[0]);
-        return rc;
-    }
-    /* The key goes down the private connection, never through argv or the
-     * environment of the server. */
-    tbx__keymsg km = {TBX__AUTH_MAGIC, {0}};
-    memcpy(km.key, fs_key, sizeof km.key);
-    ssize_t sent = tbx__send_fds(sv[0], &km, sizeof km, NULL, 0, 0);
-    memset(&km, 0, sizeof km);
-    rc = sent == (ssize_t)sizeof km ? await_ready(sv[0], pid) : (int)sent;
-    if (rc != 0) {
-        tbx__close(sv[0]);
-        tbx__kill_reap(pid);
-        return rc;
-    }
-    set_send_timeout(sv[0]);
-    fs_conn = sv[0];
-    fs_pid = pid;
-    fs_owner = getpid();
-    if (fs_env_listen != NULL) {
-        /* Processes this one starts find the shared server without code. */
-        char hex[2 * TBX__KEY_LEN + 1];
-        tbx__key_format(fs_key, hex);
-        setenv(SOCKET_ENV, strchr(fs_env_listen, '=') + 1, 1);
-        setenv(KEY_ENV, hex, 1);
-    }
-    return 0;
+    tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
+    if (c->reaped || c->finishing)
+        return;
+    tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of child %d in time: "
+                           "giving up on it", (int)c->child.pid);
+    give_up_on_server(c);
 }
 
-/* Reads a shared server's key: given, or $TIMEBOX_FORKSERVER_KEY, or the
- * file PATH.key that timebox-forkserver writes beside its socket. */
-static int load_key(const char *path, const void *key, size_t key_len, uint8_t out[TBX__KEY_LEN])
-{
-    if (key != NULL) {
-        if (key_len != TBX__KEY_LEN)
-            return TBX_EINVAL;
-        memcpy(out, key, TBX__KEY_LEN);
-        return 0;
-    }
-    const char *hex = getenv(KEY_ENV);
-    if (hex != NULL)
-        return tbx__key_parse(hex, out);
-    char file[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], buf[2 * TBX__KEY_LEN + 2];
-    snprintf(file, sizeof file, "%s.key", path);
-    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = tbx__read(fd, buf, sizeof buf - 1);
-    tbx__close(fd);
-    if (n < 2 * TBX__KEY_LEN)
-        return TBX_EINVAL;
-    buf[2 * TBX__KEY_LEN] = '\0';
-    return tbx__key_parse(buf, out);
-}
-
-static int attach_locked(const char *path, const void *key, size_t key_len)
-{
-    uint8_t k[TBX__KEY_LEN];
-    int rc = load_key(path, key, key_len, k);
-    if (rc != 0)
-        return rc;
-    int fd = tbx__connect_unix(path, k, CONNECT_TIMEOUT_S);
-    memset(k, 0, sizeof k);
-    if (fd < 0)
-        return fd;
-    stop_locked(); /* a connection we had (inherited, say) is dropped */
-    set_send_timeout(fd);
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-    fs_conn = fd;
-    fs_pid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : 0;
-    fs_owner = 0;
-    return 0;
-}
-
-int tbx_forkserver_attach(const char *path, const void *key, size_t key_len)
-{
-    if (path == NULL || path[0] == '\0')
-        return TBX_EINVAL;
-    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-        return -ENAMETOOLONG; /* never truncated to someone else's socket */
-    pthread_once(&atfork_once, atfork_register);
-    pthread_rwlock_wrlock(&fs_lock);
-    int rc = attach_locked(path, key, key_len);
-    pthread_rwlock_unlock(&fs_lock);
-    return rc;
-}
-
-/* A connection for the next call: the shared server named in the
- * environment, if this process did not start one; else our own. */
-static int connect_locked(void)
-{
-    const char *path = getenv(SOCKET_ENV);
-    if (fs_conn >= 0)
-        return 0;
-    if (path != NULL && fs_owner != getpid())
-        return attach_locked(path, NULL, 0);
-    return start_locked();
-}
-
-int tbx_forkserver_start(const tbx_forkserver_opts *opts)
-{
-    int rc = 0;
-    pthread_once(&atfork_once, atfork_register);
-    pthread_rwlock_wrlock(&fs_lock);
-    if (fs_conn < 0) {
-        if (opts != NULL)
-            rc = remember(opts);
-        if (rc == 0)
-            rc = start_locked();
-    }
-    pthread_rwlock_unlock(&fs_lock);
-    if (rc == 0)
-        warm_fill();
-    return rc;
-}
-
-void tbx_forkserver_stop(void)
-{
-    pthread_rwlock_wrlock(&fs_lock);
-    stop_locked();
-    pthread_rwlock_unlock(&fs_lock);
-}
-
-pid_t tbx_forkserver_pid(void)
-{
-    pthread_rwlock_rdlock(&fs_lock);
-    pid_t pid = fs_conn >= 0 ? fs_pid : 0;
-    pthread_rwlock_unlock(&fs_lock);
-    return pid;
-}
-
-/* Hands a call's fds to the server (see internal.h for which, by kind and
- * flags), starting it if none runs, and restarting it once if it died. */
-static int hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds)
-{
-    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, 0};
-    for (int attempt = 0;; attempt++) {
-        int rc = 0, conn;
-        pid_t server;
-        pthread_rwlock_rdlock(&fs_lock);
-        while ((conn = fs_conn) < 0 && rc == 0) {
-            pthread_rwlock_unlock(&fs_lock);
-            pthread_once(&atfork_once, atfork_register);
-            pthread_rwlock_wrlock(&fs_lock);
-            rc = connect_locked();
-            pthread_rwlock_unlock(&fs_lock);
-            pthread_rwlock_rdlock(&fs_lock);
-        }
-        server = fs_pid;
-        if (rc == 0) {
-            /* Blocking, bounded by SO_SNDTIMEO: the kernel queues only a
-             * few messages (net.unix.max_dgram_qlen) before the server
-             * reads them, which it does at once. */
-            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, nfds, 0);
-            rc = n < 0 ? (int)n : 0;
-        }
-        pthread_rwlock_unlock(&fs_lock);
-        if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN)
-            return rc;
-        if (attempt == 1)
-            return rc;
-        /* The server died: reap it (if ours) and start, or find, another. */
-        tbx__log(TBX_LOG_WARN, "the forkserver (pid %d) is gone: starting or finding another",
-                 (int)server);
-        pthread_rwlock_wrlock(&fs_lock);
-        if (fs_conn == conn)
-            stop_locked();
-        pthread_rwlock_unlock(&fs_lock);
-    }
-}
-
-/* Orders one warm slot: its child is forked by the server meanwhile. */
-static int warm_add(void)
-{
-    int ctl[2] = {-1, -1}, req[2] = {-1, -1}, res[2] = {-1, -1}, rc = 0;
-    warm_slot *w = malloc(sizeof *w);
-    if (w == NULL)
-        return -ENOMEM;
-    /* The call that takes it is not known yet: its memfd is made anyway. */
-    int bulk = tbx__bulk_create(UINT64_MAX);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0)
-        rc = -errno;
-    if (rc == 0)
-        rc = tbx__pipe(res, 0);
-    if (rc == 0) {
-        int fds[4] = {ctl[1], res[1], req[1], bulk};
-        rc = hand_over(TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0, fds, bulk >= 0 ? 4 : 3);
-    }
-    tbx__close(ctl[1]);
-    tbx__close(req[1]);
-    tbx__close(res[1]);
-    if (rc != 0) {
-        tbx__close(ctl[0]);
-        tbx__close(req[0]);
-        tbx__close(res[0]);
-        tbx__close(bulk);
-        free(w);
-        return rc;
-    }
-    w->control = ctl[0];
-    w->bulk = bulk;
-    w->request = req[0];
-    w->result = res[0];
-    pthread_mutex_lock(&warm_lock);
-    w->next = warm_pool;
-    warm_pool = w;
-    warm_count++;
-    pthread_mutex_unlock(&warm_lock);
-    return 0;
-}
-
-/* Tops the pool up to its target; a failure leaves it short, and the calls
- * go the ordinary way. */
-static void warm_fill(void)
-{
-    for (;;) {
-        pthread_mutex_lock(&warm_lock);
-        int short_of = warm_count < atomic_load(&warm_target);
-        pthread_mutex_unlock(&warm_lock);
-        if (!short_of || warm_add() != 0)
-            return;
-    }
-}
-
-static warm_slot *warm_take(void)
-{
-    pthread_mutex_lock(&warm_lock);
-    warm_slot *w = warm_pool;
-    if (w != NULL) {
-        warm_pool = w->next;
-        warm_count--;
-    }
-    pthread_mutex_unlock(&warm_lock);
-    return w;
-}
 
 static int forkserver_launch(tbx__call *c, tbx__child *child)
 {
     int ctl[2], res[2] = {-1, -1}, rc;
     int capture = c->capture[TBX__STDOUT].child_fd >= 0;
     int backtrace = c->capture[TBX__BACKTRACE].child_fd >= 0;
-    warm_slot *w = atomic_load(&warm_target) > 0 && !capture && !backtrace ? warm_take() : NULL;
-    if (w != NULL) {
-        /* A child already waits for this request: the engine writes it
-         * straight to it, and reads LAUNCHED, long since sent, as usual. */
-        child->pid = 0;
-        child->pidfd = -1;
-        child->result_fd = w->result;
-        child->control_fd = w->control;
-        child->request_fd = w->request;
-        child->bulk_fd = w->bulk;
-        child->worker = 1;
-        child->warm = 1;
-        free(w);
+    /* A warm child already waits for its request: the engine writes it
+     * straight to it, and LAUNCHED, long since sent, is read as usual. */
+    if (!capture && !backtrace && tbx__fs_client_take_warm(child))
         return 0;
-    }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
     int bulk = -1;
@@ -543,7 +120,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         bulk = tbx__bulk_create(c->opts.max_result);
         if (bulk >= 0)
             fds[n++] = bulk;
-        rc = hand_over(TBX__HELLO_CALL,
+        rc = tbx__fs_client_hand_over(TBX__HELLO_CALL,
                        (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0) |
                            (bulk >= 0 ? TBX__HELLO_BULK : 0),
                        fds, n);
@@ -579,23 +156,81 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
 static void forkserver_ended(tbx__call *c)
 {
     if (c->child.warm)
-        warm_fill();
+        tbx__fs_client_warm_fill();
 }
 
-const tbx__launcher tbx__launch_forkserver = {"forkserver", forkserver_launch,
-                                              forkserver_ended};
 
-void tbx__forkserver_forget_parent(void)
+static int forkserver_watch(tbx__call *c, uv_handle_t **h)
 {
-    /* A fork child: the parent's server is not our child to reap, and its
-     * lock may have been held by a thread that does not exist here. */
-    if (fs_conn >= 0)
-        tbx__close(fs_conn);
-    fs_conn = -1;
-    fs_pid = 0;
-    fs_owner = 0;
-    pthread_rwlock_init(&fs_lock, NULL);
-    pthread_mutex_init(&warm_lock, NULL);
-    warm_drop();
-    atomic_store(&warm_target, 0); /* a child's calls are cold, unless it asks */
+    int rc = uv_poll_init(c->loop, &c->control_poll, c->child.control_fd);
+    if (rc != 0)
+        return rc;
+    c->control_poll.data = c;
+    *h = (uv_handle_t *)&c->control_poll;
+    c->open_handles++;
+    c->h_exit = 1;
+    return uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
 }
+
+static int forkserver_exited(tbx__call *c)
+{
+    if (c->child.pidfd < 0)
+        return 0;
+    struct pollfd p = {c->child.pidfd, POLLIN, 0};
+    return poll(&p, 1, 0) == 1;
+}
+
+static void forkserver_signal(tbx__call *c, int sig)
+{
+    if (c->child.request_fd >= 0) {
+        /* The request is still on its way, and a KILL would land in the
+         * middle of it: the server hears our end close instead, drops the
+         * call, and closes its end. */
+        tbx__request_end(c);
+        (void)shutdown(c->child.control_fd, SHUT_WR);
+    } else {
+        /* The server signals the group (it alone may, since it reaps); the
+         * pidfd reaches the child at once. */
+        tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_KILL, 0, sig};
+        (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (c->child.pidfd >= 0)
+            (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
+    }
+    /* The child ends when the server says so.  A server that is alive but
+     * stuck must not hang the call: a little after SIGKILL it is given up on
+     * (server_silent_cb). */
+    if (sig == SIGKILL) {
+        c->deadline.cb = server_silent_cb;
+        (void)tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__SERVER_SLACK_NS);
+    }
+}
+
+/* The backtrace signal goes to the process: the server's child is not ours
+ * to tgkill. */
+static void forkserver_backtrace(tbx__call *c)
+{
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, TBX__BACKTRACE_SIGNAL);
+}
+
+/* A server's child is the server's to end: closing the control socket, as
+ * the engine does next, tells it to. */
+static void forkserver_abandon(tbx__call *c)
+{
+    TBX__UNUSED(c);
+}
+
+/* A fresh program (a child of the server's) finds fn by name, and a pointer
+ * cannot cross into another process. */
+const tbx__launcher tbx__launch_forkserver = {
+    .name = "forkserver",
+    .max_args = TBX__MAX_ARGS,
+    .prepare = tbx__request_build,
+    .launch = forkserver_launch,
+    .watch = forkserver_watch,
+    .exited = forkserver_exited,
+    .signal = forkserver_signal,
+    .backtrace = forkserver_backtrace,
+    .abandon = forkserver_abandon,
+    .ended = forkserver_ended,
+};

@@ -265,4 +265,15 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-const tbx__launcher tbx__launch_spawn = {"spawn", spawn_launch, NULL};
+/* A fresh program finds fn by name, and a pointer cannot cross an exec. */
+const tbx__launcher tbx__launch_spawn = {
+    .name = "spawn",
+    .max_args = TBX__MAX_ARGS,
+    .prepare = tbx__request_build,
+    .launch = spawn_launch,
+    .watch = tbx__own_watch,
+    .exited = tbx__own_exited,
+    .signal = tbx__own_signal,
+    .backtrace = tbx__own_backtrace,
+    .abandon = tbx__own_abandon,
+};

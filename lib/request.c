@@ -11,6 +11,29 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+int tbx__request_build(tbx__call *c)
+{
+    memset(&c->request, 0, sizeof c->request);
+    c->request.magic = TBX__REQUEST_MAGIC;
+    c->request.flags = (c->opts.reset_signals ? TBX__REQ_RESET_SIGNALS : 0) |
+                       (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE) |
+                       (c->opts.allow_core ? TBX__REQ_ALLOW_CORE : 0) |
+                       (c->opts.backtrace_on_timeout ? TBX__REQ_BACKTRACE : 0);
+    c->request.limit_memory = c->opts.limit_memory;
+    c->request.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
+    c->request.limit_files = c->opts.limit_files;
+    c->request.name_len = (uint32_t)strlen(c->name);
+    c->request.args_len = c->args_len;
+    c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
+    c->request.grace_ns = tbx__seconds_to_ns(c->opts.grace_s);
+    c->request.max_result = c->opts.max_result;
+    /* Big args go as a sealed memfd: written once, mapped there. */
+    c->args_fd = tbx__bulk_args(c->args_buf, c->args_len);
+    if (c->args_fd >= 0)
+        c->request.flags |= TBX__REQ_ARGS_BULK;
+    return 0;
+}
+
 /* The bytes of the request: header, name, and args unless a memfd carries
  * them (then it goes with the first bytes sent). */
 static size_t args_inline(const tbx__call *c)
