@@ -11,7 +11,7 @@
  * its three kinds; a key parses only from exactly 64 hex digits, and parses
  * back to the same text.
  */
-#include "internal.h"
+#include "forkserver/auth.h"
 
 #include <ctype.h>
 #include <stdint.h>

@@ -19,7 +19,7 @@
  *   - the same check applied to the input as caller args (engine_prepare)
  *     agrees with itself, whatever the depth limit.
  */
-#include "internal.h"
+#include "wire.h"
 
 #include <fcntl.h>
 #include <stdint.h>

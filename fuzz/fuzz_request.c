@@ -10,7 +10,7 @@
  * request: header, name, args.  The name "fuzz_fn" is registered here, so
  * requests can get past the lookup.
  */
-#include "internal.h"
+#include "child.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -20,7 +20,7 @@
  * the request (SCM_RIGHTS); the worker or the server maps it.  (With fork
  * the child already shares the caller's memory: nothing to do.)
  */
-#include "internal.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * thread's private loop until the call is done; tbx_call_async runs it on the
  * caller's loop and reports through a callback.  There is no second path.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <signal.h>

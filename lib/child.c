@@ -13,7 +13,7 @@
  * lock inside timebox.  The child always ends with _exit.
  * =============================================================
  */
-#include "internal.h"
+#include "child.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -334,11 +334,6 @@ static void install_backtrace(const tbx__child_spec *spec)
     (void)sigaction(TBX__BACKTRACE_SIGNAL, &sa, NULL);
 }
 
-void tbx__child_forget_parent(void)
-{
-    tbx__forkserver_forget_parent();
-}
-
 void tbx__child_main(const tbx__child_spec *spec)
 {
     result_buf rb;
@@ -352,7 +347,7 @@ void tbx__child_main(const tbx__child_spec *spec)
     if (spec->parent_pid != 0 && getppid() != spec->parent_pid)
         _exit(127);
     reset_signals(spec);
-    tbx__child_forget_parent();
+    tbx__forget_call_parent();
     place_output(spec);
     apply_limits(spec);
     install_backtrace(spec);

@@ -11,7 +11,7 @@
  * deadline holds a reference, and the last one out closes the handle, so a
  * caller's uv_loop_close() never finds a handle of ours.
  */
-#include "internal.h"
+#include "loop.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -159,7 +159,7 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void atfork_register(void)
 {
-    (void)pthread_atfork(NULL, NULL, atfork_child);
+    tbx__forget_register(TBX__FORGET_DEADLINES, atfork_child, NULL);
 }
 
 static int timers_get(uv_loop_t *loop, tbx__timers **out)

@@ -13,7 +13,8 @@
  * gets SIGKILL; the zombie still holds the group's id, so the signal cannot
  * reach a stranger that reused it.
  */
-#include "internal.h"
+#include "engine.h"
+#include "child.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -2,7 +2,7 @@
  * Error codes: names and messages generated from TBX_ERRNO_MAP, and for
  * negative errno values, the system's own.
  */
-#include "internal.h"
+#include "os.h"
 
 #include <string.h>
 

@@ -5,7 +5,7 @@
  * hostile or confused peer cannot make us leak them.  Every received
  * descriptor is close-on-exec from birth (MSG_CMSG_CLOEXEC).
  */
-#include "internal.h"
+#include "os.h"
 
 #include <errno.h>
 #include <string.h>

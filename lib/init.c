@@ -3,7 +3,8 @@
  * serves its call here, and one spawned as a forkserver serves until its
  * creator is gone; neither returns.  Any other returns 0 at once.
  */
-#include "internal.h"
+#include "child.h"
+#include "forkserver/forkserver.h"
 
 int tbx_init(int argc, char **argv)
 {

@@ -7,7 +7,8 @@
  * sides call setpgid, so the group exists whichever runs first, and the
  * deadline can kill it as soon as launch returns.
  */
-#include "internal.h"
+#include "child.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -8,7 +8,8 @@
  * empty mask.  Between clone and exec only glibc runs; timebox allocates and
  * locks nothing there.  The worker reads its request from fd 3 (worker.c).
  */
-#include "internal.h"
+#include "child.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -4,7 +4,7 @@
  * host's callback (tbx_set_log), or by default, warnings and errors only,
  * to stderr.  Rare events: a mutex guards the callback.
  */
-#include "internal.h"
+#include "os.h"
 
 #include <pthread.h>
 #include <stdarg.h>

@@ -9,7 +9,7 @@
  * handler closes the child's copies of every private loop's descriptors and
  * forgets them; the child makes new ones on its first call.
  */
-#include "internal.h"
+#include "loop.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -62,7 +62,7 @@ static void atfork_child(void)
 static void loop_init_once(void)
 {
     (void)pthread_key_create(&loop_key, loop_destroy);
-    (void)pthread_atfork(NULL, NULL, atfork_child);
+    tbx__forget_register(TBX__FORGET_LOOPS, atfork_child, NULL);
 }
 
 uv_loop_t *tbx__private_loop(void)

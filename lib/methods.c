@@ -4,7 +4,7 @@
  * and its dispatch all read this table and nothing else, so a new method is
  * a new file, a row here and a value of the public enum.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <stdatomic.h>
 

@@ -4,7 +4,7 @@
  * syscall(2) so that an older glibc (or a kernel without them, -ENOSYS) still
  * builds and runs: the engine falls back to polling waitpid on our own pid.
  */
-#include "internal.h"
+#include "os.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -4,7 +4,7 @@
  * without one; signals go to its process group, which it leads, and the
  * backtrace signal to its first thread, the one that runs fn.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -6,7 +6,7 @@
  * dlclose on another thread; a child reads it the same way (it has one thread,
  * and launchers fork with no timebox lock held).
  */
-#include "internal.h"
+#include "child.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -3,7 +3,7 @@
  * the socket takes it, on the call's loop.  The caller's args are borrowed
  * only for the launch: what the socket did not take at once is copied.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <stdlib.h>

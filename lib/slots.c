@@ -5,7 +5,7 @@
  * on its loop for a uv_async_t that the releasing thread signals.  Free of
  * cost when no cap is set: a call that finds none takes no slot.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -29,7 +29,7 @@ static void atfork_child(void)
 
 static void atfork_register(void)
 {
-    (void)pthread_atfork(NULL, NULL, atfork_child);
+    tbx__forget_register(TBX__FORGET_SLOTS, atfork_child, NULL);
 }
 
 int tbx_set_max_children(unsigned n)

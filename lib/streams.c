@@ -3,7 +3,7 @@
  * (opts.capture_output) and its backtrace (opts.backtrace_on_timeout), each
  * a pipe the engine drains as it fills, kept up to a limit.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <stdlib.h>

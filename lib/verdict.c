@@ -5,7 +5,7 @@
  * error first, then a reason the engine decided (deadline, cancel, bad
  * frame), then what the child said, then how it ended.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <signal.h>

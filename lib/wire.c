@@ -3,7 +3,7 @@
  * length, a count or a nesting depth it reads: every one is bounded by what
  * remains of the input before anything is allocated in proportion to it.
  */
-#include "internal.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <stdlib.h>

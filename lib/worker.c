@@ -4,7 +4,7 @@
  * from our own parent, but it is still bytes from another process: every
  * length is checked before anything is allocated for it.
  */
-#include "internal.h"
+#include "child.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -4,7 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "helpers.h"
-#include "../lib/internal.h"
+#include "../lib/forkserver/forkserver.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>

@@ -14,7 +14,8 @@
  * send, so a restart or stop (exclusive) never closes the descriptor under a
  * sender, nor lets its number be reused by another open meanwhile.
  */
-#include "internal.h"
+#include "child.h"
+#include "forkserver/client.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -103,9 +104,11 @@ static void atfork_child(void)
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+static void forget_for_call(void);
+
 static void atfork_register(void)
 {
-    (void)pthread_atfork(NULL, NULL, atfork_child);
+    tbx__forget_register(TBX__FORGET_FORKSERVER, atfork_child, forget_for_call);
 }
 
 static void free_argv(char **argv)
@@ -529,7 +532,8 @@ void tbx__fs_client_warm_fill(void)
     warm_fill();
 }
 
-void tbx__forkserver_forget_parent(void)
+/* A call's child: the parent's server is not its own, in any sense. */
+static void forget_for_call(void)
 {
     /* A fork child: the parent's server is not our child to reap, and its
      * lock may have been held by a thread that does not exist here. */

@@ -23,7 +23,9 @@
  * connection closes (every process holding it is gone) or SIGTERM comes, the
  * server kills every child, removes its socket and exits.
  */
-#include "internal.h"
+#include "child.h"
+#include "forkserver/forkserver.h"
+#include "loop.h"
 
 #include <dirent.h>
 #include <dlfcn.h>

@@ -7,7 +7,7 @@
  * EXITED or ERROR), and its signals are asked of the server.  A server that
  * dies, or says nothing a while after SIGKILL, is given up on.
  */
-#include "internal.h"
+#include "forkserver/client.h"
 
 #include <errno.h>
 #include <fcntl.h>

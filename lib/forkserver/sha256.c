@@ -6,7 +6,7 @@
  * loading).  Checked against the RFC 4231 vectors in tests/test_shared.c.
  * Not built for speed: it hashes a hundred bytes per connection.
  */
-#include "internal.h"
+#include "forkserver/auth.h"
 
 #include <string.h>
 

@@ -9,7 +9,7 @@
  * and the socket then becomes 0666 after the bind.  The abstract namespace
  * (which has no permissions at all) is never used.
  */
-#include "internal.h"
+#include "forkserver/forkserver.h"
 
 #include <errno.h>
 #include <fcntl.h>

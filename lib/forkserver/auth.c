@@ -7,7 +7,7 @@
  * The HMAC is sha256.c's, compared in constant time; nonces and keys come
  * from getrandom.
  */
-#include "internal.h"
+#include "forkserver/auth.h"
 
 #include <errno.h>
 #include <string.h>

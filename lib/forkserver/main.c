@@ -3,7 +3,7 @@
  * of the uids it allows), as a daemon.  It serves the functions that the
  * shared objects it preloads register with TBX_REGISTER.
  */
-#include "internal.h"
+#include "forkserver/forkserver.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,0 +1,92 @@
+/*
+ * The child side: what runs in the process that runs fn (a fork child, a
+ * spawned worker, a forkserver's child), and the registry it finds fn and
+ * its hooks in.  No libuv here: a child runs no loop.  Code that runs
+ * between fork and exec (tbx__spawn's child) uses async-signal-safe calls
+ * only; the rest runs in a child that has one thread, after fork.
+ */
+#ifndef TBX_CHILD_H
+#define TBX_CHILD_H
+
+#include "wire.h"
+
+#include <signal.h>
+
+/* ------------------------------------------------------------- registry */
+typedef struct tbx__hook {
+    tbx_hook_fn *fn;      /* a child hook, or NULL */
+    tbx_preload_fn *pre;  /* a preload hook, or NULL */
+    void *arg;
+} tbx__hook;
+
+/* Runs every child hook; returns 0 or the first non-zero hook value.  Reads
+ * the hook table without a lock: called in a child, which has one thread. */
+int tbx__run_child_hooks(void);
+
+/* -------------------------------------------------------- the child side */
+
+/* What the child needs to know about its call, prepared by the parent. */
+typedef struct tbx__child_spec {
+    tbx_fn *fn;
+    const msgpack_object *args;
+    void *ctx;
+    int result_fd;
+    int reset_signals;
+    int soft_deadline;         /* the clock starts in the child */
+    int send_start;            /* say START before fn (soft, or a worker) */
+    double timeout_s;
+    uint64_t deadline_ns;      /* absolute, hard deadlines; 0: none */
+    size_t max_result;
+    const sigset_t *parent_mask; /* restored when !reset_signals */
+    pid_t parent_pid;          /* the child dies with it; 0: not checked */
+    uint64_t limit_memory;     /* resource limits; 0: inherited */
+    uint32_t limit_cpu_s;
+    uint32_t limit_files;
+    int allow_core;
+    int stdout_fd, stderr_fd;  /* placed on 1 and 2 before anything runs; -1:
+                                  left as they are */
+    int backtrace_fd;          /* where to write a backtrace when asked; -1 */
+    int bulk_fd;               /* a memfd for a result of TBX__BIG_PAYLOAD
+                                  or more; -1: the pipe only */
+} tbx__child_spec;
+
+/* Runs the call in this (child) process and _exits.  Never returns. */
+__attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);
+
+/* The worker side of spawn: if this process was started as a worker, serve
+ * the request and _exit; otherwise return. */
+void tbx__worker_maybe_serve(void);
+/* Reads one request from req_fd and runs it, writing to res_fd; _exits.
+ * signals_clean: the dispositions are already the defaults (a forkserver
+ * child), so reset_signals has nothing left to do. */
+__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd,
+                                                 int bulk_fd, int signals_clean);
+/* 1 if this process was started as a worker but never called tbx_init. */
+int tbx__worker_unserved(void);
+
+/* Reads one request of h.args_len args and name from fd (blocking), checks
+ * and unpacks it.  Returns 0, or a TBX_E* / -errno code with *why set. */
+typedef struct tbx__request {
+    tbx__request_header h;
+    char name[TBX__MAX_NAME + 1];
+    char *args_buf;            /* malloc'd, or mapped (args_mapped) */
+    int args_mapped;           /* args_buf maps a bulk memfd (REQ_ARGS_BULK) */
+    msgpack_zone zone;
+    msgpack_object args;
+    tbx_fn *fn;
+    int unpacked;              /* zone holds args: free destroys it */
+} tbx__request;
+/* Checks a complete request whose header, name and args_buf are filled in:
+ * looks fn up and unpacks the args.  Returns 0 or TBX_ENOTREG / TBX_EPROTO /
+ * -ENOMEM with a message in why. */
+int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len);
+void tbx__request_free(tbx__request *rq);
+/* The child spec that runs a resolved request. */
+void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *spec);
+
+/* Runs every TBX_PRELOAD hook; 0 or the first failure. */
+int tbx__run_preload_hooks(void);
+
+
+
+#endif /* TBX_CHILD_H */

@@ -1,0 +1,280 @@
+/*
+ * The engine: one call's life in the caller's process, the launcher
+ * interface every start method implements, and the table of methods.  The
+ * engine knows no method; the launchers (launch_*.c, forkserver/) know the
+ * engine.
+ */
+#ifndef TBX_ENGINE_H
+#define TBX_ENGINE_H
+
+#include "timebox/uv.h"
+#include "loop.h"
+#include "wire.h"
+
+/* ---------------------------------------------------------------- a call */
+typedef struct tbx__call tbx__call;
+
+/* The cap on children alive at once (slots.c). */
+typedef struct tbx__waiter tbx__waiter;
+struct tbx__waiter {
+    tbx__waiter *next;
+    void *cond;                /* pthread_cond_t * of a blocking caller */
+    tbx__call *call;           /* an async call, woken by call->wake */
+    int granted;
+};
+/* 1 if a cap is set (calls must take a slot). */
+int tbx__slots_capped(void);
+/* Blocking: waits for a slot until deadline_ns (0: no limit).  0, or
+ * TBX_ETIMEDOUT with no slot taken. */
+int tbx__slot_wait(uint64_t deadline_ns);
+/* Async: 1 if a slot was free (taken); 0 if c now waits for call->wake. */
+int tbx__slot_queue(tbx__call *c);
+/* Async: takes c out of the queue; 1 if it had been granted a slot (which
+ * it then holds), 0 if not. */
+int tbx__slot_unqueue(tbx__call *c);
+/* Gives back a slot (held: 1) and grants waiters what is free. */
+void tbx__slot_release(int held);
+typedef void tbx__done_cb(tbx__call *call);
+
+/* What a launcher gives the engine: a running child, leading its own process
+ * group (pgid == pid), and the parent's ends of its channels. */
+/* A stream from the child: its stdout, its stderr, or its backtrace. */
+enum { TBX__STDOUT, TBX__STDERR, TBX__BACKTRACE, TBX__NSTREAMS };
+#define TBX__BACKTRACE_WAIT_NS 250000000ull
+/* How long after SIGKILL a forkserver may take to report its child's end
+ * before the call gives up on it. */
+#define TBX__SERVER_SLACK_NS 1000000000ull
+
+typedef struct tbx__capture {
+    int fd;                    /* our end; -1: not captured */
+    int child_fd;              /* the child's end until launched; -1 after */
+    uv_poll_t poll;
+    char *buf;
+    size_t len, cap, limit;
+    int truncated, polling;
+    tbx__call *call;
+} tbx__capture;
+
+typedef struct tbx__child {
+    pid_t pid;
+    int pidfd;     /* -1 when the kernel has no pidfd */
+    int result_fd; /* read end of the result pipe, CLOEXEC */
+    int request_fd; /* -1, or our end of a socket the request goes down */
+    int control_fd; /* forkserver: the call's control socket; -1 otherwise */
+    int bulk_fd;   /* -1, or a memfd a big result comes back in (bulk.c) */
+    int worker;    /* 1: a fresh program that must say START before fn */
+    int warm;      /* 1: a warm child, taken from the pool */
+} tbx__child;
+
+/* The launcher interface: one per start method, each in its own file, each
+ * a row of tbx__methods (methods.c), indexed by tbx_method.  The engine
+ * (engine.c) names no method: whatever differs between them is here.
+ *   accepts    TBX__ACCEPTS_*: what the method takes (a ctx pointer, an
+ *              unregistered fn); the engine refuses the rest (EINVAL,
+ *              ENOTREG) before anything is launched.
+ *   resolve    optional: the launcher that really serves this call (a method
+ *              chosen per call returns another row); NULL: itself.
+ *   prepare    readies the args for the child: unpacked in the parent
+ *              (tbx__engine_unpack_args) or as a request (tbx__request_build).
+ *   launch     starts the child and fills *child, or returns -errno / TBX_E*
+ *              with nothing left open or running.
+ *   watch      opens the one handle that learns of the child's end (counted
+ *              in open_handles, h_exit set) and returns it through *h; the
+ *              launcher calls tbx__engine_child_ended when it knows.
+ *   exited     1 if the child has exited, its end not yet handled (the
+ *              deadline and the exit can be ready at the same wake-up).
+ *   signal     sends sig to the child and its group.
+ *   backtrace  asks the child for a backtrace (TBX__BACKTRACE_SIGNAL).
+ *   abandon    the launch worked but watching it did not: the child must
+ *              end now, with nothing of it left.
+ *   ended      optional: runs once the call is over (its child reaped, its
+ *              handles closed), just before the caller hears: work that must
+ *              not compete with the call's own child for the CPU (replacing a
+ *              warm child) goes there. */
+enum { TBX__ACCEPTS_CTX = 1, TBX__ACCEPTS_UNREGISTERED = 2 };
+
+typedef struct tbx__launcher tbx__launcher;
+struct tbx__launcher {
+    const char *name;
+    unsigned accepts;
+    uint64_t max_args;         /* the longest args it takes; 0: no limit */
+    const tbx__launcher *(*resolve)(tbx__call *call);
+    int (*prepare)(tbx__call *call);
+    int (*launch)(tbx__call *call, tbx__child *child);
+    int (*watch)(tbx__call *call, uv_handle_t **h);
+    int (*exited)(tbx__call *call);
+    void (*signal)(tbx__call *call, int sig);
+    void (*backtrace)(tbx__call *call);
+    void (*abandon)(tbx__call *call);
+    void (*ended)(tbx__call *call);
+};
+
+extern const tbx__launcher tbx__launch_fork;
+extern const tbx__launcher tbx__launch_spawn;
+extern const tbx__launcher tbx__launch_forkserver;
+/* The launcher of a method, or NULL for one this build does not provide
+ * (TBX_METHOD_DEFAULT included). */
+const tbx__launcher *tbx__launcher_of(tbx_method method);
+/* The method TBX_METHOD_DEFAULT stands for (tbx_set_default_method). */
+tbx_method tbx__default_method(void);
+
+/* own_child.c: the parts of a launcher whose child is our own (we reap it):
+ * exit learned through its pidfd, or by polling waitpid without one; signals
+ * sent to its group; the backtrace signal to its first thread. */
+int tbx__own_watch(tbx__call *call, uv_handle_t **h);
+int tbx__own_exited(tbx__call *call);
+void tbx__own_signal(tbx__call *call, int sig);
+void tbx__own_backtrace(tbx__call *call);
+void tbx__own_abandon(tbx__call *call);
+
+/* What the engine offers its launchers.
+ * child_ended: the child has ended with wstatus (-1: unknown); the rest of
+ *   the result is read and the call finishes.  trailing: a byte after the
+ *   result frame makes the call TBX_EPROTO (the child is gone, so every byte
+ *   it wrote is in the pipe).
+ * unpack_args: the args unpacked in the parent (a fork child reads them in
+ *   memory).  */
+void tbx__engine_child_ended(tbx__call *call, int wstatus, int trailing);
+int tbx__engine_unpack_args(tbx__call *call);
+
+/* Starts a fresh program with posix_spawn: fds[i] placed at 3 + i, every
+ * other descriptor closed, env (NAME=value, NULL-terminated) added to the
+ * caller's environment, its own process group.  executable NULL: the process
+ * default, else this program.  Returns 0 or -errno (a failed exec too). */
+typedef struct tbx__spawn_spec {
+    const char *executable;
+    char *const *argv;
+    int fds[4];                /* each lifted (tbx__lift_fd) first */
+    int nfds;
+    const char *const *env;
+    int reset_signals;
+    int stdout_fd, stderr_fd;  /* placed on 1 and 2; -1: inherited */
+} tbx__spawn_spec;
+int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid);
+/* Moves *fd above the descriptors tbx__spawn places (CLOEXEC). */
+int tbx__lift_fd(int *fd);
+
+struct tbx__call {
+    /* Set by the front door before tbx__engine_start. */
+    uv_loop_t *loop;
+    tbx_fn *fn;
+    const char *args_buf;
+    size_t args_len;
+    tbx_opts opts;
+    uint64_t start_ns;
+    tbx__done_cb *done_cb;
+    tbx__done_cb *abandoned_cb; /* a failed launch whose handles closed late;
+                                   NULL: the front door runs the loop dry */
+    tbx_req *req;              /* async only */
+    tbx_cb *cb;                /* async only */
+    tbx_result *out;
+
+    /* Args unpacked in the parent (fork: the child reads them in memory). */
+    msgpack_zone args_zone;
+    msgpack_object args;
+    const char *name;          /* registered name (spawn) */
+    int args_fd;               /* args of a worker's, when big: a sealed
+                                  memfd sent with the request; else -1 */
+
+    /* The request to a worker: header, name, args, written as the socket
+     * takes them.  What did not fit at launch is copied to request_copy. */
+    tbx__request_header request;
+    size_t request_sent;
+    char *request_copy;        /* the last request_copy_len bytes */
+    size_t request_copy_len;
+    uv_poll_t request_poll;
+
+    /* The cap on children (slots.c): waiting for a slot, or holding one. */
+    tbx__waiter waiter;
+    uv_async_t wake;           /* an async call's slot came */
+    unsigned queued : 1, has_slot : 1, h_wake : 1;
+
+    /* opts.capture_output: stdout, stderr; opts.backtrace_on_timeout. */
+    tbx__capture capture[TBX__NSTREAMS];
+    unsigned backtrace_asked : 1, backtrace_pending : 1;
+
+    /* forkserver: what arrives on the control socket. */
+    uv_poll_t control_poll;
+    tbx__control control;
+    size_t control_got;
+    int control_fd_in;         /* a pidfd that came with a partial message */
+
+    /* The running child, who launched it, and its watchers. */
+    const tbx__launcher *launcher;
+    tbx__child child;
+    uv_poll_t result_poll;
+    uv_poll_t exit_poll;       /* on the pidfd */
+    uv_timer_t exit_timer;     /* polls waitpid when there is no pidfd */
+    uv_handle_t *exit_h;       /* the launcher's watch: one of these */
+    tbx__deadline deadline;
+    int open_handles;          /* closes still to come before done */
+
+    /* Reading the result frame. */
+    tbx__frame_header hdr;
+    size_t hdr_got;
+    char *payload;             /* the frame's payload */
+    char *payload_map;         /* its mapping, for a big one; else NULL */
+    size_t payload_cap;
+    uint64_t payload_got;
+
+    /* When (CLOCK_MONOTONIC ns): the launch began, fn started (START, or the
+     * launch returned), the result was whole or the child ended. */
+    uint64_t t_launch, t_started, t_done;
+
+    /* What happened. */
+    unsigned frame_done : 1;
+    unsigned reading : 1;
+    unsigned started : 1;      /* soft deadline: START seen */
+    unsigned reaped : 1;
+    unsigned finishing : 1;
+    unsigned args_unpacked : 1;
+    unsigned abandoned : 1;
+    unsigned writing : 1;       /* request_poll is open */
+    unsigned server_gone : 1;
+    unsigned h_result : 1;      /* result_poll is open */
+    unsigned h_exit : 1;        /* the exit handle (exit_handle()) is open */
+    int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
+    int kill_signal;
+    int wstatus;
+    int sys_error;             /* a -errno met while watching */
+    tbx_result result;         /* async: handed to the callback */
+};
+
+/* The close callback of every handle of a call's: the last one finalizes. */
+void tbx__engine_close_cb(uv_handle_t *h);
+
+/* request.c: builds the request for a fresh program (a launcher's prepare),
+ * writes it down child.request_fd (0 or -errno), and ends the writing
+ * (closes the fd, the poll, the copy). */
+int tbx__request_build(tbx__call *call);
+int tbx__request_start(tbx__call *call);
+void tbx__request_end(tbx__call *call);
+
+/* streams.c: the pipes for the child's stdout, stderr and backtrace. */
+int tbx__streams_open(tbx__call *call);
+void tbx__streams_close_child_ends(tbx__call *call);
+int tbx__stream_read(tbx__capture *k); /* 1 if a NUL came */
+void tbx__streams_give(tbx__call *call, tbx_result *r);
+
+/* verdict.c: the status of a finished call, with its value or message. */
+int tbx__verdict(tbx__call *call, tbx_result *r);
+
+/* Validates call's options and arguments and prepares them for launch:
+ * TBX_EINVAL, -ENOMEM or 0.  On error nothing is held. */
+int tbx__engine_prepare(tbx__call *call, const void *args, size_t args_len,
+                        const tbx_opts *opts);
+/* Launches the child and starts watching it on call->loop.  Returns 0, after
+ * which call->done_cb runs exactly once with call->out filled; or an error,
+ * with nothing left open or running and done_cb never run. */
+int tbx__engine_run(tbx__call *call);
+/* Ends the call as its deadline would, with `why` as the verdict. */
+int tbx__engine_stop(tbx__call *call, int why);
+/* Async front door: like tbx__engine_run, but when the cap on children is
+ * reached the call waits its turn (and may meet its deadline or a cancel
+ * while it waits); done_cb then reports whatever becomes of it. */
+int tbx__engine_run_queued(tbx__call *call);
+/* Blocking front door, for a call that will not run (its deadline passed
+ * while it waited for a slot): fills call->out, frees what it holds. */
+void tbx__engine_refuse(tbx__call *call, int status, const char *message);
+
+#endif /* TBX_ENGINE_H */

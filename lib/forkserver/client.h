@@ -1,0 +1,18 @@
+/*
+ * The forkserver's client side, for its launcher (launch_forkserver.c): the
+ * connection to the server (client.c) and its warm children.
+ */
+#ifndef TBX_FORKSERVER_CLIENT_H
+#define TBX_FORKSERVER_CLIENT_H
+
+#include "../engine.h"
+#include "forkserver.h"
+
+/* fs_client.c, for the forkserver launcher: hands a call's fds to the
+ * server (starting or restarting it; 0 or -errno); takes a warm child into
+ * *child (1) if one waits (else 0); tops the warm pool up. */
+int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds);
+int tbx__fs_client_take_warm(tbx__child *child);
+void tbx__fs_client_warm_fill(void);
+
+#endif /* TBX_FORKSERVER_CLIENT_H */

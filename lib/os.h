@@ -1,0 +1,78 @@
+/*
+ * The OS layer: thin wrappers over Linux system calls, each retrying on EINTR
+ * where that is meaningful, each returning -errno on failure; and the log.
+ * Runs in every process timebox makes (caller, child, worker, server); what
+ * may run between fork and exec is said in child.h.  No timebox dependency
+ * but the public header.
+ */
+#ifndef TBX_OS_H
+#define TBX_OS_H
+
+#include "timebox.h"
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define TBX__UNUSED(x) ((void)(x))
+
+/* Reports a diagnostic to the host's log callback (log.c). */
+void tbx__log(tbx_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---------------------------------------------------------------- os layer
+ * Thin wrappers over Linux system calls, each retrying on EINTR where that is
+ * meaningful, each returning -errno on failure.  A kernel without pidfd makes
+ * tbx__pidfd_open return -ENOSYS, and the engine falls back to polling. */
+uint64_t tbx__now_ns(void); /* CLOCK_MONOTONIC */
+/* seconds as nanoseconds, clamped so that now + the result cannot wrap: a
+ * timeout of 1e12 s is "never", not a deadline in the past. */
+uint64_t tbx__seconds_to_ns(double s);
+/* A CPU limit in whole seconds, rounded up; 0 for none. */
+uint32_t tbx__cpu_seconds(double s);
+int tbx__pidfd_open(pid_t pid);
+int tbx__pidfd_send_signal(int pidfd, int sig);
+int tbx__pipe(int fds[2], int flags); /* pipe2(O_CLOEXEC | flags) */
+int tbx__close(int fd);               /* close, EINTR treated as closed */
+int tbx__close_range(unsigned first, unsigned last); /* 0, or -errno (ENOSYS) */
+ssize_t tbx__read(int fd, void *buf, size_t len);  /* retries EINTR */
+int tbx__write_all(int fd, const void *buf, size_t len); /* blocking fd */
+int tbx__timerfd_create(void);        /* CLOCK_MONOTONIC, CLOEXEC|NONBLOCK */
+int tbx__timerfd_arm(int fd, uint64_t abs_ns); /* 0 disarms */
+int tbx__reap(pid_t pid, int *wstatus, int nohang); /* waitpid, our pid only */
+/* Whether our child has exited: 1 (a zombie, still ours to reap), 0 (still
+ * running), or -ECHILD (someone else reaped it).  Asked through the pidfd
+ * when there is one (kernel 5.4+), so the answer is about our child. */
+int tbx__child_state(pid_t pid, int pidfd);
+/* Ends our unreaped child now: SIGKILL to its group and to it (it may have
+ * left the group), then reaps it.  Its exit status is dropped. */
+void tbx__kill_reap(pid_t pid);
+
+
+/* SCM_RIGHTS.  send: one message with len bytes and nfds fds.  recv: up to
+ * *nfds fds into fds (CLOEXEC); a message with more, or truncated control
+ * data, closes every fd it brought and fails with -EBADMSG.  Both retry EINTR
+ * and never raise SIGPIPE.  Return bytes, or -errno. */
+ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds,
+                      int flags);
+ssize_t tbx__sendv_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds,
+                       int flags); /* the same, gathering iovcnt pieces */
+ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags);
+
+/* atfork.c: a fork child forgets its parent's state.  A module that keeps
+ * state a child must not share registers, once, in its fixed place:
+ *   on_fork: runs in every fork child of the process (the library's one
+ *            pthread_atfork child handler runs the places in this order);
+ *   on_call: runs also in a child that runs a call (tbx__child_main), which
+ *            drops more (a connection a pre-forked worker would keep).
+ * Either may be NULL. */
+enum {
+    TBX__FORGET_FORKSERVER, /* forkserver/client.c: its connection, warm pool */
+    TBX__FORGET_SLOTS,      /* slots.c: the cap's queue and count */
+    TBX__FORGET_DEADLINES,  /* deadline.c: the loops' timerfds */
+    TBX__FORGET_LOOPS,      /* loop.c: the threads' private loops */
+    TBX__NFORGET
+};
+void tbx__forget_register(int place, void (*on_fork)(void), void (*on_call)(void));
+void tbx__forget_call_parent(void);
+
+#endif /* TBX_OS_H */

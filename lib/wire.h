@@ -1,0 +1,178 @@
+/*
+ * The wire: every format that crosses between timebox's processes (result
+ * frames, requests, the forkserver's hello and control messages, big
+ * payloads in memfds), with the checks a receiver makes on them.  Every byte
+ * from another process is untrusted: lengths and counts are checked here
+ * before anything is allocated.  Used on both sides of every channel.
+ */
+#ifndef TBX_WIRE_H
+#define TBX_WIRE_H
+
+#include "os.h"
+
+/* ------------------------------------------------------------------ wire
+ * A frame from the child: a fixed header, then `len` bytes of payload.
+ *   TBX__FRAME_OK     payload = the msgpack result
+ *   TBX__FRAME_FAIL   payload = the tbx_fail message (<= TBX__MAX_MESSAGE)
+ *   TBX__FRAME_START  no payload: fn is starting (soft deadlines only)
+ * All fields are in host byte order: both ends are the same machine. */
+#define TBX__FRAME_MAGIC 0x31584254u /* "TBX1" */
+#define TBX__MAX_MESSAGE 1023
+#define TBX__MAX_DEPTH 32 /* msgpack-c unpacks at most 32 open containers */
+
+enum {
+    TBX__FRAME_OK = 1,
+    TBX__FRAME_FAIL = 2,
+    TBX__FRAME_START = 3,
+    TBX__FRAME_ERROR = 4, /* the worker could not serve: fail_code is a
+                             TBX_E* code (ENOTREG, EPROTO), payload a message */
+    TBX__FRAME_OK_BULK = 5 /* the result, len bytes, is in the call's bulk
+                              memfd, sealed; nothing follows on the pipe */
+};
+
+typedef struct tbx__frame_header {
+    uint32_t magic;
+    uint32_t kind;
+    int32_t fail_code;
+    uint32_t reserved;
+    uint64_t len;
+} tbx__frame_header;
+
+/* 0 if hdr is a well-formed header whose payload fits in max_len bytes;
+ * TBX_ETOOBIG if only its length is over; TBX_EPROTO otherwise. */
+int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
+
+/* A request to a worker (spawn): this header, the function's name
+ * (name_len bytes, no NUL), then args_len bytes of msgpack args. */
+#define TBX__REQUEST_MAGIC 0x51584254u /* "TBXQ" */
+#define TBX__MAX_NAME 255
+#define TBX__MAX_ARGS ((uint64_t)1 << 32)
+enum {
+    TBX__REQ_RESET_SIGNALS = 1,
+    TBX__REQ_SOFT_DEADLINE = 2,
+    TBX__REQ_ALLOW_CORE = 4,
+    TBX__REQ_BACKTRACE = 8, /* a backtrace pipe comes with the call */
+    TBX__REQ_ARGS_BULK = 16 /* the args are not in the request but in a
+                               sealed memfd sent with its first bytes
+                               (SCM_RIGHTS, bulk.c) */
+};
+
+typedef struct tbx__request_header {
+    uint32_t magic;
+    uint32_t flags;
+    uint32_t name_len;
+    uint32_t reserved;
+    uint64_t args_len;
+    uint64_t deadline_ns;  /* absolute CLOCK_MONOTONIC (hard); 0: none */
+    uint64_t timeout_ns;   /* soft deadlines: counted from START */
+    uint64_t grace_ns;     /* SIGTERM -> SIGKILL, for the server's backstop */
+    uint64_t max_result;
+    uint64_t limit_memory; /* the child's resource limits; 0: inherited */
+    uint32_t limit_cpu_s;
+    uint32_t limit_files;
+} tbx__request_header;
+
+/* 0 if hdr is a well-formed request header within the limits above;
+ * TBX_EPROTO otherwise. */
+int tbx__request_check(const tbx__request_header *hdr);
+
+/* The forkserver.  A client's connection (SOCK_SEQPACKET) carries one
+ * message per call: a tbx__hello and, by SCM_RIGHTS, the call's fds.
+ *   CALL: the server's end of the call's control socket and the write end of
+ *         its result pipe.  The request (as for spawn) comes down the control
+ *         socket to the server, which forks when it is whole.
+ *         With flags, more fds follow: the write ends of the stdout and
+ *         stderr pipes the child's fds 1 and 2 become (CAPTURE), and of the
+ *         pipe it writes a backtrace to (BACKTRACE), then the call's bulk
+ *         memfd (BULK: the server takes only a fresh, sealable memfd).
+ *   WARM: the same as CALL, and the read end of a request socket: the server forks
+ *         at once a child that waits for its request there, from the caller
+ *         itself, whenever a call takes it (a warm child, see the header).
+ * The control socket (SOCK_STREAM) carries tbx__control messages from the
+ * server (LAUNCHED with a pidfd by SCM_RIGHTS, then EXITED; or ERROR), and
+ * KILL messages to it.  The client closing its end means it is gone: the
+ * server kills the child. */
+#define TBX__HELLO_MAGIC 0x43584254u   /* "TBXC" */
+#define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
+
+enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2 };
+/* CALL's flags (WARM's: BULK only).  BULK: the call's bulk memfd comes
+ * last. */
+enum { TBX__HELLO_CAPTURE = 1, TBX__HELLO_BACKTRACE = 2, TBX__HELLO_BULK = 4 };
+#define TBX__HELLO_MAX_FDS 6 /* control, result, stdout, stderr, backtrace, bulk */
+
+typedef struct tbx__hello {
+    uint32_t magic;
+    uint32_t kind;  /* TBX__HELLO_*; in the server's ready message: 0 or the
+                       reason it will not serve */
+    uint32_t flags; /* CALL: which fds follow control and result: stdout
+                       and stderr (CAPTURE), then the backtrace's */
+    uint32_t reserved;
+} tbx__hello;
+
+enum {
+    TBX__CTL_LAUNCHED = 1, /* pid; a pidfd rides along */
+    TBX__CTL_EXITED = 2,   /* wstatus: the child is reaped, its group gone */
+    TBX__CTL_ERROR = 3,    /* code: nothing was launched */
+    TBX__CTL_KILL = 4      /* client -> server: code = the signal */
+};
+
+typedef struct tbx__control {
+    uint32_t magic;
+    uint32_t kind;
+    int32_t pid;
+    int32_t code; /* wstatus, error code or signal */
+} tbx__control;
+
+
+/* 0 if m is a well-formed control message of a kind the receiver accepts
+ * (from_server: LAUNCHED, EXITED, ERROR; else KILL); TBX_EPROTO otherwise. */
+int tbx__control_check(const tbx__control *m, int from_server);
+
+/* Grows *buf toward total bytes with what has arrived: doubles from 64 KiB,
+ * never past total.  0 or -ENOMEM (*buf unchanged). */
+#define TBX__READ_CHUNK ((size_t)64 << 10)
+/* From this size a payload gets a mapping of its own, advised for huge
+ * pages, and a 1 MiB pipe: page faults, not copies, cost most there. */
+#define TBX__BIG_PAYLOAD ((size_t)1 << 20)
+int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total);
+/* A mapped payload starts this far into its mapping, after the mapping's
+ * size; tbx__payload_free frees either kind. */
+#define TBX__MAP_HEADER 64
+void tbx__payload_free(char *payload, char *map);
+
+/* bulk.c: a big result crosses in a memfd instead of the pipe.  The parent
+ * makes one per call (bulk_create) and the child, once its result has grown
+ * past TBX__BIG_PAYLOAD, packs straight into it, seals it and sends only a
+ * TBX__FRAME_OK_BULK header.  The parent maps the sealed pages: no copy
+ * through the pipe, and none into a buffer of ours.
+ *   create: a memfd (CLOEXEC, sealable), or -1 when max_result leaves no
+ *           room for a big result or the kernel has no memfd.
+ *   map:    checks that fd is sealed against writes, growing and shrinking
+ *           and holds exactly len bytes, then maps them read-only after a
+ *           page of our own (TBX__MAP_HEADER's role: tbx__payload_free
+ *           frees it).  0, TBX_EPROTO (the child lied), or -errno. */
+int tbx__bulk_create(uint64_t max_result);
+int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map);
+/* 0 if fd is a sealable memfd with no seal yet, as bulk_create makes them
+ * (the forkserver checks what a client sends); TBX_EPROTO otherwise. */
+int tbx__bulk_check_fresh(int fd);
+/* Args of TBX__BIG_PAYLOAD or more, for a worker or the server: a sealed
+ * memfd holding them (CLOEXEC), or -1 (smaller, or no memfd: the request
+ * carries them).  map_args: the args in such a memfd, mapped read-only and
+ * faulted in as they are read (for munmap of len bytes), if it is sealed
+ * and holds exactly len bytes; NULL otherwise. */
+int tbx__bulk_args(const void *args, size_t len);
+char *tbx__bulk_map_args(int fd, uint64_t len);
+
+/* 0 if buf holds exactly one msgpack object, nested at most max_depth deep,
+ * with no container count larger than the bytes that remain (so unpacking
+ * allocates in proportion to the input).  TBX_EINVAL otherwise. */
+int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth);
+
+/* A backtrace: asked of the child with this signal, written by it down its
+ * backtrace pipe, at most this long, ending with a NUL. */
+#define TBX__BACKTRACE_MAX ((size_t)64 << 10)
+#define TBX__BACKTRACE_SIGNAL (SIGRTMAX - 3)
+
+#endif /* TBX_WIRE_H */
