@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the seed corpora in fuzz/corpus/<target>/: small valid and invalid
-inputs in the wire formats of lib/internal.h (host byte order, x86-64).
+inputs in the wire formats of lib/wire.h (host byte order, x86-64).
 Run from anywhere; the files are committed, this only remakes them."""
 import os
 import struct

@@ -10,18 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void tbx_opts_init(tbx_opts *opts)
-{
-    memset(opts, 0, sizeof *opts);
-    opts->timeout_s = 0;
-    opts->grace_s = 1.0;
-    opts->method = TBX_METHOD_DEFAULT;
-    opts->hard_timeout = 1;
-    opts->reset_signals = 1;
-    opts->max_result = (size_t)256 << 20;
-    opts->ctx = NULL;
-}
-
 static void result_init(tbx_result *r)
 {
     memset(r, 0, sizeof *r);

@@ -162,7 +162,9 @@ static void atfork_register(void)
     tbx__forget_register(TBX__FORGET_DEADLINES, atfork_child, NULL);
 }
 
-static int timers_get(uv_loop_t *loop, tbx__timers **out)
+/* The loop's timer, made if it has none.  pin: made for the thread's
+ * private loop, and kept with it (tbx__deadline_pin). */
+static int timers_get(uv_loop_t *loop, tbx__timers **out, int pin)
 {
     tbx__timers *t;
     if (pinned != NULL && pinned->loop == loop) {
@@ -203,7 +205,7 @@ static int timers_get(uv_loop_t *loop, tbx__timers **out)
     t->next = timers_list;
     timers_list = t;
     pthread_mutex_unlock(&timers_lock);
-    if (tbx__loop_is_private(loop)) {
+    if (pin) {
         t->refs++; /* the pin's reference, dropped by tbx__deadline_unpin */
         pinned = t;
     }
@@ -214,7 +216,7 @@ static int timers_get(uv_loop_t *loop, tbx__timers **out)
 int tbx__deadline_pin(uv_loop_t *loop)
 {
     tbx__timers *t;
-    return timers_get(loop, &t);
+    return timers_get(loop, &t, 1);
 }
 
 void tbx__deadline_unpin(uv_loop_t *loop)
@@ -238,7 +240,7 @@ int tbx__deadline_start(tbx__deadline *d, uv_loop_t *loop, uint64_t when_ns)
 {
     tbx__timers *t = d->timers;
     if (t == NULL) {
-        int rc = timers_get(loop, &t);
+        int rc = timers_get(loop, &t, 0);
         if (rc != 0)
             return rc;
         if (t->n == t->cap) {

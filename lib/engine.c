@@ -14,7 +14,6 @@
  * reach a stranger that reused it.
  */
 #include "engine.h"
-#include "child.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -25,116 +24,6 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#define TBX__DEFAULT_MAX_RESULT ((size_t)256 << 20)
-
-static void finish(tbx__call *c);
-
-/* ------------------------------------------------------------ preparation */
-
-/* What every method needs checked: 0 or TBX_EINVAL. */
-static int check_common(tbx__call *c, const void *args, size_t args_len, const tbx_opts *opts)
-{
-    if (opts != NULL)
-        c->opts = *opts;
-    else
-        tbx_opts_init(&c->opts);
-    if (c->fn == NULL || (args == NULL && args_len != 0) || c->opts.grace_s < 0 ||
-        c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s)
-        return TBX_EINVAL;
-    if (c->opts.max_result == 0)
-        c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
-    if (c->opts.method == TBX_METHOD_DEFAULT)
-        c->opts.method = tbx__default_method();
-    return 0;
-}
-
-/* What the call's launcher accepts: a ctx, an unregistered fn, args this
- * big.  0, TBX_EINVAL or TBX_ENOTREG, before anything is launched. */
-static int check_accepted(tbx__call *c, size_t args_len)
-{
-    const tbx__launcher *l = c->launcher;
-    if ((c->opts.ctx != NULL && !(l->accepts & TBX__ACCEPTS_CTX)) ||
-        (l->max_args != 0 && args_len > l->max_args))
-        return TBX_EINVAL;
-    if (l->accepts & TBX__ACCEPTS_UNREGISTERED)
-        return 0;
-    /* A fresh program finds fn by name. */
-    c->name = tbx_name_of(c->fn);
-    if (c->name == NULL)
-        return TBX_ENOTREG;
-    size_t name_len = strlen(c->name);
-    if (name_len == 0 || name_len > TBX__MAX_NAME)
-        return TBX_ENOTREG;
-    return 0;
-}
-
-static void reset_child(tbx__call *c)
-{
-    c->child.pid = 0;
-    c->child.pidfd = -1;
-    c->child.result_fd = -1;
-    c->child.request_fd = -1;
-    c->child.control_fd = -1;
-    c->child.bulk_fd = -1;
-    c->control_fd_in = -1;
-    for (int i = 0; i < TBX__NSTREAMS; i++)
-        c->capture[i].fd = c->capture[i].child_fd = -1;
-    c->child.worker = 0;
-    c->child.warm = 0;
-}
-
-int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,
-                        const tbx_opts *opts)
-{
-    c->args_fd = -1;
-    int rc = check_common(c, args, args_len, opts);
-    if (rc != 0)
-        return rc;
-    c->launcher = tbx__launcher_of(c->opts.method);
-    if (c->launcher == NULL)
-        return TBX_EINVAL;
-    /* A program spawned as a worker that skipped tbx_init would otherwise
-     * spawn itself again, and again. */
-    if (tbx__worker_unserved())
-        return TBX_EINVAL;
-    if (tbx__msgpack_check(args, args_len, TBX__MAX_DEPTH) != 0)
-        return TBX_EINVAL;
-    if (c->launcher->resolve != NULL)
-        c->launcher = c->launcher->resolve(c);
-    c->args_buf = args;
-    c->args_len = args_len;
-    reset_child(c);
-    tbx__deadline_init(&c->deadline, NULL);
-    rc = check_accepted(c, args_len);
-    return rc != 0 ? rc : c->launcher->prepare(c);
-}
-
-int tbx__engine_unpack_args(tbx__call *c)
-{
-    /* The child allocates nothing on timebox's side. */
-    if (!msgpack_zone_init(&c->args_zone, 256))
-        return -ENOMEM;
-    size_t off = 0;
-    msgpack_unpack_return u =
-        msgpack_unpack(c->args_buf, c->args_len, &off, &c->args_zone, &c->args);
-    if (u != MSGPACK_UNPACK_SUCCESS) {
-        msgpack_zone_destroy(&c->args_zone);
-        return u == MSGPACK_UNPACK_NOMEM_ERROR ? -ENOMEM : TBX_EINVAL;
-    }
-    c->args_unpacked = 1;
-    return 0;
-}
-
-static void release_args(tbx__call *c)
-{
-    tbx__close(c->args_fd);
-    c->args_fd = -1;
-    if (c->args_unpacked) {
-        msgpack_zone_destroy(&c->args_zone);
-        c->args_unpacked = 0;
-    }
-}
 
 /* -------------------------------------------------------------- signalling */
 
@@ -158,7 +47,7 @@ static void escalate(tbx__call *c, int why, int hard)
             c->has_slot = 1;
         c->verdict = why;
         c->wstatus = -1;
-        finish(c);
+        tbx__engine_finish(c);
         return;
     }
     if (c->finishing || c->reaped || c->launcher->exited(c))
@@ -210,7 +99,7 @@ static void escalate_cb(tbx__deadline *d)
     escalate(c, TBX_ETIMEDOUT, 0);
 }
 
-static int arm_deadline(tbx__call *c, uint64_t from_ns)
+int tbx__engine_arm_deadline(tbx__call *c, uint64_t from_ns)
 {
     if (c->opts.timeout_s <= 0)
         return 0;
@@ -292,7 +181,7 @@ static void on_header(tbx__call *c)
             return reject(c, TBX_EPROTO);
         c->started = 1;
         c->t_started = tbx__now_ns();
-        if (!c->opts.hard_timeout && (rc = arm_deadline(c, c->t_started)) != 0) {
+        if (!c->opts.hard_timeout && (rc = tbx__engine_arm_deadline(c, c->t_started)) != 0) {
             c->sys_error = rc;
             escalate(c, rc, 1);
         }
@@ -407,7 +296,7 @@ void tbx__engine_child_ended(tbx__call *c, int wstatus, int trailing)
     drain(c);
     if (trailing)
         check_trailing(c);
-    finish(c);
+    tbx__engine_finish(c);
 }
 
 static void finalize(tbx__call *c)
@@ -429,7 +318,7 @@ static void finalize(tbx__call *c)
     }
     tbx__payload_free(c->payload, c->payload_map);
     c->payload = c->payload_map = NULL;
-    release_args(c);
+    tbx__engine_release_args(c);
     uint64_t end = tbx__now_ns();
     mark_done(c);
     if (c->t_launch == 0) /* never launched: it all went waiting */
@@ -464,7 +353,7 @@ void tbx__engine_close_cb(uv_handle_t *h)
 
 /* Closes every handle the call opened (each close_cb counts one down) and
  * every descriptor it holds. */
-static void close_handles(tbx__call *c)
+void tbx__engine_close_handles(tbx__call *c)
 {
     if (c->h_wake)
         uv_close((uv_handle_t *)&c->wake, tbx__engine_close_cb);
@@ -495,7 +384,7 @@ static void close_handles(tbx__call *c)
     c->child.bulk_fd = -1;
 }
 
-static void finish(tbx__call *c)
+void tbx__engine_finish(tbx__call *c)
 {
     c->finishing = 1;
     stop_reading(c);
@@ -503,7 +392,7 @@ static void finish(tbx__call *c)
     /* The child is gone: what it printed is all in the pipes. */
     for (int i = 0; i < TBX__NSTREAMS; i++)
         (void)tbx__stream_read(&c->capture[i]);
-    close_handles(c);
+    tbx__engine_close_handles(c);
 }
 
 /* ------------------------------------------------------------------ launch */
@@ -517,7 +406,7 @@ static void undo_launch(tbx__call *c)
     }
     tbx__streams_close_child_ends(c);
     tbx__deadline_stop(&c->deadline);
-    release_args(c);
+    tbx__engine_release_args(c);
 }
 
 static int watch(tbx__call *c)
@@ -554,12 +443,14 @@ int tbx__engine_run(tbx__call *c)
 {
     int rc;
 
+    c->close_cb = tbx__engine_close_cb;
+
     c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
     c->out->exit_code = -1;
     /* The hard deadline is armed before anything is launched, so that a
      * timer that cannot be made fails the call with nothing to undo. */
-    if (c->opts.hard_timeout && (rc = arm_deadline(c, c->start_ns)) != 0) {
-        release_args(c);
+    if (c->opts.hard_timeout && (rc = tbx__engine_arm_deadline(c, c->start_ns)) != 0) {
+        tbx__engine_release_args(c);
         return rc;
     }
     if (c->opts.hard_timeout && c->opts.timeout_s > 0)
@@ -578,87 +469,18 @@ int tbx__engine_run(tbx__call *c)
      * the fork child still shares, and each write would copy one. */
     rc = watch(c);
     if (rc != 0) {
-        release_args(c);
+        tbx__engine_release_args(c);
         /* The child is ended here; a handle that was initialised still needs
          * its close callback, which then hands c to abandoned_cb instead of
          * done_cb: the caller hears only this return value. */
         tbx__deadline_stop(&c->deadline);
         c->launcher->abandon(c);
         c->abandoned = c->open_handles > 0;
-        close_handles(c);
+        tbx__engine_close_handles(c);
         return rc;
     }
     /* Without a START to come, fn starts about when the launch returns. */
     if (!c->child.worker && c->opts.hard_timeout)
         c->t_started = tbx__now_ns();
     return 0;
-}
-
-/* ------------------------------------------------------------------ queue */
-
-/* The launch after the wait: on the call's loop, a slot held. */
-static void wake_cb(uv_async_t *h)
-{
-    tbx__call *c = h->data;
-    if (!c->queued)
-        return; /* ended while its wake-up was on the way */
-    c->queued = 0;
-    c->has_slot = 1;
-    uv_close((uv_handle_t *)&c->wake, tbx__engine_close_cb); /* counted: closes later */
-    c->h_wake = 0;
-    int rc = tbx__engine_run(c);
-    if (rc != 0) {
-        /* Accepted long ago: the failure is the callback's to report, once
-         * the handles close (not abandoned: the caller waits for it). */
-        c->abandoned = 0;
-        c->sys_error = rc;
-        c->reaped = 1;
-        c->wstatus = -1;
-        finish(c);
-    }
-}
-
-int tbx__engine_run_queued(tbx__call *c)
-{
-    if (!tbx__slots_capped())
-        return tbx__engine_run(c);
-    if (tbx__slot_queue(c)) {
-        c->has_slot = 1;
-        int rc = tbx__engine_run(c);
-        if (rc != 0) { /* no child: finalize never runs */
-            c->has_slot = 0;
-            tbx__slot_release(1);
-        }
-        return rc;
-    }
-    /* Waiting.  Its hard deadline runs meanwhile; a soft one starts with fn. */
-    int rc = uv_async_init(c->loop, &c->wake, wake_cb);
-    if (rc == 0) {
-        c->wake.data = c;
-        c->h_wake = 1;
-        c->open_handles++;
-        if (c->opts.hard_timeout)
-            rc = arm_deadline(c, c->start_ns);
-    }
-    if (rc != 0) {
-        if (tbx__slot_unqueue(c))
-            tbx__slot_release(1);
-        tbx__deadline_stop(&c->deadline);
-        release_args(c);
-        /* A handle made must close before c goes: abandoned_cb frees it. */
-        c->abandoned = c->open_handles > 0;
-        close_handles(c);
-        return rc;
-    }
-    c->queued = 1;
-    return 0;
-}
-
-void tbx__engine_refuse(tbx__call *c, int status, const char *message)
-{
-    tbx_result *r = c->out;
-    release_args(c);
-    r->status = status;
-    r->message = message;
-    r->elapsed_s = r->queued_s = (double)(tbx__now_ns() - c->start_ns) / 1e9;
 }

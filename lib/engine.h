@@ -135,6 +135,15 @@ void tbx__own_abandon(tbx__call *call);
  * unpack_args: the args unpacked in the parent (a fork child reads them in
  *   memory).  */
 void tbx__engine_child_ended(tbx__call *call, int wstatus, int trailing);
+
+/* Between the engine's own files (prepare.c, engine.c, queue.c).
+ * release_args: frees what prepare made for the args.  arm_deadline: the
+ *   call's deadline, counted from from_ns (0 or -errno).  finish: the call is
+ *   over; its handles close (close_handles), and the last close finalizes. */
+void tbx__engine_release_args(tbx__call *call);
+int tbx__engine_arm_deadline(tbx__call *call, uint64_t from_ns);
+void tbx__engine_finish(tbx__call *call);
+void tbx__engine_close_handles(tbx__call *call);
 int tbx__engine_unpack_args(tbx__call *call);
 
 /* Starts a fresh program with posix_spawn: fds[i] placed at 3 + i, every
@@ -208,6 +217,8 @@ struct tbx__call {
     uv_handle_t *exit_h;       /* the launcher's watch: one of these */
     tbx__deadline deadline;
     int open_handles;          /* closes still to come before done */
+    uv_close_cb close_cb;      /* the engine's, for every handle of the
+                                  call's: the last close finalizes */
 
     /* Reading the result frame. */
     tbx__frame_header hdr;

@@ -89,8 +89,3 @@ uv_loop_t *tbx__private_loop(void)
     (void)tbx__deadline_pin(&pl->loop);
     return thread_loop;
 }
-
-int tbx__loop_is_private(const uv_loop_t *loop)
-{
-    return loop != NULL && loop == thread_loop;
-}

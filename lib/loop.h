@@ -39,7 +39,5 @@ void tbx__deadline_unpin(uv_loop_t *loop);
 /* The calling thread's private loop for blocking calls, made on first use;
  * NULL if it cannot be made. */
 uv_loop_t *tbx__private_loop(void);
-/* 1 if loop is the calling thread's private loop. */
-int tbx__loop_is_private(const uv_loop_t *loop);
 
 #endif /* TBX_LOOP_H */

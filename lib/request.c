@@ -86,7 +86,7 @@ static int request_send(tbx__call *c)
 void tbx__request_end(tbx__call *c)
 {
     if (c->writing) {
-        uv_close((uv_handle_t *)&c->request_poll, tbx__engine_close_cb);
+        uv_close((uv_handle_t *)&c->request_poll, c->close_cb);
         c->writing = 0;
     }
     tbx__close(c->child.request_fd);

@@ -404,7 +404,7 @@ pid_t tbx_forkserver_pid(void)
     return pid;
 }
 
-/* Hands a call's fds to the server (see internal.h for which, by kind and
+/* Hands a call's fds to the server (see forkserver.h and wire.h for which, by kind and
  * flags), starting it if none runs, and restarting it once if it died. */
 int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds)
 {

@@ -1,7 +1,7 @@
 /*
  * The forkserver method's launcher.  A call hands the server two fds (the
  * server's end of a fresh control socket and the write end of the result
- * pipe; see internal.h), or takes a warm child; the request then goes down
+ * pipe; see wire.h), or takes a warm child; the request then goes down
  * the control socket as spawn's does.  The server forks and reaps: the child's
  * end is learned from its control messages (LAUNCHED with a pidfd, then
  * EXITED or ERROR), and its signals are asked of the server.  A server that
