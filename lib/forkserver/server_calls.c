@@ -1,0 +1,261 @@
+/*
+ * The forkserver's calls: each arrives as a hello with its fds, then its
+ * request on the control socket, read as it comes under a time limit; the
+ * answers (LAUNCHED, EXITED, ERROR) go back on the same socket.  Runs in the
+ * server process.
+ */
+#include "forkserver/server.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd)
+{
+    tbx__control m = {TBX__CONTROL_MAGIC, kind, (int32_t)c->pid, code};
+    /* A client that stopped reading loses the message; the server never
+     * waits for it. */
+    (void)tbx__send_fds(c->control_fd, &m, sizeof m, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
+}
+
+/* Nothing will be launched: the reason goes where the caller reads results,
+ * as a worker's would, and the call ends. */
+void tbx__fs_server_refuse(fs_call *c, int code, const char *why)
+{
+    size_t len = strlen(why);
+    if (len > TBX__MAX_MESSAGE)
+        len = TBX__MAX_MESSAGE;
+    tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_ERROR, code, 0, len};
+    struct iovec iov[2] = {{&h, sizeof h}, {(void *)why, len}};
+    ssize_t n;
+    /* The descriptor is the client's word: a full pipe, or not a pipe at
+     * all, must not stall the server.  No child will ever write to it. */
+    int flags = fcntl(c->result_fd, F_GETFL);
+    if (flags >= 0)
+        (void)fcntl(c->result_fd, F_SETFL, flags | O_NONBLOCK);
+    do /* an honest client's fresh pipe takes it at once (< PIPE_BUF) */
+        n = writev(c->result_fd, iov, 2);
+    while (n < 0 && errno == EINTR);
+    tbx__fs_server_send_control(c, TBX__CTL_ERROR, code, -1);
+    tbx__fs_server_call_close(c);
+}
+
+/* ------------------------------------------------------------ the request */
+
+/* The request is whole: big args, sent as a memfd, are mapped (the child
+ * inherits the mapping).  0, or -1 with the call refused. */
+static int take_bulk_args(fs_call *c)
+{
+    tbx__request *rq = &c->rq;
+    if (!(rq->h.flags & TBX__REQ_ARGS_BULK))
+        return 0;
+    rq->args_buf = tbx__bulk_map_args(c->args_fd, rq->h.args_len);
+    rq->args_mapped = rq->args_buf != NULL;
+    tbx__close(c->args_fd);
+    c->args_fd = -1;
+    if (rq->args_buf != NULL)
+        return 0;
+    tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver got an args memfd that is not sealed, or of another size");
+    return -1;
+}
+
+/* Reads what has arrived of the request.  Returns 1 when it is whole, 0 to
+ * wait, -1 when the call is over (closed or refused). */
+static int read_request(fs_call *c)
+{
+    tbx__request *rq = &c->rq;
+    for (;;) {
+        const uint64_t hsize = sizeof rq->h;
+        ssize_t n;
+        if (c->got < hsize) {
+            /* Big args' memfd comes with the header's first bytes. */
+            int fd = -1, nfds = 1;
+            n = tbx__recv_fds(c->control_fd, (char *)&rq->h + c->got, (size_t)(hsize - c->got),
+                              &fd, &nfds, MSG_DONTWAIT);
+            if (nfds > 0 && c->args_fd >= 0) {
+                tbx__close(fd);
+                tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver got a malformed request");
+                return -1;
+            }
+            if (nfds > 0)
+                c->args_fd = fd;
+        } else {
+            uint64_t at = c->got - hsize, name_len = rq->h.name_len;
+            uint64_t args_at = at > name_len ? at - name_len : 0;
+            uint64_t args_len = rq->h.flags & TBX__REQ_ARGS_BULK ? 0 : rq->h.args_len;
+            if (at == name_len + args_len)
+                return take_bulk_args(c) == 0 ? 1 : -1;
+            /* The buffer grows with what arrives, not with what the header
+             * claims. */
+            if (args_len > 0 && c->cap == args_at &&
+                tbx__grow_buffer(&rq->args_buf, &c->cap, rq->h.args_len) != 0) {
+                tbx__fs_server_refuse(c, -ENOMEM, "the forkserver has no memory for the args");
+                return -1;
+            }
+            struct iovec iov[2];
+            int k = 0;
+            if (at < name_len)
+                iov[k++] = (struct iovec){rq->name + at, (size_t)(name_len - at)};
+            if (args_len > 0)
+                iov[k++] = (struct iovec){rq->args_buf + args_at, c->cap - (size_t)args_at};
+            do
+                n = readv(c->control_fd, iov, k);
+            while (n < 0 && errno == EINTR);
+            if (n < 0)
+                n = -errno;
+        }
+        if (n == -EAGAIN)
+            return 0;
+        if (n <= 0) { /* the client left, or its socket failed */
+            tbx__fs_server_call_close(c);
+            return -1;
+        }
+        c->got += (uint64_t)n;
+        if (c->got == hsize && (tbx__request_check(&rq->h) != 0 ||
+                                !(rq->h.flags & TBX__REQ_ARGS_BULK) != (c->args_fd < 0))) {
+            tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver got a malformed request");
+            return -1;
+        }
+    }
+}
+
+/* KILL messages from the client, and its going away. */
+static void read_kills(fs_call *c)
+{
+    for (;;) {
+        ssize_t n = tbx__read(c->control_fd, (char *)&c->in + c->in_got, sizeof c->in - c->in_got);
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0 || (c->in_got + (size_t)n == sizeof c->in &&
+                       tbx__control_check(&c->in, 0) != 0)) {
+            /* Gone, or talking nonsense: the call is over for it. */
+            uv_poll_stop(&c->control_poll);
+            if (!c->reaped)
+                (void)kill(-c->pid, SIGKILL);
+            return;
+        }
+        c->in_got += (size_t)n;
+        if (c->in_got < sizeof c->in)
+            continue;
+        c->in_got = 0;
+        if (!c->reaped)
+            (void)kill(-c->pid, c->in.code);
+    }
+}
+
+static void control_cb(uv_poll_t *h, int status, int events)
+{
+    fs_call *c = h->data;
+    TBX__UNUSED(events);
+    if (status < 0 && !c->running) {
+        tbx__fs_server_call_close(c);
+        return;
+    }
+    if (c->running) {
+        read_kills(c);
+        return;
+    }
+    if (read_request(c) == 1)
+        tbx__fs_server_launch(c);
+}
+
+/* ------------------------------------------------------------------ calls */
+
+static void call_free_cb(uv_handle_t *h)
+{
+    fs_call *c = h->data;
+    if (--c->handles > 0)
+        return;
+    tbx__close(c->control_fd);
+    tbx__fs_server_close_child_ends(c);
+    tbx__close(c->args_fd);
+    tbx__close(c->pidfd);
+    tbx__request_free(&c->rq);
+    free(c);
+}
+
+void tbx__fs_server_call_close(fs_call *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    tbx__deadline_stop(&c->deadline);
+    *c->prevp = c->next;
+    if (c->next != NULL)
+        c->next->prevp = c->prevp;
+    uv_close((uv_handle_t *)&c->control_poll, call_free_cb);
+    if (c->pidfd >= 0 && c->handles > 1)
+        uv_close((uv_handle_t *)&c->exit_poll, call_free_cb);
+}
+
+/* How many fds a hello of this kind and flags brings; -1: no such hello. */
+int tbx__fs_server_hello_fds(uint32_t kind, uint32_t flags)
+{
+    int bulk = flags & TBX__HELLO_BULK ? 1 : 0;
+    if (kind == TBX__HELLO_WARM && (flags & ~(uint32_t)TBX__HELLO_BULK) == 0)
+        return 3 + bulk;
+    if (kind != TBX__HELLO_CALL ||
+        (flags & ~(uint32_t)(TBX__HELLO_CAPTURE | TBX__HELLO_BACKTRACE | TBX__HELLO_BULK)) != 0)
+        return -1;
+    return 2 + (flags & TBX__HELLO_CAPTURE ? 2 : 0) + (flags & TBX__HELLO_BACKTRACE ? 1 : 0) + bulk;
+}
+
+/* fds: control, result, then for a warm call its request socket; for a
+ * call with flags, its stdout and stderr (CAPTURE), its backtrace pipe
+ * (BACKTRACE) and its bulk memfd (BULK), in that order. */
+void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t flags,
+                     const int fds[TBX__HELLO_MAX_FDS])
+{
+    fs_call *c = calloc(1, sizeof *c);
+    /* A bulk fd is written by our child: only a fresh memfd is taken, not
+     * some other file the client would have us write to. */
+    int bulk_ok = !(flags & TBX__HELLO_BULK) ||
+                  tbx__bulk_check_fresh(fds[tbx__fs_server_hello_fds(kind, flags) - 1]) == 0;
+    if (c == NULL || !bulk_ok || uv_poll_init(&srv->loop, &c->control_poll, fds[0]) != 0) {
+        free(c);
+        for (int i = 0; i < TBX__HELLO_MAX_FDS; i++)
+            tbx__close(fds[i]);
+        return;
+    }
+    int control_fd = fds[0], result_fd = fds[1], at = 2;
+    int request_fd = kind == TBX__HELLO_WARM ? fds[at++] : -1;
+    c->request_fd = request_fd;
+    c->out_fd = c->err_fd = c->backtrace_fd = -1;
+    if (flags & TBX__HELLO_CAPTURE) {
+        c->out_fd = fds[at++];
+        c->err_fd = fds[at++];
+    }
+    if (flags & TBX__HELLO_BACKTRACE)
+        c->backtrace_fd = fds[at++];
+    c->bulk_fd = flags & TBX__HELLO_BULK ? fds[at++] : -1;
+    c->args_fd = -1;
+    c->srv = srv;
+    c->client = client;
+    c->control_fd = control_fd;
+    c->result_fd = result_fd;
+    c->pidfd = -1;
+    c->handles = 1;
+    c->control_poll.data = c;
+    c->next = srv->calls;
+    c->prevp = &srv->calls;
+    if (srv->calls != NULL)
+        srv->calls->prevp = &c->next;
+    srv->calls = c;
+    tbx__deadline_init(&c->deadline, tbx__fs_server_backstop_cb);
+    uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
+    if (request_fd >= 0) {
+        tbx__fs_server_start_child(c); /* warm: its child waits for the caller's request */
+        return;
+    }
+    (void)tbx__deadline_start(&c->deadline, &srv->loop, tbx__now_ns() + srv->request_timeout_ns);
+}

@@ -1,0 +1,257 @@
+/*
+ * The forkserver's children: forked from the server, each call's, with only
+ * the call's descriptors kept; watched through a pidfd, and killed at the
+ * call's deadline plus grace as a backstop.  Runs in the server process, and
+ * (start_child after fork) in the child, which has one thread.
+ */
+#include "forkserver/server.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------- the child */
+
+static void exit_cb(uv_poll_t *h, int status, int events)
+{
+    fs_call *c = h->data;
+    int wstatus;
+    TBX__UNUSED(status);
+    TBX__UNUSED(events);
+    if (c->reaped)
+        return;
+    (void)kill(-c->pid, SIGKILL); /* before the reap: the group id is held */
+    if (tbx__reap(c->pid, &wstatus, 1) == 0)
+        return;
+    c->reaped = 1;
+    c->srv->children--;
+    if (c->client != NULL)
+        c->client->children--;
+    tbx__fs_server_send_control(c, TBX__CTL_EXITED, wstatus, -1);
+    tbx__fs_server_call_close(c);
+}
+
+void tbx__fs_server_backstop_cb(tbx__deadline *d)
+{
+    fs_call *c = (fs_call *)((char *)d - offsetof(fs_call, deadline));
+    if (!c->running) {
+        tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver did not receive the whole request in time");
+        return;
+    }
+    if (!c->reaped)
+        (void)kill(-c->pid, SIGKILL);
+}
+
+/* Closes the fds a call brought for its child (the child has its copies,
+ * or there will be no child). */
+void tbx__fs_server_close_child_ends(fs_call *c)
+{
+    int *fds[] = {&c->result_fd, &c->request_fd, &c->out_fd,
+                  &c->err_fd,    &c->backtrace_fd, &c->bulk_fd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        tbx__close(*fds[i]);
+        *fds[i] = -1;
+    }
+}
+
+/* Notes which descriptors the server has before it serves: its own, its
+ * preloads', libuv's.  Not known (-1) without /proc, or with too many. */
+void tbx__fs_server_note_static_fds(fs_server *srv)
+{
+    DIR *d = opendir("/proc/self/fd");
+    srv->nstatic = -1;
+    if (d == NULL)
+        return;
+    int n = 0, self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == self || fd < 3)
+            continue;
+        if (n == MAX_STATIC_FDS) {
+            closedir(d);
+            return;
+        }
+        int at = n++;
+        while (at > 0 && srv->static_fds[at - 1] > fd) { /* insertion sort */
+            srv->static_fds[at] = srv->static_fds[at - 1];
+            at--;
+        }
+        srv->static_fds[at] = fd;
+    }
+    closedir(d);
+    srv->nstatic = n;
+}
+
+/* In a child: closes, in a few close_range calls, every descriptor the
+ * server opened since it began serving (clients', calls', pidfds; a cost
+ * that would otherwise grow with the calls in flight, for every child),
+ * except keep[]; and the listening socket and the creator's connection.
+ * -1 if it could not (no close_range, or no list): the caller closes them
+ * one by one. */
+static int close_dynamic_fds(const fs_server *srv, const int *keep, int nkeep)
+{
+    int stop[MAX_STATIC_FDS + 8], n = 0;
+    if (srv->nstatic < 0)
+        return -1;
+    /* The descriptors to step over, sorted: static ones (but those two)
+     * merged with keep[]. */
+    for (int i = 0; i < srv->nstatic; i++) {
+        int fd = srv->static_fds[i];
+        if (fd != srv->listen_fd && fd != srv->cfg->conn)
+            stop[n++] = fd;
+    }
+    for (int i = 0; i < nkeep; i++) {
+        int at = n++;
+        while (at > 0 && stop[at - 1] > keep[i]) {
+            stop[at] = stop[at - 1];
+            at--;
+        }
+        stop[at] = keep[i];
+    }
+    unsigned from = 3;
+    for (int i = 0; i < n; i++) {
+        if (stop[i] < 0 || (unsigned)stop[i] < from)
+            continue;
+        if ((unsigned)stop[i] > from && tbx__close_range(from, (unsigned)stop[i] - 1) != 0)
+            return -1;
+        from = (unsigned)stop[i] + 1;
+    }
+    if (tbx__close_range(from, ~0u) != 0)
+        return -1;
+    tbx__close(srv->listen_fd);
+    tbx__close(srv->cfg->conn);
+    return 0;
+}
+
+/* The child: it keeps nothing of the server's but its result pipe. */
+__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
+{
+    tbx__child_spec spec;
+    fs_server *srv = c->srv;
+    /* The server's own dispositions are not the caller's (libuv's SIGTERM
+     * handler would write to the server's signal pipe): back to default,
+     * which also makes every reset_signals request already met, at the cost
+     * of the few the server changed rather than all 62. */
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sigismember(&srv->handled, sig) == 1)
+            signal(sig, SIG_DFL);
+    if (c->out_fd >= 0) {
+        (void)dup2(c->out_fd, 1);
+        (void)dup2(c->err_fd, 2);
+        tbx__close(c->out_fd);
+        tbx__close(c->err_fd);
+        c->out_fd = c->err_fd = -1;
+    }
+    int keep[4] = {c->result_fd, c->request_fd, c->backtrace_fd, c->bulk_fd};
+    if (close_dynamic_fds(srv, keep, 4) == 0)
+        goto closed;
+    tbx__close(srv->listen_fd);
+    for (fs_client *k = srv->clients; k != NULL; k = k->next)
+        tbx__close(k->fd);
+    for (fs_call *o = srv->calls; o != NULL; o = o->next) {
+        tbx__close(o->control_fd);
+        if (o != c) {
+            tbx__fs_server_close_child_ends(o);
+        }
+        tbx__close(o->args_fd);
+        tbx__close(o->pidfd);
+    }
+closed:
+    sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
+    if (c->request_fd >= 0) /* warm: the request comes from the caller */
+        tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
+    tbx__request_spec(&c->rq, c->result_fd, &spec);
+    spec.reset_signals = 0;
+    spec.parent_mask = mask;
+    spec.backtrace_fd = c->backtrace_fd;
+    spec.bulk_fd = c->bulk_fd;
+    tbx__child_main(&spec);
+}
+
+/* Forks the call's child (its request resolved, or warm: none yet) and tells
+ * the caller LAUNCHED. */
+void tbx__fs_server_start_child(fs_call *c)
+{
+    fs_server *srv = c->srv;
+    char why[TBX__MAX_MESSAGE + 1];
+    sigset_t all, old;
+    int rc;
+    if (srv->children >= srv->max_children) {
+        snprintf(why, sizeof why, "the forkserver already runs its maximum of %u children",
+                 srv->max_children);
+        return tbx__fs_server_refuse(c, -EAGAIN, why);
+    }
+    unsigned per_client = srv->cfg->max_per_client;
+    if (per_client != 0 && c->client != NULL && c->client->children >= per_client) {
+        snprintf(why, sizeof why, "this client already runs its maximum of %u children",
+                 per_client);
+        return tbx__fs_server_refuse(c, -EAGAIN, why);
+    }
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0)
+        run_child(c, &old);
+    int err = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        snprintf(why, sizeof why, "the forkserver could not fork: %s", tbx_strerror(-err));
+        return tbx__fs_server_refuse(c, -err, why);
+    }
+    (void)setpgid(pid, pid);
+    c->pid = pid;
+    c->running = 1;
+    srv->children++;
+    if (c->client != NULL)
+        c->client->children++;
+    tbx__request_free(&c->rq); /* the child has its copy */
+    tbx__fs_server_close_child_ends(c);
+    c->pidfd = tbx__pidfd_open(pid);
+    rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
+    if (rc != 0) {
+        tbx__kill_reap(pid);
+        c->reaped = 1;
+        srv->children--;
+        if (c->client != NULL)
+            c->client->children--;
+        tbx__fs_server_send_control(c, TBX__CTL_ERROR, rc, -1);
+        return tbx__fs_server_call_close(c);
+    }
+    c->exit_poll.data = c;
+    c->handles++;
+    uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
+    tbx__fs_server_send_control(c, TBX__CTL_LAUNCHED, 0, c->pidfd);
+
+    /* The backstop: the caller's own engine acts at the deadline; this
+     * catches a caller that cannot.  (A warm child's deadline is not known
+     * here: its caller's engine alone enforces it, and its going away.) */
+    uint64_t grace = c->rq.h.grace_ns, at = 0;
+    if (c->rq.h.deadline_ns != 0)
+        at = c->rq.h.deadline_ns;
+    else if (c->rq.h.timeout_ns != 0)
+        at = tbx__now_ns() + c->rq.h.timeout_ns;
+    if (at != 0)
+        (void)tbx__deadline_start(&c->deadline, &srv->loop, at + grace + BACKSTOP_SLACK_NS);
+    else
+        tbx__deadline_stop(&c->deadline);
+}
+
+void tbx__fs_server_launch(fs_call *c)
+{
+    char why[TBX__MAX_MESSAGE + 1];
+    int rc = tbx__request_resolve(&c->rq, why, sizeof why);
+    if (rc != 0)
+        return tbx__fs_server_refuse(c, rc, why);
+    tbx__fs_server_start_child(c);
+}
