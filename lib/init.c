@@ -11,6 +11,6 @@ int tbx_init(int argc, char **argv)
     TBX__UNUSED(argc);
     TBX__UNUSED(argv);
     tbx__worker_maybe_serve();
-    tbx__forkserver_maybe_serve();
+    tbx__fs_server_maybe_serve();
     return 0;
 }

@@ -438,7 +438,7 @@ static int raw_client(char *dir, size_t dir_len)
     cr_assert_eq(tbx_forkserver_start(&fo), 0);
     uint8_t key[TBX__KEY_LEN];
     cr_assert_eq(tbx__key_parse(getenv("TIMEBOX_FORKSERVER_KEY"), key), 0);
-    int conn = tbx__connect_unix(path, key, 10);
+    int conn = tbx__fs_client_connect(path, key, 10);
     cr_assert_geq(conn, 0, "%s", tbx_err_name(conn));
     return conn;
 }

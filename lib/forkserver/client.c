@@ -52,20 +52,7 @@ static char **fs_argv;
 static uint8_t fs_key[TBX__KEY_LEN];
 static int fs_have_key;
 
-/* Warm children: slots made ahead, each with a child of the server waiting
- * for its request.  A call takes one, and orders its replacement once it has
- * returned.  The pool belongs to the connection: it is dropped with it. */
-typedef struct warm_slot {
-    int control, request, result, bulk;
-    struct warm_slot *next;
-} warm_slot;
 
-static pthread_mutex_t warm_lock = PTHREAD_MUTEX_INITIALIZER;
-static warm_slot *warm_pool;
-static unsigned warm_count;
-static atomic_uint warm_target; /* read by every launch, set by a start */
-
-static void warm_fill(void);
 
 #define SOCKET_ENV "TIMEBOX_FORKSERVER_SOCKET"
 #define KEY_ENV "TIMEBOX_FORKSERVER_KEY"
@@ -77,19 +64,6 @@ void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
     opts->request_timeout_s = 10;
 }
 
-static void warm_drop(void)
-{
-    while (warm_pool != NULL) {
-        warm_slot *w = warm_pool;
-        warm_pool = w->next;
-        tbx__close(w->control);
-        tbx__close(w->request);
-        tbx__close(w->result);
-        tbx__close(w->bulk);
-        free(w);
-    }
-    warm_count = 0;
-}
 
 /* A process forked by the program (a pre-forked worker) keeps the
  * connection it inherits, but not the warm slots: their children wait for
@@ -98,8 +72,7 @@ static void warm_drop(void)
 static void atfork_child(void)
 {
     pthread_rwlock_init(&fs_lock, NULL);
-    pthread_mutex_init(&warm_lock, NULL);
-    warm_drop();
+    tbx__fs_client_warm_forget();
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -182,7 +155,7 @@ static int remember(const tbx_forkserver_opts *o)
     free(fs_env_allow);
     free(fs_executable);
     free_argv(fs_argv);
-    atomic_store(&warm_target, o->warm_children);
+    tbx__fs_client_warm_set(o->warm_children);
     fs_env_limits = lim;
     fs_env_preload = preload;
     fs_env_listen = listen;
@@ -222,9 +195,7 @@ static void stop_locked(void)
     int wstatus;
     if (fs_conn < 0)
         return;
-    pthread_mutex_lock(&warm_lock);
-    warm_drop(); /* their children die with the connection's server */
-    pthread_mutex_unlock(&warm_lock);
+    tbx__fs_client_warm_drop(); /* their children die with the connection's server */
     tbx__close(fs_conn);
     fs_conn = -1;
     if (fs_owner != getpid()) {
@@ -333,7 +304,7 @@ static int attach_locked(const char *path, const void *key, size_t key_len)
     int rc = load_key(path, key, key_len, k);
     if (rc != 0)
         return rc;
-    int fd = tbx__connect_unix(path, k, CONNECT_TIMEOUT_S);
+    int fd = tbx__fs_client_connect(path, k, CONNECT_TIMEOUT_S);
     memset(k, 0, sizeof k);
     if (fd < 0)
         return fd;
@@ -385,7 +356,7 @@ int tbx_forkserver_start(const tbx_forkserver_opts *opts)
     }
     pthread_rwlock_unlock(&fs_lock);
     if (rc == 0)
-        warm_fill();
+        tbx__fs_client_warm_fill();
     return rc;
 }
 
@@ -444,93 +415,10 @@ int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int 
     }
 }
 
-/* Orders one warm slot: its child is forked by the server meanwhile. */
-static int warm_add(void)
-{
-    int ctl[2] = {-1, -1}, req[2] = {-1, -1}, res[2] = {-1, -1}, rc = 0;
-    warm_slot *w = malloc(sizeof *w);
-    if (w == NULL)
-        return -ENOMEM;
-    /* The call that takes it is not known yet: its memfd is made anyway. */
-    int bulk = tbx__bulk_create(UINT64_MAX);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0)
-        rc = -errno;
-    if (rc == 0)
-        rc = tbx__pipe(res, 0);
-    if (rc == 0) {
-        int fds[4] = {ctl[1], res[1], req[1], bulk};
-        rc = tbx__fs_client_hand_over(TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0, fds, bulk >= 0 ? 4 : 3);
-    }
-    tbx__close(ctl[1]);
-    tbx__close(req[1]);
-    tbx__close(res[1]);
-    if (rc != 0) {
-        tbx__close(ctl[0]);
-        tbx__close(req[0]);
-        tbx__close(res[0]);
-        tbx__close(bulk);
-        free(w);
-        return rc;
-    }
-    w->control = ctl[0];
-    w->bulk = bulk;
-    w->request = req[0];
-    w->result = res[0];
-    pthread_mutex_lock(&warm_lock);
-    w->next = warm_pool;
-    warm_pool = w;
-    warm_count++;
-    pthread_mutex_unlock(&warm_lock);
-    return 0;
-}
 
-/* Tops the pool up to its target; a failure leaves it short, and the calls
- * go the ordinary way. */
-static void warm_fill(void)
-{
-    for (;;) {
-        pthread_mutex_lock(&warm_lock);
-        int short_of = warm_count < atomic_load(&warm_target);
-        pthread_mutex_unlock(&warm_lock);
-        if (!short_of || warm_add() != 0)
-            return;
-    }
-}
 
-static warm_slot *warm_take(void)
-{
-    pthread_mutex_lock(&warm_lock);
-    warm_slot *w = warm_pool;
-    if (w != NULL) {
-        warm_pool = w->next;
-        warm_count--;
-    }
-    pthread_mutex_unlock(&warm_lock);
-    return w;
-}
 
-int tbx__fs_client_take_warm(tbx__child *child)
-{
-    warm_slot *w = atomic_load(&warm_target) > 0 ? warm_take() : NULL;
-    if (w == NULL)
-        return 0;
-    child->pid = 0;
-    child->pidfd = -1;
-    child->result_fd = w->result;
-    child->control_fd = w->control;
-    child->request_fd = w->request;
-    child->bulk_fd = w->bulk;
-    child->worker = 1;
-    child->warm = 1;
-    free(w);
-    return 1;
-}
 
-void tbx__fs_client_warm_fill(void)
-{
-    warm_fill();
-}
 
 /* A call's child: the parent's server is not its own, in any sense. */
 static void forget_for_call(void)
@@ -543,7 +431,6 @@ static void forget_for_call(void)
     fs_pid = 0;
     fs_owner = 0;
     pthread_rwlock_init(&fs_lock, NULL);
-    pthread_mutex_init(&warm_lock, NULL);
-    warm_drop();
-    atomic_store(&warm_target, 0); /* a child's calls are cold, unless it asks */
+    tbx__fs_client_warm_forget();
+    tbx__fs_client_warm_set(0); /* a child's calls are cold, unless it asks */
 }

@@ -14,5 +14,10 @@
 int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds);
 int tbx__fs_client_take_warm(tbx__child *child);
 void tbx__fs_client_warm_fill(void);
+/* client_warm.c, for client.c: the pool's target (from the start's options),
+ * dropping it with the connection, and forgetting it in a fork child. */
+void tbx__fs_client_warm_set(unsigned target);
+void tbx__fs_client_warm_drop(void);
+void tbx__fs_client_warm_forget(void);
 
 #endif /* TBX_FORKSERVER_CLIENT_H */

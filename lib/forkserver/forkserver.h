@@ -40,7 +40,7 @@ typedef struct tbx__fs_config {
  * asked, reports ready (on conn or ready_fd), serves; never returns.  On
  * SIGTERM, or when conn closes, it kills its children, removes its socket
  * and exits 0. */
-__attribute__((noreturn)) void tbx__forkserver_run(tbx__fs_config *cfg);
+__attribute__((noreturn)) void tbx__fs_server_run(tbx__fs_config *cfg);
 
 /* Creates a listening SOCK_SEQPACKET socket at path: its directory is made
  * with mode 0700 if missing and must otherwise belong to us and let no one
@@ -49,13 +49,13 @@ __attribute__((noreturn)) void tbx__forkserver_run(tbx__fs_config *cfg);
  * the socket is bound under umask 0177 (mode 0600 from birth) and a
  * stale socket of ours at path is replaced.  -ENAMETOOLONG when path does not
  * fit in sun_path (never truncated).  Returns the fd or -errno. */
-int tbx__listen_unix(const char *path, int shared);
+int tbx__fs_server_listen(const char *path, int shared);
 /* Connects to a shared forkserver at path and authenticates both ways.
  * Returns the connection or -errno / TBX_EPROTO (bad key either way). */
-int tbx__connect_unix(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s);
+int tbx__fs_client_connect(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s);
 
 /* If this process was started as a forkserver, becomes it. */
-void tbx__forkserver_maybe_serve(void);
+void tbx__fs_server_maybe_serve(void);
 
 
 #endif /* TBX_FORKSERVER_FORKSERVER_H */

@@ -55,16 +55,77 @@ static unsigned parse_count(const char *opt, const char *v)
     return (unsigned)n;
 }
 
-int main(int argc, char **argv)
-{
-    static tbx__fs_config cfg;
-    static char preload[8192];
-    size_t preload_len = 0;
-    int foreground = 0;
+static char preload[8192];
+static size_t preload_len;
 
-    cfg.conn = -1;
-    cfg.ready_fd = -1;
-    cfg.verbose = 1;
+static int add_preload(tbx__fs_config *cfg, const char *v)
+{
+    size_t n = strlen(v);
+    if (preload_len + n + 2 > sizeof preload || strchr(v, '\n') != NULL) {
+        fprintf(stderr, "timebox-forkserver: too many or odd --preload names\n");
+        return 2;
+    }
+    memcpy(preload + preload_len, v, n);
+    preload_len += n;
+    preload[preload_len++] = '\n';
+    cfg->preload = preload;
+    return -1;
+}
+
+static int add_uid(tbx__fs_config *cfg, const char *v)
+{
+    if (cfg->nallow == TBX__MAX_ALLOW) {
+        fprintf(stderr, "timebox-forkserver: at most %d --allow-uid\n", TBX__MAX_ALLOW);
+        return 2;
+    }
+    char *end;
+    unsigned long uid = strtoul(v, &end, 10);
+    if (*v == '\0' || *end != '\0') {
+        fprintf(stderr, "timebox-forkserver: --allow-uid wants a number, not '%s'\n", v);
+        return 2;
+    }
+    cfg->allow[cfg->nallow++] = (uid_t)uid;
+    return -1;
+}
+
+/* One option a, with its value v if it takes one.  -1 to go on, or the exit
+ * code. */
+static int option(tbx__fs_config *cfg, int *foreground, const char *a, const char *v)
+{
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    } else if (strcmp(a, "--socket") == 0) {
+        cfg->listen_path = v;
+    } else if (strcmp(a, "--preload") == 0) {
+        return add_preload(cfg, v);
+    } else if (strcmp(a, "--max-children") == 0) {
+        cfg->max_children = parse_count(a, v);
+    } else if (strcmp(a, "--max-per-client") == 0) {
+        cfg->max_per_client = parse_count(a, v);
+    } else if (strcmp(a, "--allow-uid") == 0) {
+        return add_uid(cfg, v);
+    } else if (strcmp(a, "--request-timeout") == 0) {
+        double s = strtod(v, NULL);
+        if (!(s > 0 && s < 86400)) {
+            fprintf(stderr, "timebox-forkserver: --request-timeout wants seconds\n");
+            return 2;
+        }
+        cfg->request_timeout_ns = (uint64_t)(s * 1e9);
+    } else if (strcmp(a, "--foreground") == 0) {
+        *foreground = 1;
+    } else if (strcmp(a, "--quiet") == 0) {
+        cfg->verbose = 0;
+    } else {
+        fprintf(stderr, "timebox-forkserver: unknown argument '%s'\n\n%s", a, usage);
+        return 2;
+    }
+    return -1;
+}
+
+/* The command line into cfg: -1 to go on, or the exit code. */
+static int parse(tbx__fs_config *cfg, int *foreground, int argc, char **argv)
+{
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = strcmp(a, "--socket") == 0 || strcmp(a, "--preload") == 0 ||
@@ -74,58 +135,29 @@ int main(int argc, char **argv)
             fprintf(stderr, "timebox-forkserver: %s wants a value\n\n%s", a, usage);
             return 2;
         }
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            fputs(usage, stdout);
-            return 0;
-        } else if (strcmp(a, "--socket") == 0) {
-            cfg.listen_path = v;
-        } else if (strcmp(a, "--preload") == 0) {
-            size_t n = strlen(v);
-            if (preload_len + n + 2 > sizeof preload || strchr(v, '\n') != NULL) {
-                fprintf(stderr, "timebox-forkserver: too many or odd --preload names\n");
-                return 2;
-            }
-            memcpy(preload + preload_len, v, n);
-            preload_len += n;
-            preload[preload_len++] = '\n';
-            cfg.preload = preload;
-        } else if (strcmp(a, "--max-children") == 0) {
-            cfg.max_children = parse_count(a, v);
-        } else if (strcmp(a, "--max-per-client") == 0) {
-            cfg.max_per_client = parse_count(a, v);
-        } else if (strcmp(a, "--allow-uid") == 0) {
-            if (cfg.nallow == TBX__MAX_ALLOW) {
-                fprintf(stderr, "timebox-forkserver: at most %d --allow-uid\n", TBX__MAX_ALLOW);
-                return 2;
-            }
-            char *end;
-            unsigned long uid = strtoul(v, &end, 10);
-            if (*v == '\0' || *end != '\0') {
-                fprintf(stderr, "timebox-forkserver: --allow-uid wants a number, not '%s'\n", v);
-                return 2;
-            }
-            cfg.allow[cfg.nallow++] = (uid_t)uid;
-        } else if (strcmp(a, "--request-timeout") == 0) {
-            double s = strtod(v, NULL);
-            if (!(s > 0 && s < 86400)) {
-                fprintf(stderr, "timebox-forkserver: --request-timeout wants seconds\n");
-                return 2;
-            }
-            cfg.request_timeout_ns = (uint64_t)(s * 1e9);
-        } else if (strcmp(a, "--foreground") == 0) {
-            foreground = 1;
-        } else if (strcmp(a, "--quiet") == 0) {
-            cfg.verbose = 0;
-        } else {
-            fprintf(stderr, "timebox-forkserver: unknown argument '%s'\n\n%s", a, usage);
-            return 2;
-        }
+        int rc = option(cfg, foreground, a, v);
+        if (rc >= 0)
+            return rc;
         i += takes;
     }
-    if (cfg.listen_path == NULL) {
+    if (cfg->listen_path == NULL) {
         fprintf(stderr, "timebox-forkserver: --socket PATH is required\n\n%s", usage);
         return 2;
     }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    static tbx__fs_config cfg;
+    int foreground = 0;
+
+    cfg.conn = -1;
+    cfg.ready_fd = -1;
+    cfg.verbose = 1;
+    int rc = parse(&cfg, &foreground, argc, argv);
+    if (rc >= 0)
+        return rc;
     if (tbx__random(cfg.key, sizeof cfg.key) != 0) {
         perror("timebox-forkserver: getrandom");
         return 1;
@@ -156,7 +188,7 @@ int main(int argc, char **argv)
             tbx__close(ready[1]);
         fprintf(stderr, "timebox-forkserver: pid %d serving on %s\n", (int)getpid(),
                 cfg.listen_path);
-        tbx__forkserver_run(&cfg); /* never returns */
+        tbx__fs_server_run(&cfg); /* never returns */
     }
     tbx__close(ready[1]);
     int32_t code = TBX_EEXITED;

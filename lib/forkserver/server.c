@@ -95,7 +95,7 @@ static void report_ready(const tbx__fs_config *cfg, int rc)
         _exit(1);
 }
 
-void tbx__forkserver_run(tbx__fs_config *cfg)
+void tbx__fs_server_run(tbx__fs_config *cfg)
 {
     static fs_server srv;
     int rc;
@@ -111,7 +111,7 @@ void tbx__forkserver_run(tbx__fs_config *cfg)
     if (rc == 0 && uv_loop_init(&srv.loop) != 0)
         rc = -ENOMEM;
     if (rc == 0 && cfg->listen_path != NULL) {
-        srv.listen_fd = tbx__listen_unix(cfg->listen_path, cfg->nallow > 0);
+        srv.listen_fd = tbx__fs_server_listen(cfg->listen_path, cfg->nallow > 0);
         if (srv.listen_fd < 0)
             rc = srv.listen_fd;
     }
@@ -145,7 +145,7 @@ void tbx__forkserver_run(tbx__fs_config *cfg)
 /* A server spawned by tbx_forkserver_start: its options come through the
  * environment (its argv is the program's own), its key as the first message
  * on its connection. */
-void tbx__forkserver_maybe_serve(void)
+void tbx__fs_server_maybe_serve(void)
 {
     static tbx__fs_config cfg;
     static char listen_path[108];
@@ -189,5 +189,5 @@ void tbx__forkserver_maybe_serve(void)
     unsetenv(TBX__FS_ALLOW_VAR);
     unsetenv(TBX__FS_LISTEN_VAR);
     unsetenv(TBX__FS_PRELOAD_VAR);
-    tbx__forkserver_run(&cfg);
+    tbx__fs_server_run(&cfg);
 }

@@ -56,7 +56,7 @@ static int check_directory(const char *path, int shared)
     return rc;
 }
 
-int tbx__listen_unix(const char *path, int shared)
+int tbx__fs_server_listen(const char *path, int shared)
 {
     struct sockaddr_un sa;
     struct stat st;
@@ -116,7 +116,7 @@ static int recv_exact(int fd, void *buf, size_t len, uint64_t until)
     }
 }
 
-int tbx__connect_unix(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s)
+int tbx__fs_client_connect(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s)
 {
     struct sockaddr_un sa;
     int rc = make_address(path, &sa);
