@@ -229,25 +229,6 @@ static int send_bulk(int fd, result_buf *rb)
     return write_frame(fd, TBX__FRAME_OK, 0, p, rb->len);
 }
 
-static void reset_signals(const tbx__child_spec *spec)
-{
-    sigset_t empty;
-    if (spec->reset_signals) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; sig++) {
-            /* SIGKILL and SIGSTOP cannot change; 32 and 33 are glibc's. */
-            if (sig == SIGKILL || sig == SIGSTOP || (sig >= 32 && sig < SIGRTMIN))
-                continue;
-            (void)sigaction(sig, &sa, NULL);
-        }
-        sigemptyset(&empty);
-        (void)sigprocmask(SIG_SETMASK, &empty, NULL);
-    } else if (spec->parent_mask != NULL) {
-        (void)sigprocmask(SIG_SETMASK, spec->parent_mask, NULL);
-    }
-}
 
 /* stdio buffers the function filled are flushed, unless another thread of
  * the parent held a stream's lock at the fork: then that lock is never
@@ -266,73 +247,8 @@ static void flush_stdio(void)
     }
 }
 
-/* Captured output: the pipes become fds 1 and 2. */
-static void place_output(const tbx__child_spec *spec)
-{
-    if (spec->stdout_fd >= 0 && spec->stdout_fd != 1) {
-        (void)dup2(spec->stdout_fd, 1);
-        (void)close(spec->stdout_fd);
-    }
-    if (spec->stderr_fd >= 0 && spec->stderr_fd != 2) {
-        (void)dup2(spec->stderr_fd, 2);
-        (void)close(spec->stderr_fd);
-    }
-}
 
-/* The call's resource limits, before any of the caller's code runs here.
- * CPU: SIGXCPU at the limit, SIGKILL a second later (the hard limit). */
-static void apply_limits(const tbx__child_spec *spec)
-{
-    struct rlimit rl;
-    if (!spec->allow_core) {
-        rl.rlim_cur = rl.rlim_max = 0;
-        (void)setrlimit(RLIMIT_CORE, &rl);
-    }
-    if (spec->limit_memory != 0) {
-        rl.rlim_cur = rl.rlim_max = (rlim_t)spec->limit_memory;
-        (void)setrlimit(RLIMIT_AS, &rl);
-    }
-    if (spec->limit_cpu_s != 0) {
-        rl.rlim_cur = spec->limit_cpu_s;
-        rl.rlim_max = (rlim_t)spec->limit_cpu_s + 1;
-        (void)setrlimit(RLIMIT_CPU, &rl);
-    }
-    if (spec->limit_files != 0) {
-        rl.rlim_cur = rl.rlim_max = spec->limit_files;
-        (void)setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
 
-/* The backtrace handler: where the thread that runs fn is, then a NUL to
- * say that was all.  backtrace() was called once before, so that it loads
- * what it needs outside a handler. */
-static int backtrace_fd = -1;
-
-static void backtrace_handler(int sig)
-{
-    void *frames[64];
-    int saved = errno;
-    TBX__UNUSED(sig);
-    int n = backtrace(frames, 64);
-    backtrace_symbols_fd(frames, n, backtrace_fd);
-    (void)tbx__write_all(backtrace_fd, "", 1);
-    errno = saved;
-}
-
-static void install_backtrace(const tbx__child_spec *spec)
-{
-    if (spec->backtrace_fd < 0)
-        return;
-    void *warm[1];
-    (void)backtrace(warm, 1);
-    backtrace_fd = spec->backtrace_fd;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = backtrace_handler;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    (void)sigaction(TBX__BACKTRACE_SIGNAL, &sa, NULL);
-}
 
 void tbx__child_main(const tbx__child_spec *spec)
 {
@@ -340,17 +256,7 @@ void tbx__child_main(const tbx__child_spec *spec)
     msgpack_packer pk;
     int rc;
 
-    (void)setpgid(0, 0);
-    /* If the caller dies, so does the call.  The check after it closes the
-     * window where the parent died before the prctl. */
-    (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (spec->parent_pid != 0 && getppid() != spec->parent_pid)
-        _exit(127);
-    reset_signals(spec);
-    tbx__forget_call_parent();
-    place_output(spec);
-    apply_limits(spec);
-    install_backtrace(spec);
+    tbx__child_setup(spec);
 
     self.in_child = 1;
     self.deadline_ns = spec->deadline_ns;

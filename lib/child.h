@@ -48,7 +48,17 @@ typedef struct tbx__child_spec {
     int backtrace_fd;          /* where to write a backtrace when asked; -1 */
     int bulk_fd;               /* a memfd for a result of TBX__BIG_PAYLOAD
                                   or more; -1: the pipe only */
+    const sigset_t *default_signals; /* set back to SIG_DFL first; NULL: none */
+    void (*close_inherited)(void *arg); /* closes what the child must not
+                                  keep (after output placement); NULL */
+    void *close_arg;
 } tbx__child_spec;
+
+/* child_setup.c: makes this fresh child fit to run a call (its steps, and
+ * what may run there, are listed in that file).  tbx__child_main runs it
+ * first; a forkserver's warm child runs it before it waits for its request,
+ * with only the fields it knows, and again (through tbx__child_main) after. */
+void tbx__child_setup(const tbx__child_spec *spec);
 
 /* Runs the call in this (child) process and _exits.  Never returns. */
 __attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);

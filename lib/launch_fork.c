@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdio_ext.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     sigset_t all, old;
     tbx__child_spec spec;
 
+    memset(&spec, 0, sizeof spec);
     rc = tbx__pipe(fds, 0);
     if (rc != 0)
         return rc;

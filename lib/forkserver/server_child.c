@@ -134,46 +134,56 @@ static int close_dynamic_fds(const fs_server *srv, const int *keep, int nkeep)
     return 0;
 }
 
-/* The child: it keeps nothing of the server's but its result pipe. */
-__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
+/* In the child (its setup's close_inherited step): every descriptor of the
+ * server's clients and other calls, so that it keeps nothing of the
+ * server's but its own call's. */
+static void close_inherited(void *arg)
 {
-    tbx__child_spec spec;
+    fs_call *c = arg;
     fs_server *srv = c->srv;
-    /* The server's own dispositions are not the caller's (libuv's SIGTERM
-     * handler would write to the server's signal pipe): back to default,
-     * which also makes every reset_signals request already met, at the cost
-     * of the few the server changed rather than all 62. */
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sigismember(&srv->handled, sig) == 1)
-            signal(sig, SIG_DFL);
-    if (c->out_fd >= 0) {
-        (void)dup2(c->out_fd, 1);
-        (void)dup2(c->err_fd, 2);
-        tbx__close(c->out_fd);
-        tbx__close(c->err_fd);
-        c->out_fd = c->err_fd = -1;
-    }
     int keep[4] = {c->result_fd, c->request_fd, c->backtrace_fd, c->bulk_fd};
     if (close_dynamic_fds(srv, keep, 4) == 0)
-        goto closed;
+        return;
     tbx__close(srv->listen_fd);
     for (fs_client *k = srv->clients; k != NULL; k = k->next)
         tbx__close(k->fd);
     for (fs_call *o = srv->calls; o != NULL; o = o->next) {
         tbx__close(o->control_fd);
-        if (o != c) {
+        if (o != c)
             tbx__fs_server_close_child_ends(o);
-        }
         tbx__close(o->args_fd);
         tbx__close(o->pidfd);
     }
-closed:
-    sigprocmask(SIG_SETMASK, mask, NULL); /* the server's, not the blocked one */
-    if (c->request_fd >= 0) /* warm: the request comes from the caller */
+}
+
+/* What the server adds to a child's setup.  The server's own dispositions
+ * are not the caller's: they go back to default, which also makes every
+ * reset_signals request already met, at the cost of the few the server
+ * changed rather than all 62. */
+static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask)
+{
+    spec->default_signals = &c->srv->handled;
+    spec->reset_signals = 0;
+    spec->parent_mask = mask; /* the server's, not the blocked one */
+    spec->stdout_fd = c->out_fd;
+    spec->stderr_fd = c->out_fd >= 0 ? c->err_fd : -1;
+    spec->close_inherited = close_inherited;
+    spec->close_arg = c;
+}
+
+/* The child: it keeps nothing of the server's but its call's descriptors. */
+__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
+{
+    tbx__child_spec spec;
+    if (c->request_fd >= 0) { /* warm: the request comes from the caller */
+        memset(&spec, 0, sizeof spec);
+        server_steps(&spec, c, mask);
+        spec.backtrace_fd = spec.bulk_fd = -1;
+        tbx__child_setup(&spec);
         tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
+    }
     tbx__request_spec(&c->rq, c->result_fd, &spec);
-    spec.reset_signals = 0;
-    spec.parent_mask = mask;
+    server_steps(&spec, c, mask);
     spec.backtrace_fd = c->backtrace_fd;
     spec.bulk_fd = c->bulk_fd;
     tbx__child_main(&spec);
