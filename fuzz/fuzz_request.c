@@ -1,7 +1,7 @@
 /*
- * fuzz_request: a request as a worker (lib/worker.c tbx__worker_serve) and
- * the forkserver (lib/forkserver.c read_request, launch, call_free_cb) take
- * it from the other end of a socket: header checked by tbx__request_check,
+ * fuzz_request: a request as the worker and the forkserver take it from the
+ * other end of a socket (lib/request_recv.c tbx__request_read, then
+ * lib/forkserver/server_calls.c launch and call_free_cb): header checked by tbx__request_check,
  * name and args gathered (the server grows its buffer with tbx__grow_buffer
  * as bytes arrive), then tbx__request_resolve (lookup by name, msgpack
  * check, unpack) and tbx__request_free, in the order those files call them.

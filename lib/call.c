@@ -21,13 +21,13 @@ void tbx_result_free(tbx_result *r)
 {
     if (r == NULL)
         return;
-    tbx__payload_free(r->priv_[0], r->priv_[6]);
-    if (r->priv_[1] != NULL)
-        msgpack_zone_free(r->priv_[1]);
-    free(r->priv_[2]);
-    free(r->priv_[3]);
-    free(r->priv_[4]);
-    free(r->priv_[5]);
+    tbx__payload_free(r->priv_[TBX__OWN_PAYLOAD], r->priv_[TBX__OWN_MAP]);
+    if (r->priv_[TBX__OWN_ZONE] != NULL)
+        msgpack_zone_free(r->priv_[TBX__OWN_ZONE]);
+    free(r->priv_[TBX__OWN_MESSAGE]);
+    free(r->priv_[TBX__OWN_STDOUT]);
+    free(r->priv_[TBX__OWN_STDERR]);
+    free(r->priv_[TBX__OWN_BACKTRACE]);
     result_init(r);
 }
 

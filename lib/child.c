@@ -189,24 +189,10 @@ double tbx_remaining(void)
 /* One frame, header and payload, in as few writes as the pipe allows. */
 static int write_frame(int fd, uint32_t kind, int32_t code, const void *p, size_t len)
 {
-    tbx__frame_header h = {TBX__FRAME_MAGIC, kind, code, 0, len};
-    struct iovec iov[2] = {{&h, sizeof h}, {(void *)p, len}};
-    int n = len > 0 ? 2 : 1, i = 0;
-    while (i < n) {
-        ssize_t w = writev(fd, iov + i, n - i);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        while (i < n && (size_t)w >= iov[i].iov_len)
-            w -= (ssize_t)iov[i++].iov_len;
-        if (i < n) {
-            iov[i].iov_base = (char *)iov[i].iov_base + w;
-            iov[i].iov_len -= (size_t)w;
-        }
-    }
-    return 0;
+    tbx__frame_header h;
+    struct iovec iov[2];
+    int n = tbx__frame_encode(&h, iov, kind, code, p, len);
+    return tbx__writev_all(fd, iov, n) == 0 ? 0 : -1;
 }
 
 /* A result in the bulk memfd: the last of it written, the memfd sealed, and

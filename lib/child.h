@@ -85,7 +85,22 @@ typedef struct tbx__request {
     msgpack_object args;
     tbx_fn *fn;
     int unpacked;              /* zone holds args: free destroys it */
+    /* While it is read (tbx__request_read): */
+    uint64_t got;              /* bytes received */
+    size_t cap;                /* of args_buf */
+    int args_fd;               /* big args' sealed memfd, until mapped; -1 */
 } tbx__request;
+
+/* request_recv.c: the one request parser, for the spawn worker and the
+ * forkserver.  init: an empty request (nothing held).  read: reads what has
+ * arrived on the socket fd (flags: MSG_DONTWAIT for a loop's, 0 to block)
+ * and returns 1 once the request is whole (its header checked, big args
+ * mapped), 0 when fd has nothing more now, -1 when the peer left or the
+ * socket failed, or TBX_EPROTO / -ENOMEM with a message in why (who names
+ * the receiver in it: "the worker", "the forkserver"). */
+void tbx__request_init(tbx__request *rq);
+int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char *why,
+                      size_t why_len);
 /* Checks a complete request whose header, name and args_buf are filled in:
  * looks fn up and unpacks the args.  Returns 0 or TBX_ENOTREG / TBX_EPROTO /
  * -ENOMEM with a message in why. */

@@ -251,6 +251,21 @@ struct tbx__call {
     tbx_result result;         /* async: handed to the callback */
 };
 
+/* What a tbx_result owns, by the index of its slot in priv_ (the public
+ * struct keeps its layout): freed by tbx_result_free. */
+enum {
+    TBX__OWN_PAYLOAD,   /* the result's bytes (malloc'd), or NULL */
+    TBX__OWN_ZONE,      /* the msgpack zone value points into */
+    TBX__OWN_MESSAGE,   /* a message copied from the child */
+    TBX__OWN_STDOUT,    /* captured stdout; stderr follows it */
+    TBX__OWN_STDERR,    /* captured stderr */
+    TBX__OWN_BACKTRACE, /* the backtrace */
+    TBX__OWN_MAP,       /* the payload's mapping, for a big one */
+    TBX__NOWN
+};
+_Static_assert(TBX__NOWN == sizeof ((tbx_result *)0)->priv_ / sizeof(void *),
+               "every slot of tbx_result.priv_ is named");
+
 /* The close callback of every handle of a call's: the last one finalizes. */
 void tbx__engine_close_cb(uv_handle_t *h);
 

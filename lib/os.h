@@ -36,6 +36,9 @@ int tbx__close(int fd);               /* close, EINTR treated as closed */
 int tbx__close_range(unsigned first, unsigned last); /* 0, or -errno (ENOSYS) */
 ssize_t tbx__read(int fd, void *buf, size_t len);  /* retries EINTR */
 int tbx__write_all(int fd, const void *buf, size_t len); /* blocking fd */
+/* All n pieces of iov to a blocking fd, through partial writes (iov is
+ * consumed).  0, or -errno. */
+int tbx__writev_all(int fd, struct iovec *iov, int n);
 int tbx__timerfd_create(void);        /* CLOCK_MONOTONIC, CLOEXEC|NONBLOCK */
 int tbx__timerfd_arm(int fd, uint64_t abs_ns); /* 0 disarms */
 int tbx__reap(pid_t pid, int *wstatus, int nohang); /* waitpid, our pid only */

@@ -13,6 +13,7 @@
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -151,4 +152,24 @@ int tbx__reap(pid_t pid, int *wstatus, int nohang)
     if (r < 0)
         return -errno;
     return r == pid ? 1 : 0;
+}
+
+int tbx__writev_all(int fd, struct iovec *iov, int n)
+{
+    int i = 0;
+    while (i < n) {
+        ssize_t w = writev(fd, iov + i, n - i);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        while (i < n && (size_t)w >= iov[i].iov_len)
+            w -= (ssize_t)iov[i++].iov_len;
+        if (i < n) {
+            iov[i].iov_base = (char *)iov[i].iov_base + w;
+            iov[i].iov_len -= (size_t)w;
+        }
+    }
+    return 0;
 }

@@ -92,7 +92,7 @@ void tbx__streams_give(tbx__call *c, tbx_result *r)
     if (bt->buf != NULL && bt->len > 0) {
         bt->buf[bt->len] = '\0'; /* its own NUL ends it already, or this */
         r->backtrace = bt->buf;
-        r->priv_[5] = bt->buf;
+        r->priv_[TBX__OWN_BACKTRACE] = bt->buf;
         bt->buf = NULL;
     }
     if (c->opts.capture_output == 0)
@@ -103,7 +103,7 @@ void tbx__streams_give(tbx__call *c, tbx_result *r)
         if (k->buf != NULL) {
             k->buf[k->len] = '\0';
             data = k->buf;
-            r->priv_[3 + i] = k->buf;
+            r->priv_[TBX__OWN_STDOUT + i] = k->buf;
             k->buf = NULL;
         }
         if (i == 0) {

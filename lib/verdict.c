@@ -27,7 +27,7 @@ static void set_message(tbx_result *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(m, 256, fmt, ap);
     va_end(ap);
-    r->priv_[2] = m;
+    r->priv_[TBX__OWN_MESSAGE] = m;
     r->message = m;
 }
 
@@ -48,10 +48,10 @@ static int take_value(tbx__call *c, tbx_result *r)
         return TBX_EPROTO;
     }
     if (c->payload_map != NULL)
-        r->priv_[6] = c->payload_map;
+        r->priv_[TBX__OWN_MAP] = c->payload_map;
     else
-        r->priv_[0] = c->payload;
-    r->priv_[1] = zone;
+        r->priv_[TBX__OWN_PAYLOAD] = c->payload;
+    r->priv_[TBX__OWN_ZONE] = zone;
     c->payload = c->payload_map = NULL;
     return 0;
 }
@@ -94,7 +94,7 @@ int tbx__verdict(tbx__call *c, tbx_result *r)
         if (m != NULL) {
             memcpy(m, c->payload, (size_t)c->hdr.len);
             m[c->hdr.len] = '\0';
-            r->priv_[2] = m;
+            r->priv_[TBX__OWN_MESSAGE] = m;
             r->message = m;
         }
         if (c->hdr.kind == TBX__FRAME_ERROR)

@@ -10,6 +10,27 @@
 #include <string.h>
 #include <sys/mman.h>
 
+int tbx__frame_encode(tbx__frame_header *h, struct iovec iov[2], uint32_t kind, int32_t code,
+                      const void *p, uint64_t len)
+{
+    h->magic = TBX__FRAME_MAGIC;
+    h->kind = kind;
+    h->fail_code = code;
+    h->reserved = 0;
+    h->len = len;
+    iov[0].iov_base = h;
+    iov[0].iov_len = sizeof *h;
+    iov[1].iov_base = (void *)p;
+    iov[1].iov_len = (size_t)len;
+    return p != NULL && len > 0 ? 2 : 1;
+}
+
+int tbx__frame_error(tbx__frame_header *h, struct iovec iov[2], int32_t code, const char *msg)
+{
+    size_t len = strnlen(msg, TBX__MAX_MESSAGE);
+    return tbx__frame_encode(h, iov, TBX__FRAME_ERROR, code, msg, len);
+}
+
 int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
 {
     if (hdr->magic != TBX__FRAME_MAGIC || hdr->reserved != 0)

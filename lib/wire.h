@@ -41,6 +41,12 @@ typedef struct tbx__frame_header {
 /* 0 if hdr is a well-formed header whose payload fits in max_len bytes;
  * TBX_ETOOBIG if only its length is over; TBX_EPROTO otherwise. */
 int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
+/* The encoders: a frame as iov (the header in *h, then len bytes at p);
+ * an ERROR frame with code and msg, clipped to TBX__MAX_MESSAGE.  Return
+ * how many pieces of iov to write (1 or 2). */
+int tbx__frame_encode(tbx__frame_header *h, struct iovec iov[2], uint32_t kind, int32_t code,
+                      const void *p, uint64_t len);
+int tbx__frame_error(tbx__frame_header *h, struct iovec iov[2], int32_t code, const char *msg);
 
 /* A request to a worker (spawn): this header, the function's name
  * (name_len bytes, no NUL), then args_len bytes of msgpack args. */

@@ -67,14 +67,11 @@ struct fs_call {
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
-    int args_fd;              /* big args: a sealed memfd, with the request */
     pid_t pid;
     uv_poll_t control_poll, exit_poll;
     int handles;
     tbx__deadline deadline;   /* the request's time limit, then the backstop */
     tbx__request rq;
-    uint64_t got;             /* request bytes received */
-    size_t cap;               /* of rq.args_buf */
     tbx__control in;          /* a KILL arriving */
     size_t in_got;
     unsigned running : 1, reaped : 1, closing : 1;

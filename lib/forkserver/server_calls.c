@@ -32,11 +32,9 @@ void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd
  * as a worker's would, and the call ends. */
 void tbx__fs_server_refuse(fs_call *c, int code, const char *why)
 {
-    size_t len = strlen(why);
-    if (len > TBX__MAX_MESSAGE)
-        len = TBX__MAX_MESSAGE;
-    tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_ERROR, code, 0, len};
-    struct iovec iov[2] = {{&h, sizeof h}, {(void *)why, len}};
+    tbx__frame_header h;
+    struct iovec iov[2];
+    int pieces = tbx__frame_error(&h, iov, code, why);
     ssize_t n;
     /* The descriptor is the client's word: a full pipe, or not a pipe at
      * all, must not stall the server.  No child will ever write to it. */
@@ -44,7 +42,7 @@ void tbx__fs_server_refuse(fs_call *c, int code, const char *why)
     if (flags >= 0)
         (void)fcntl(c->result_fd, F_SETFL, flags | O_NONBLOCK);
     do /* an honest client's fresh pipe takes it at once (< PIPE_BUF) */
-        n = writev(c->result_fd, iov, 2);
+        n = writev(c->result_fd, iov, pieces);
     while (n < 0 && errno == EINTR);
     tbx__fs_server_send_control(c, TBX__CTL_ERROR, code, -1);
     tbx__fs_server_call_close(c);
@@ -54,79 +52,18 @@ void tbx__fs_server_refuse(fs_call *c, int code, const char *why)
 
 /* The request is whole: big args, sent as a memfd, are mapped (the child
  * inherits the mapping).  0, or -1 with the call refused. */
-static int take_bulk_args(fs_call *c)
-{
-    tbx__request *rq = &c->rq;
-    if (!(rq->h.flags & TBX__REQ_ARGS_BULK))
-        return 0;
-    rq->args_buf = tbx__bulk_map_args(c->args_fd, rq->h.args_len);
-    rq->args_mapped = rq->args_buf != NULL;
-    tbx__close(c->args_fd);
-    c->args_fd = -1;
-    if (rq->args_buf != NULL)
-        return 0;
-    tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver got an args memfd that is not sealed, or of another size");
-    return -1;
-}
-
 /* Reads what has arrived of the request.  Returns 1 when it is whole, 0 to
  * wait, -1 when the call is over (closed or refused). */
 static int read_request(fs_call *c)
 {
-    tbx__request *rq = &c->rq;
-    for (;;) {
-        const uint64_t hsize = sizeof rq->h;
-        ssize_t n;
-        if (c->got < hsize) {
-            /* Big args' memfd comes with the header's first bytes. */
-            int fd = -1, nfds = 1;
-            n = tbx__recv_fds(c->control_fd, (char *)&rq->h + c->got, (size_t)(hsize - c->got),
-                              &fd, &nfds, MSG_DONTWAIT);
-            if (nfds > 0 && c->args_fd >= 0) {
-                tbx__close(fd);
-                tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver got a malformed request");
-                return -1;
-            }
-            if (nfds > 0)
-                c->args_fd = fd;
-        } else {
-            uint64_t at = c->got - hsize, name_len = rq->h.name_len;
-            uint64_t args_at = at > name_len ? at - name_len : 0;
-            uint64_t args_len = rq->h.flags & TBX__REQ_ARGS_BULK ? 0 : rq->h.args_len;
-            if (at == name_len + args_len)
-                return take_bulk_args(c) == 0 ? 1 : -1;
-            /* The buffer grows with what arrives, not with what the header
-             * claims. */
-            if (args_len > 0 && c->cap == args_at &&
-                tbx__grow_buffer(&rq->args_buf, &c->cap, rq->h.args_len) != 0) {
-                tbx__fs_server_refuse(c, -ENOMEM, "the forkserver has no memory for the args");
-                return -1;
-            }
-            struct iovec iov[2];
-            int k = 0;
-            if (at < name_len)
-                iov[k++] = (struct iovec){rq->name + at, (size_t)(name_len - at)};
-            if (args_len > 0)
-                iov[k++] = (struct iovec){rq->args_buf + args_at, c->cap - (size_t)args_at};
-            do
-                n = readv(c->control_fd, iov, k);
-            while (n < 0 && errno == EINTR);
-            if (n < 0)
-                n = -errno;
-        }
-        if (n == -EAGAIN)
-            return 0;
-        if (n <= 0) { /* the client left, or its socket failed */
-            tbx__fs_server_call_close(c);
-            return -1;
-        }
-        c->got += (uint64_t)n;
-        if (c->got == hsize && (tbx__request_check(&rq->h) != 0 ||
-                                !(rq->h.flags & TBX__REQ_ARGS_BULK) != (c->args_fd < 0))) {
-            tbx__fs_server_refuse(c, TBX_EPROTO, "the forkserver got a malformed request");
-            return -1;
-        }
-    }
+    char why[TBX__MAX_MESSAGE + 1];
+    int rc = tbx__request_read(&c->rq, c->control_fd, MSG_DONTWAIT, "the forkserver", why,
+                               sizeof why);
+    if (rc == -1)
+        tbx__fs_server_call_close(c); /* the client left, or its socket failed */
+    else if (rc < 0)
+        tbx__fs_server_refuse(c, rc, why);
+    return rc == 1 ? 1 : rc == 0 ? 0 : -1;
 }
 
 /* KILL messages from the client, and its going away. */
@@ -178,7 +115,6 @@ static void call_free_cb(uv_handle_t *h)
         return;
     tbx__close(c->control_fd);
     tbx__fs_server_close_child_ends(c);
-    tbx__close(c->args_fd);
     tbx__close(c->pidfd);
     tbx__request_free(&c->rq);
     free(c);
@@ -238,7 +174,7 @@ void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, u
     if (flags & TBX__HELLO_BACKTRACE)
         c->backtrace_fd = fds[at++];
     c->bulk_fd = flags & TBX__HELLO_BULK ? fds[at++] : -1;
-    c->args_fd = -1;
+    tbx__request_init(&c->rq);
     c->srv = srv;
     c->client = client;
     c->control_fd = control_fd;

@@ -151,7 +151,7 @@ static void close_inherited(void *arg)
         tbx__close(o->control_fd);
         if (o != c)
             tbx__fs_server_close_child_ends(o);
-        tbx__close(o->args_fd);
+        tbx__close(o->rq.args_fd);
         tbx__close(o->pidfd);
     }
 }

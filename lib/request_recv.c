@@ -1,0 +1,175 @@
+/*
+ * The request, as its receiver reads it: the one parser for the spawn worker
+ * (blocking, in a fresh program) and the forkserver (on its loop, a little
+ * at a time).  The request is bytes from another process: the header is
+ * checked before anything is allocated, the buffer grows with what arrives,
+ * not with what the header claims, and big args are taken only from a
+ * sealed memfd of exactly their size.  Runs in the worker and in the server,
+ * never between fork and exec.
+ */
+#include "child.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+void tbx__request_init(tbx__request *rq)
+{
+    memset(rq, 0, sizeof *rq);
+    rq->args_fd = -1;
+}
+
+/* The args of a whole request: mapped from their memfd, if they came in one. */
+static int take_bulk_args(tbx__request *rq, const char *who, char *why, size_t why_len)
+{
+    if (!(rq->h.flags & TBX__REQ_ARGS_BULK))
+        return 1;
+    rq->args_buf = tbx__bulk_map_args(rq->args_fd, rq->h.args_len);
+    rq->args_mapped = rq->args_buf != NULL;
+    tbx__close(rq->args_fd);
+    rq->args_fd = -1;
+    if (rq->args_buf != NULL)
+        return 1;
+    snprintf(why, why_len, "%s got an args memfd that is not sealed, or of another size", who);
+    return TBX_EPROTO;
+}
+
+/* Receives into the header; big args' memfd comes with its first bytes. */
+static ssize_t recv_header(tbx__request *rq, int fd, int flags)
+{
+    int got_fd = -1, nfds = 1;
+    ssize_t n = tbx__recv_fds(fd, (char *)&rq->h + rq->got, (size_t)(sizeof rq->h - rq->got),
+                              &got_fd, &nfds, flags);
+    if (nfds > 0 && rq->args_fd >= 0) { /* a second one: malformed */
+        tbx__close(got_fd);
+        return -ENOTUNIQ;
+    }
+    if (nfds > 0)
+        rq->args_fd = got_fd;
+    return n;
+}
+
+/* Receives into the name and the args. */
+static ssize_t recv_body(tbx__request *rq, int fd, int flags, uint64_t at, uint64_t args_len)
+{
+    uint64_t name_len = rq->h.name_len;
+    uint64_t args_at = at > name_len ? at - name_len : 0;
+    struct iovec iov[2];
+    int k = 0;
+    if (at < name_len)
+        iov[k++] = (struct iovec){rq->name + at, (size_t)(name_len - at)};
+    if (args_len > 0)
+        iov[k++] = (struct iovec){rq->args_buf + args_at, rq->cap - (size_t)args_at};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)k};
+    ssize_t n;
+    do
+        n = recvmsg(fd, &msg, flags | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char *why,
+                      size_t why_len)
+{
+    const uint64_t hsize = sizeof rq->h;
+    for (;;) {
+        ssize_t n;
+        if (rq->got < hsize) {
+            n = recv_header(rq, fd, flags);
+        } else {
+            uint64_t at = rq->got - hsize, name_len = rq->h.name_len;
+            uint64_t args_at = at > name_len ? at - name_len : 0;
+            uint64_t args_len = rq->h.flags & TBX__REQ_ARGS_BULK ? 0 : rq->h.args_len;
+            if (at == name_len + args_len)
+                return take_bulk_args(rq, who, why, why_len);
+            if (args_len > 0 && rq->cap == args_at &&
+                tbx__grow_buffer(&rq->args_buf, &rq->cap, rq->h.args_len) != 0) {
+                snprintf(why, why_len, "%s has no memory for the args", who);
+                return -ENOMEM;
+            }
+            n = recv_body(rq, fd, flags, at, args_len);
+        }
+        if (n == -EAGAIN)
+            return 0;
+        if (n == -ENOTUNIQ)
+            break;
+        if (n <= 0)
+            return -1;
+        rq->got += (uint64_t)n;
+        if (rq->got == hsize && (tbx__request_check(&rq->h) != 0 ||
+                                 !(rq->h.flags & TBX__REQ_ARGS_BULK) != (rq->args_fd < 0)))
+            break;
+    }
+    snprintf(why, why_len, "%s got a malformed request", who);
+    return TBX_EPROTO;
+}
+
+int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len)
+{
+    size_t off = 0;
+    rq->name[rq->h.name_len] = '\0';
+    rq->fn = tbx_lookup(rq->name);
+    if (rq->fn == NULL) {
+        snprintf(why, why_len, "function '%s' is not registered in the program serving the call",
+                 rq->name);
+        return TBX_ENOTREG;
+    }
+    if (tbx__msgpack_check(rq->args_buf, (size_t)rq->h.args_len, TBX__MAX_DEPTH) != 0) {
+        snprintf(why, why_len, "the args are not one msgpack object");
+        return TBX_EPROTO;
+    }
+    if (!msgpack_zone_init(&rq->zone, 1024)) {
+        snprintf(why, why_len, "no memory to unpack the args");
+        return -ENOMEM;
+    }
+    if (msgpack_unpack(rq->args_buf, (size_t)rq->h.args_len, &off, &rq->zone, &rq->args) !=
+        MSGPACK_UNPACK_SUCCESS) {
+        msgpack_zone_destroy(&rq->zone);
+        snprintf(why, why_len, "the args could not be unpacked");
+        return TBX_EPROTO;
+    }
+    rq->unpacked = 1;
+    return 0;
+}
+
+void tbx__request_free(tbx__request *rq)
+{
+    tbx__close(rq->args_fd);
+    rq->args_fd = -1;
+    if (rq->unpacked)
+        msgpack_zone_destroy(&rq->zone);
+    rq->unpacked = 0;
+    if (rq->args_mapped && rq->args_buf != NULL)
+        (void)munmap(rq->args_buf, (size_t)rq->h.args_len);
+    else
+        free(rq->args_buf);
+    rq->args_buf = NULL;
+    rq->args_mapped = 0;
+    rq->fn = NULL;
+}
+
+void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *spec)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->fn = rq->fn;
+    spec->args = &rq->args;
+    spec->result_fd = result_fd;
+    spec->reset_signals = (rq->h.flags & TBX__REQ_RESET_SIGNALS) != 0;
+    spec->soft_deadline = (rq->h.flags & TBX__REQ_SOFT_DEADLINE) != 0;
+    spec->send_start = 1; /* the caller learns that fn is starting */
+    spec->timeout_s = (double)rq->h.timeout_ns / 1e9;
+    spec->deadline_ns = rq->h.deadline_ns;
+    spec->max_result = (size_t)rq->h.max_result;
+    spec->parent_pid = getppid();
+    spec->stdout_fd = spec->stderr_fd = -1; /* placed by whoever started us */
+    spec->backtrace_fd = -1;
+    spec->bulk_fd = -1;
+    spec->limit_memory = rq->h.limit_memory;
+    spec->limit_cpu_s = rq->h.limit_cpu_s;
+    spec->limit_files = rq->h.limit_files;
+    spec->allow_core = (rq->h.flags & TBX__REQ_ALLOW_CORE) != 0;
+}
