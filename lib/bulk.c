@@ -35,7 +35,7 @@ int tbx__bulk_create(uint64_t max_result)
 {
     if (max_result < TBX__BIG_PAYLOAD)
         return -1; /* no result of that size would be accepted */
-    int fd = memfd_create("timebox-result", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int fd = tbx__sys.memfd_create("timebox-result", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     return fd >= 0 ? fd : -1; /* none: the pipe carries everything */
 }
 
@@ -89,7 +89,7 @@ int tbx__bulk_args(const void *args, size_t len)
 {
     if (len < TBX__BIG_PAYLOAD)
         return -1;
-    int fd = memfd_create("timebox-args", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int fd = tbx__sys.memfd_create("timebox-args", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return -1;
     const char *p = args;

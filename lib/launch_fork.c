@@ -65,7 +65,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     flush_caller_stdio();
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
+    pid_t pid = tbx__sys.fork();
     if (pid == 0)
         tbx__child_main(&spec);
     int err = errno;

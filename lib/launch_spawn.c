@@ -188,7 +188,7 @@ int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid)
     if (rc == 0)
         rc = posix_spawnattr_setflags(&attr, flags);
     if (rc == 0)
-        rc = posix_spawn(pid, path, &fa, &attr, argv, env);
+        rc = tbx__sys.posix_spawn(pid, path, &fa, &attr, argv, env);
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     free(env);
@@ -202,7 +202,7 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     int bulk = tbx__bulk_create(c->opts.max_result);
     pid_t pid;
 
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         rc = -errno;
         tbx__close(bulk);
         return rc;

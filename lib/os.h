@@ -10,6 +10,7 @@
 
 #include "timebox.h"
 
+#include <spawn.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -60,6 +61,27 @@ ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int
 ssize_t tbx__sendv_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds,
                        int flags); /* the same, gathering iovcnt pieces */
 ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags);
+
+/* The system calls timebox makes that create a process or a descriptor, as
+ * one table of pointers (as SQLite's os_unix.c keeps aSyscall[]): each entry
+ * has the libc convention (-1 and errno), and every call site goes through
+ * it, so that a test can replace one entry to make a named call fail and
+ * check what the library does then (tests/test_syserr.c).  Replaced only
+ * while no call runs; read, never written, by the library. */
+typedef struct tbx__syscalls {
+    pid_t (*fork)(void);
+    int (*pipe2)(int fds[2], int flags);
+    int (*socketpair)(int domain, int type, int protocol, int sv[2]);
+    int (*memfd_create)(const char *name, unsigned int flags);
+    int (*pidfd_open)(pid_t pid, unsigned int flags);
+    int (*timerfd_create)(int clockid, int flags);
+    int (*close_range)(unsigned int first, unsigned int last, int flags);
+    int (*posix_spawn)(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                       const posix_spawnattr_t *attr, char *const argv[], char *const envp[]);
+} tbx__syscalls;
+extern tbx__syscalls tbx__sys;
+/* The table as the library starts with it: a test restores entries from it. */
+extern const tbx__syscalls tbx__sys_default;
 
 /* atfork.c: a fork child forgets its parent's state.  A module that keeps
  * state a child must not share registers, once, in its fixed place:

@@ -1,5 +1,5 @@
 /*
- * The system calls timebox makes, on Linux.  Each returns -errno on failure and
+ * The system calls timebox makes, on Linux, and their table (tbx__sys).  Each returns -errno on failure and
  * retries EINTR where a retry is what the caller wants.  pidfd calls go through
  * syscall(2) so that an older glibc (or a kernel without them, -ENOSYS) still
  * builds and runs: the engine falls back to polling waitpid on our own pid.
@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
@@ -26,9 +28,28 @@
 #define SYS_close_range 436
 #endif
 
+static int sys_pidfd_open(pid_t pid, unsigned int flags)
+{
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+static int sys_close_range(unsigned int first, unsigned int last, int flags)
+{
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+
+#define TBX__SYSCALLS                                                                          \
+    {                                                                                          \
+        .fork = fork, .pipe2 = pipe2, .socketpair = socketpair, .memfd_create = memfd_create,  \
+        .pidfd_open = sys_pidfd_open, .timerfd_create = timerfd_create,                        \
+        .close_range = sys_close_range, .posix_spawn = posix_spawn,                            \
+    }
+tbx__syscalls tbx__sys = TBX__SYSCALLS;
+const tbx__syscalls tbx__sys_default = TBX__SYSCALLS;
+
 int tbx__close_range(unsigned first, unsigned last)
 {
-    return syscall(SYS_close_range, first, last, 0) == 0 ? 0 : -errno;
+    return tbx__sys.close_range(first, last, 0) == 0 ? 0 : -errno;
 }
 
 uint64_t tbx__now_ns(void)
@@ -56,7 +77,7 @@ uint32_t tbx__cpu_seconds(double s)
 int tbx__pidfd_open(pid_t pid)
 {
     /* pidfds are always close-on-exec. */
-    long fd = syscall(SYS_pidfd_open, pid, 0);
+    long fd = tbx__sys.pidfd_open(pid, 0);
     return fd < 0 ? -errno : (int)fd;
 }
 
@@ -67,7 +88,7 @@ int tbx__pidfd_send_signal(int pidfd, int sig)
 
 int tbx__pipe(int fds[2], int flags)
 {
-    return pipe2(fds, O_CLOEXEC | flags) < 0 ? -errno : 0;
+    return tbx__sys.pipe2(fds, O_CLOEXEC | flags) < 0 ? -errno : 0;
 }
 
 int tbx__close(int fd)
@@ -106,7 +127,7 @@ int tbx__write_all(int fd, const void *buf, size_t len)
 
 int tbx__timerfd_create(void)
 {
-    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    int fd = tbx__sys.timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     return fd < 0 ? -errno : fd;
 }
 

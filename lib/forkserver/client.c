@@ -232,7 +232,7 @@ static int start_locked(void)
             return rc;
         fs_have_key = 1;
     }
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
         return -errno;
     rc = tbx__lift_fd(&sv[1]);
     if (rc == 0) {

@@ -65,8 +65,8 @@ static int warm_add(void)
         return -ENOMEM;
     /* The call that takes it is not known yet: its memfd is made anyway. */
     int bulk = tbx__bulk_create(UINT64_MAX);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0)
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
+        tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0)
         rc = -errno;
     if (rc == 0)
         rc = tbx__pipe(res, 0);

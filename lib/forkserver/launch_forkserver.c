@@ -103,7 +103,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
      * straight to it, and LAUNCHED, long since sent, is read as usual. */
     if (!capture && !backtrace && tbx__fs_client_take_warm(child))
         return 0;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
     int bulk = -1;
     rc = tbx__pipe(res, 0);

@@ -210,7 +210,7 @@ void tbx__fs_server_start_child(fs_call *c)
     }
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
+    pid_t pid = tbx__sys.fork();
     if (pid == 0)
         run_child(c, &old);
     int err = errno;
