@@ -2,8 +2,8 @@
  * timebox: run a C function in a child process under a deadline.
  *
  * The caller packs the arguments with msgpack; the function runs in a child
- * made by fork (other start methods follow); the result, or the error, comes
- * back over a pipe.  At the deadline the child's process group gets SIGTERM,
+ * made by the call's start method (tbx_method: fork, a forkserver, or
+ * posix_spawn); the result, or the error, comes back over a pipe.  At the deadline the child's process group gets SIGTERM,
  * and SIGKILL after a grace period.  Nothing of a call outlives it: when a call
  * returns, its child has been reaped and its process group killed.
  *

@@ -43,8 +43,12 @@ struct tbx_req {
  *
  * The loop stays alive while calls are in flight.  Not thread-safe: call it
  * on the loop's thread.  Thousands of calls may be in flight on one loop; each
- * holds two file descriptors (the result pipe and a pidfd), and a loop with
- * deadlines shares one timer descriptor among all its calls.
+ * holds 3 to 5 file descriptors with the default max_result: the result
+ * pipe, a pidfd and a memfd for a big result; spawn adds the socket its
+ * request goes down (until it is sent), the forkserver its control socket
+ * and the request's; captured output, a backtrace pipe and big args (a
+ * sealed memfd) add one each.  A loop with deadlines shares one timer
+ * descriptor among all its calls.
  */
 TBX_EXTERN int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn,
                               const void *args, size_t args_len,
