@@ -409,6 +409,17 @@ static void undo_launch(tbx__call *c)
     tbx__engine_release_args(c);
 }
 
+int tbx__engine_watch_fd(tbx__call *c, uv_poll_t *p, int fd, uv_handle_t **h)
+{
+    int rc = uv_poll_init(c->loop, p, fd);
+    if (rc != 0)
+        return rc;
+    p->data = c;
+    c->open_handles++;
+    *h = (uv_handle_t *)p;
+    return 0;
+}
+
 static int watch(tbx__call *c)
 {
     int rc = uv_poll_init(c->loop, &c->result_poll, c->child.result_fd);
@@ -418,8 +429,14 @@ static int watch(tbx__call *c)
     c->open_handles++;
     c->h_result = 1;
     c->reading = 1;
-    if (rc == 0)
-        rc = c->launcher->watch(c, &c->exit_h);
+    if (rc == 0) {
+        uv_handle_t *h = NULL;
+        rc = c->launcher->watch(c, &h);
+        if (h != NULL) { /* opened: it must close, whatever came after */
+            c->exit_h = h;
+            c->h_exit = 1;
+        }
+    }
     for (int i = 0; rc == 0 && i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
         if (k->fd < 0)

@@ -79,8 +79,9 @@ typedef struct tbx__child {
  *   launch     starts the child and fills *child, or returns -errno / TBX_E*
  *              with nothing left open or running.
  *   watch      opens the one handle that learns of the child's end (counted
- *              in open_handles, h_exit set) and returns it through *h; the
- *              launcher calls tbx__engine_child_ended when it knows.
+ *              in open_handles: tbx__engine_watch_fd) and sets *h to it once
+ *              opened; the launcher calls tbx__engine_child_ended when it
+ *              knows.
  *   exited     1 if the child has exited, its end not yet handled (the
  *              deadline and the exit can be ready at the same wake-up).
  *   signal     sends sig to the child and its group.
@@ -135,6 +136,10 @@ void tbx__own_abandon(tbx__call *call);
  * unpack_args: the args unpacked in the parent (a fork child reads them in
  *   memory).  */
 void tbx__engine_child_ended(tbx__call *call, int wstatus, int trailing);
+/* For a launcher's watch: opens poll p on fd for the call (counted in its
+ * handles, data = call) and sets *h to it; the caller starts it.  0 or a
+ * libuv error (then nothing was opened). */
+int tbx__engine_watch_fd(tbx__call *call, uv_poll_t *p, int fd, uv_handle_t **h);
 
 /* Between the engine's own files (prepare.c, engine.c, queue.c).
  * release_args: frees what prepare made for the args.  arm_deadline: the

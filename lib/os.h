@@ -32,6 +32,8 @@ uint64_t tbx__seconds_to_ns(double s);
 uint32_t tbx__cpu_seconds(double s);
 int tbx__pidfd_open(pid_t pid);
 int tbx__pidfd_send_signal(int pidfd, int sig);
+/* 1 if the pidfd's process has exited (it polls readable), else 0. */
+int tbx__pidfd_exited(int pidfd);
 int tbx__pipe(int fds[2], int flags); /* pipe2(O_CLOEXEC | flags) */
 int tbx__close(int fd);               /* close, EINTR treated as closed */
 int tbx__close_range(unsigned first, unsigned last); /* 0, or -errno (ENOSYS) */

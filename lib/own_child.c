@@ -7,7 +7,6 @@
 #include "engine.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -56,31 +55,23 @@ int tbx__own_watch(tbx__call *c, uv_handle_t **h)
 {
     int rc;
     if (c->child.pidfd >= 0) {
-        rc = uv_poll_init(c->loop, &c->exit_poll, c->child.pidfd);
-        if (rc != 0)
-            return rc;
-        c->exit_poll.data = c;
-        *h = (uv_handle_t *)&c->exit_poll;
-        c->open_handles++;
-        c->h_exit = 1;
-        return uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
+        rc = tbx__engine_watch_fd(c, &c->exit_poll, c->child.pidfd, h);
+        return rc != 0 ? rc : uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
     }
+    /* No pidfd (an old kernel): waitpid, polled every millisecond. */
     rc = uv_timer_init(c->loop, &c->exit_timer);
     if (rc != 0)
         return rc;
     c->exit_timer.data = c;
     *h = (uv_handle_t *)&c->exit_timer;
     c->open_handles++;
-    c->h_exit = 1;
     return uv_timer_start(&c->exit_timer, exit_timer_cb, 1, 1);
 }
 
 int tbx__own_exited(tbx__call *c)
 {
-    if (c->child.pidfd >= 0) {
-        struct pollfd p = {c->child.pidfd, POLLIN, 0};
-        return poll(&p, 1, 0) == 1;
-    }
+    if (c->child.pidfd >= 0)
+        return tbx__pidfd_exited(c->child.pidfd);
     if (c->child.pid <= 0)
         return 0;
     return tbx__child_state(c->child.pid, -1) != 0;

@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 
@@ -162,22 +161,13 @@ static void forkserver_ended(tbx__call *c)
 
 static int forkserver_watch(tbx__call *c, uv_handle_t **h)
 {
-    int rc = uv_poll_init(c->loop, &c->control_poll, c->child.control_fd);
-    if (rc != 0)
-        return rc;
-    c->control_poll.data = c;
-    *h = (uv_handle_t *)&c->control_poll;
-    c->open_handles++;
-    c->h_exit = 1;
-    return uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
+    int rc = tbx__engine_watch_fd(c, &c->control_poll, c->child.control_fd, h);
+    return rc != 0 ? rc : uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
 }
 
 static int forkserver_exited(tbx__call *c)
 {
-    if (c->child.pidfd < 0)
-        return 0;
-    struct pollfd p = {c->child.pidfd, POLLIN, 0};
-    return poll(&p, 1, 0) == 1;
+    return c->child.pidfd >= 0 && tbx__pidfd_exited(c->child.pidfd);
 }
 
 static void forkserver_signal(tbx__call *c, int sig)
