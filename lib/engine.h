@@ -127,6 +127,10 @@ int tbx__own_exited(tbx__call *call);
 void tbx__own_signal(tbx__call *call, int sig);
 void tbx__own_backtrace(tbx__call *call);
 void tbx__own_abandon(tbx__call *call);
+/* Those five, as entries of a launcher's row. */
+#define TBX__OWN_CHILD                                                                         \
+    .watch = tbx__own_watch, .exited = tbx__own_exited, .signal = tbx__own_signal,             \
+    .backtrace = tbx__own_backtrace, .abandon = tbx__own_abandon
 
 /* What the engine offers its launchers.
  * child_ended: the child has ended with wstatus (-1: unknown); the rest of

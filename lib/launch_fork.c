@@ -104,9 +104,5 @@ const tbx__launcher tbx__launch_fork = {
     .accepts = TBX__ACCEPTS_CTX | TBX__ACCEPTS_UNREGISTERED,
     .prepare = tbx__engine_unpack_args, /* the child reads them in memory */
     .launch = fork_launch,
-    .watch = tbx__own_watch,
-    .exited = tbx__own_exited,
-    .signal = tbx__own_signal,
-    .backtrace = tbx__own_backtrace,
-    .abandon = tbx__own_abandon,
+    TBX__OWN_CHILD,
 };

@@ -272,9 +272,5 @@ const tbx__launcher tbx__launch_spawn = {
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = spawn_launch,
-    .watch = tbx__own_watch,
-    .exited = tbx__own_exited,
-    .signal = tbx__own_signal,
-    .backtrace = tbx__own_backtrace,
-    .abandon = tbx__own_abandon,
+    TBX__OWN_CHILD,
 };
