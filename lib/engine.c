@@ -302,22 +302,7 @@ void tbx__engine_child_ended(tbx__call *c, int wstatus, int trailing)
 static void finalize(tbx__call *c)
 {
     tbx_result *r = c->out;
-    r->pid = c->child.pid;
-    r->kill_signal = c->kill_signal;
-    if (c->wstatus != -1 && WIFEXITED(c->wstatus))
-        r->exit_code = WEXITSTATUS(c->wstatus);
-    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus))
-        r->term_signal = WTERMSIG(c->wstatus);
-    r->status = tbx__verdict(c, r);
-    if (r->status != 0 && r->message == NULL)
-        r->message = tbx_strerror(r->status);
-    tbx__streams_give(c, r);
-    for (int i = 0; i < TBX__NSTREAMS; i++) {
-        free(c->capture[i].buf);
-        c->capture[i].buf = NULL;
-    }
-    tbx__payload_free(c->payload, c->payload_map);
-    c->payload = c->payload_map = NULL;
+    tbx__result_fill(c, r);
     tbx__engine_release_args(c);
     uint64_t end = tbx__now_ns();
     mark_done(c);

@@ -293,6 +293,9 @@ void tbx__streams_give(tbx__call *call, tbx_result *r);
 
 /* verdict.c: the status of a finished call, with its value or message. */
 int tbx__verdict(tbx__call *call, tbx_result *r);
+/* The finished call into r: its child's pid and end, the status with its
+ * value or message, the captured output; what r does not take is freed. */
+void tbx__result_fill(tbx__call *call, tbx_result *r);
 
 /* Validates call's options and arguments and prepares them for launch:
  * TBX_EINVAL, -ENOMEM or 0.  On error nothing is held. */

@@ -129,3 +129,23 @@ int tbx__verdict(tbx__call *c, tbx_result *r)
         set_message(r, "child was reaped by someone else before timebox");
     return TBX_EEXITED;
 }
+
+void tbx__result_fill(tbx__call *c, tbx_result *r)
+{
+    r->pid = c->child.pid;
+    r->kill_signal = c->kill_signal;
+    if (c->wstatus != -1 && WIFEXITED(c->wstatus))
+        r->exit_code = WEXITSTATUS(c->wstatus);
+    if (c->wstatus != -1 && WIFSIGNALED(c->wstatus))
+        r->term_signal = WTERMSIG(c->wstatus);
+    r->status = tbx__verdict(c, r);
+    if (r->status != 0 && r->message == NULL)
+        r->message = tbx_strerror(r->status);
+    tbx__streams_give(c, r);
+    for (int i = 0; i < TBX__NSTREAMS; i++) {
+        free(c->capture[i].buf);
+        c->capture[i].buf = NULL;
+    }
+    tbx__payload_free(c->payload, c->payload_map);
+    c->payload = c->payload_map = NULL;
+}
