@@ -5,13 +5,15 @@
  * A launched child is watched three ways at once:
  *   - the result pipe, drained as data arrives so a large result never blocks
  *     the child against a full pipe, and bounded by max_result;
- *   - the child's exit, through a pidfd (no SIGCHLD handler, no pid reuse);
+ *   - the child's exit, as its launcher learns it (a pidfd for our own
+ *     children, no SIGCHLD handler, no pid reuse; the server's word for a
+ *     forkserver's);
  *   - the deadline, on the loop's shared timerfd: SIGTERM to the child's
- *     process group, SIGKILL after the grace period.
+ *     process group, SIGKILL after the grace period, both sent by the
+ *     launcher.
  * The call ends when the child has exited, never on EOF: a grandchild that
- * still holds the pipe cannot delay it.  Before the child is reaped its group
- * gets SIGKILL; the zombie still holds the group's id, so the signal cannot
- * reach a stranger that reused it.
+ * still holds the pipe cannot delay it.  Whatever differs between start
+ * methods is in the launcher (engine.h); this file names none of them.
  */
 #include "engine.h"
 

@@ -250,9 +250,10 @@ struct tbx__call {
     unsigned args_unpacked : 1;
     unsigned abandoned : 1;
     unsigned writing : 1;       /* request_poll is open */
-    unsigned server_gone : 1;
+    unsigned lost : 1;         /* the launcher lost the child: lost_why */
     unsigned h_result : 1;      /* result_poll is open */
     unsigned h_exit : 1;        /* the exit handle (exit_handle()) is open */
+    const char *lost_why;      /* static text: how it was lost */
     int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
     int kill_signal;
     int wstatus;

@@ -68,12 +68,11 @@ int tbx__verdict(tbx__call *c, tbx_result *r)
 {
     if (c->sys_error != 0)
         return c->sys_error;
-    if (c->server_gone && c->verdict == 0) {
-        set_message(r, "the forkserver exited during the call");
+    if (c->lost && c->verdict == 0) {
+        set_message(r, "%s", c->lost_why);
         return -ECONNRESET;
     }
-    if (c->verdict == TBX_ETIMEDOUT && c->child.pid == 0 && c->t_launch == c->t_done &&
-        c->child.control_fd < 0) {
+    if (c->verdict == TBX_ETIMEDOUT && c->child.pid == 0 && c->t_launch == c->t_done) {
         set_message(r, "deadline passed while the call waited for a free slot "
                        "(tbx_set_max_children)");
         return c->verdict;

@@ -20,7 +20,8 @@
  * come: the call ends with what it has. */
 static void give_up_on_server(tbx__call *c)
 {
-    c->server_gone = 1;
+    c->lost = 1;
+    c->lost_why = "the forkserver exited during the call";
     tbx__engine_child_ended(c, -1, 0);
 }
 
