@@ -110,9 +110,6 @@ struct tbx__launcher {
     void (*ended)(tbx__call *call);
 };
 
-extern const tbx__launcher tbx__launch_fork;
-extern const tbx__launcher tbx__launch_spawn;
-extern const tbx__launcher tbx__launch_forkserver;
 /* The launcher of a method, or NULL for one this build does not provide
  * (TBX_METHOD_DEFAULT included). */
 const tbx__launcher *tbx__launcher_of(tbx_method method);

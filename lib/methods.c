@@ -8,6 +8,10 @@
 
 #include <stdatomic.h>
 
+extern const tbx__launcher tbx__launch_fork;       /* launch_fork.c */
+extern const tbx__launcher tbx__launch_forkserver; /* forkserver/launch_forkserver.c */
+extern const tbx__launcher tbx__launch_spawn;      /* launch_spawn.c */
+
 static const tbx__launcher *const methods[] = {
     [TBX_FORK] = &tbx__launch_fork,
     [TBX_FORKSERVER] = &tbx__launch_forkserver,
