@@ -112,88 +112,6 @@ tbx_opts test_opts(tbx_method method)
     return o;
 }
 
-/* -------------------------------------------------------------- arguments */
-
-void pack(msgpack_sbuffer *sb, const char *fmt, ...)
-{
-    msgpack_packer pk;
-    va_list ap;
-    msgpack_sbuffer_init(sb);
-    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-    va_start(ap, fmt);
-    for (const char *f = fmt; *f; f++) {
-        switch (*f) {
-        case ' ':
-            break;
-        case 'i':
-            msgpack_pack_int64(&pk, va_arg(ap, int64_t));
-            break;
-        case 'u':
-            msgpack_pack_uint64(&pk, va_arg(ap, uint64_t));
-            break;
-        case 'd':
-            msgpack_pack_double(&pk, va_arg(ap, double));
-            break;
-        case 's': {
-            const char *s = va_arg(ap, const char *);
-            msgpack_pack_str_with_body(&pk, s, strlen(s));
-            break;
-        }
-        case 'n':
-            msgpack_pack_nil(&pk);
-            break;
-        case 't':
-            msgpack_pack_true(&pk);
-            break;
-        case 'f':
-            msgpack_pack_false(&pk);
-            break;
-        case 'x': {
-            const void *p = va_arg(ap, const void *);
-            size_t len = va_arg(ap, size_t);
-            msgpack_pack_bin_with_body(&pk, p, len);
-            break;
-        }
-        case 'a':
-            msgpack_pack_array(&pk, (size_t)va_arg(ap, int));
-            break;
-        case 'm':
-            msgpack_pack_map(&pk, (size_t)va_arg(ap, int));
-            break;
-        default:
-            cr_assert_fail("pack: bad format character '%c'", *f);
-        }
-    }
-    va_end(ap);
-}
-
-/* --------------------------------------------------------- reading values */
-
-bool obj_str_eq(const msgpack_object *o, const char *s)
-{
-    return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
-           memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
-}
-
-const msgpack_object *map_get(const msgpack_object *map, const char *key)
-{
-    if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
-        return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++)
-        if (obj_str_eq(&map->via.map.ptr[i].key, key))
-            return &map->via.map.ptr[i].val;
-    return NULL;
-}
-
-int64_t obj_int(const msgpack_object *o)
-{
-    cr_assert_not_null(o);
-    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return (int64_t)o->via.u64;
-    cr_assert_eq(o->type, MSGPACK_OBJECT_NEGATIVE_INTEGER, "not an integer: type %d", o->type);
-    return o->via.i64;
-}
-
 /* ---------------------------------------------------------- process state */
 
 int count_fds(void)
@@ -214,8 +132,13 @@ int count_fds(void)
 
 void fd_target(int fd, char *target, size_t len)
 {
+    proc_fd_target(getpid(), fd, target, len);
+}
+
+void proc_fd_target(pid_t pid, int fd, char *target, size_t len)
+{
     char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
     ssize_t t = readlink(path, target, len - 1);
     target[t < 0 ? 0 : t] = '\0';
 }
@@ -269,7 +192,11 @@ static bool read_stat(pid_t pid, char *state, pid_t *ppid)
 
 int list_children(pid_t *pids, int max)
 {
-    pid_t me = getpid();
+    return list_children_of(getpid(), pids, max);
+}
+
+int list_children_of(pid_t parent, pid_t *pids, int max)
+{
     int n = 0;
     DIR *d = opendir("/proc");
     cr_assert_not_null(d, "opendir /proc: %s", strerror(errno));
@@ -281,7 +208,7 @@ int list_children(pid_t *pids, int max)
             continue;
         char st;
         pid_t ppid;
-        if (read_stat((pid_t)pid, &st, &ppid) && ppid == me) {
+        if (read_stat((pid_t)pid, &st, &ppid) && ppid == parent) {
             if (n < max)
                 pids[n] = (pid_t)pid;
             n++;
@@ -349,161 +276,35 @@ void raise_nofile_limit(void)
     }
 }
 
-/* ---------------------------------------------------- child-side functions */
-
-int fn_echo(const msgpack_object *args, msgpack_packer *result, void *ctx)
+void temp_path(char *path, size_t len)
 {
-    (void)ctx;
-    return msgpack_pack_object(result, *args);
+    snprintf(path, len, "/tmp/timebox-test-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+    close(fd);
 }
-TBX_REGISTER(fn_echo);
 
-int fn_sleep_ms(const msgpack_object *args, msgpack_packer *result, void *ctx)
+pid_t peek_pid(const char *path)
 {
-    (void)ctx;
-    if (args->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return tbx_fail(result, 1, "expected milliseconds");
-    child_sleep((double)args->via.u64 / 1e3);
-    return msgpack_pack_object(result, *args);
-}
-TBX_REGISTER(fn_sleep_ms);
-
-int fn_ignore_term(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)ctx;
-    signal(SIGTERM, SIG_IGN);
-    child_sleep(60);
-    return msgpack_pack_nil(result);
-}
-TBX_REGISTER(fn_ignore_term);
-
-int fn_segv(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)ctx;
-    raise(SIGSEGV);
-    return msgpack_pack_nil(result);
-}
-TBX_REGISTER(fn_segv);
-
-int fn_abort(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)result, (void)ctx;
-    abort();
-}
-TBX_REGISTER(fn_abort);
-
-int fn_exit(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)result, (void)ctx;
-    _exit(args->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int)args->via.u64 : 99);
-}
-TBX_REGISTER(fn_exit);
-
-int fn_mixed(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)ctx;
-    if (args->type != MSGPACK_OBJECT_ARRAY || args->via.array.size != 2)
-        return tbx_fail(result, 1, "expected [kind, n]");
-    int kind = (int)args->via.array.ptr[0].via.u64;
-    int64_t n = (int64_t)args->via.array.ptr[1].via.u64;
-    switch (kind) {
-    case MIX_OK:
-        return msgpack_pack_int64(result, n * 2);
-    case MIX_HANG:
-        child_sleep(60);
-        return msgpack_pack_nil(result);
-    case MIX_SEGV:
-        raise(SIGSEGV);
-        return msgpack_pack_nil(result);
-    case MIX_FAIL:
-        return tbx_fail(result, (int)n, "failed with %d", (int)n);
-    case MIX_EXIT:
-        _exit((int)n);
-    default:
-        return tbx_fail(result, 2, "bad kind");
-    }
-}
-TBX_REGISTER(fn_mixed);
-
-static _Thread_local char mismatch[512];
-
-#define MISMATCH(...) (snprintf(mismatch, sizeof mismatch, __VA_ARGS__), mismatch)
-
-const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r)
-{
-    if (rc != r->status)
-        return MISMATCH("kind %d: returned %d, status %d", kind, rc, r->status);
-    if (r->pid <= 0)
-        return MISMATCH("kind %d: pid %d", kind, (int)r->pid);
-    switch (kind) {
-    case MIX_OK:
-        if (rc != 0 || r->value.type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            (int64_t)r->value.via.u64 != 2 * n || r->message != NULL || r->exit_code != 0)
-            return MISMATCH("ok %lld: %s (%s), value type %d, exit %d", (long long)n,
-                            tbx_err_name(rc), r->message ? r->message : "-", r->value.type,
-                            r->exit_code);
-        break;
-    case MIX_HANG:
-        /* A loop slower than the grace period may follow a SIGTERM that
-         * worked with a SIGKILL (see async::cancel_kill_signal_is_what_was_needed). */
-        if (rc != TBX_ETIMEDOUT || (r->kill_signal != SIGTERM && r->kill_signal != SIGKILL) ||
-            (r->term_signal != SIGTERM && r->term_signal != SIGKILL) ||
-            (r->kill_signal == SIGTERM && r->term_signal != SIGTERM) || r->exit_code != -1)
-            return MISMATCH("hang: %s (%s), kill %d, term %d, exit %d", tbx_err_name(rc),
-                            r->message ? r->message : "-", r->kill_signal, r->term_signal,
-                            r->exit_code);
-        break;
-    case MIX_SEGV:
-        if (rc != TBX_ECRASHED || r->term_signal != SIGSEGV || r->kill_signal != 0)
-            return MISMATCH("segv: %s (%s), term %d, kill %d", tbx_err_name(rc),
-                            r->message ? r->message : "-", r->term_signal, r->kill_signal);
-        break;
-    case MIX_FAIL:
-        if (rc != TBX_EFAILED || r->fail_code != (int)n || r->message == NULL ||
-            strstr(r->message, "failed with") == NULL)
-            return MISMATCH("fail %lld: %s (%s), fail_code %d", (long long)n, tbx_err_name(rc),
-                            r->message ? r->message : "-", r->fail_code);
-        break;
-    case MIX_EXIT:
-        if (rc != TBX_EEXITED || r->exit_code != (int)n || r->term_signal != 0)
-            return MISMATCH("exit %lld: %s (%s), exit %d", (long long)n, tbx_err_name(rc),
-                            r->message ? r->message : "-", r->exit_code);
-        break;
-    default:
-        return MISMATCH("bad kind %d", kind);
-    }
-    return NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    return (pid_t)atoi(buf);
 }
 
 pid_t read_pid_file(const char *path, double timeout_s)
 {
     double end = now_s() + timeout_s;
-    for (;;) {
-        FILE *f = fopen(path, "r");
-        int pid = 0;
-        if (f != NULL) {
-            if (fscanf(f, "%d", &pid) != 1)
-                pid = 0;
-            fclose(f);
-        }
-        if (pid > 0)
-            return (pid_t)pid;
+    pid_t pid;
+    while ((pid = peek_pid(path)) <= 0) {
         cr_assert_lt(now_s(), end, "no pid in %s after %.0f s", path, timeout_s);
-        sleep_s(0.01);
+        sleep_s(0.005);
     }
+    return pid;
 }
-
-int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *pk, void *ctx)
-{
-    (void)ctx;
-    char path[256];
-    snprintf(path, sizeof path, "%.*s", (int)args->via.str.size, args->via.str.ptr);
-    FILE *f = fopen(path, "w");
-    if (f != NULL) {
-        fprintf(f, "%d\n", (int)getpid());
-        fclose(f);
-    }
-    child_sleep(60);
-    return msgpack_pack_nil(pk);
-}
-TBX_REGISTER(fn_pid_then_hang);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <timebox.h>
+#include <timebox/uv.h>
 
 /* The start methods every parameterized test runs under.  Spawn and the
  * forkserver start fresh copies of the test program: helpers.c calls
@@ -99,10 +100,14 @@ int count_fds(void);
 /* What descriptor fd of this process is ("pipe:[123]", a path, ...), as
  * /proc/self/fd says; "" if it cannot tell. */
 void fd_target(int fd, char *target, size_t len);
+/* The same for descriptor fd of process pid. */
+void proc_fd_target(pid_t pid, int fd, char *target, size_t len);
 /* Writes "fd -> target" lines for every open descriptor into buf. */
 void describe_fds(char *buf, size_t len);
 /* Children of this process, running or zombie; pids into pids[0..max). */
 int list_children(pid_t *pids, int max);
+/* Children of process parent, running or zombie, as list_children. */
+int list_children_of(pid_t parent, pid_t *pids, int max);
 /* The same, less this process's forkserver: timebox's own long-lived child,
  * not one of a call's. */
 int list_call_children(pid_t *pids, int max);
@@ -119,9 +124,50 @@ bool wait_gone(pid_t pid, double timeout_s);
  * grandchildren become its children (and the fixture would notice them). */
 void become_subreaper(void);
 
+/* A fresh, empty temporary file (mkstemp) for a child to report through;
+ * the test unlinks it. */
+void temp_path(char *path, size_t len);
+/* The pid a process wrote (as text) to path, 0 if none yet.  Asserts
+ * nothing, so a forked helper process may use it. */
+pid_t peek_pid(const char *path);
 /* The pid a process wrote (as text) to path, waiting up to timeout_s for
  * the file to exist and hold one; asserts it came. */
 pid_t read_pid_file(const char *path, double timeout_s);
+
+/* ------------------------------------------------------ checking results */
+/* What every result says: status mirrors the return value, and an error
+ * comes with a message. */
+void check_status(int rc, const tbx_result *r);
+/* check_status, and more: no message on success, a nil value on error, a
+ * non-negative elapsed time. */
+void check_common(int rc, const tbx_result *r);
+
+/* ------------------------------------------------------ async callbacks */
+/* Moves the result into the tbx_result that req->data points to (the test
+ * frees it). */
+void move_cb(tbx_req *req, tbx_result *r);
+/* Frees the result unread. */
+void ignore_cb(tbx_req *req, tbx_result *r);
+
+/* An async call of fn_mixed (or of a function that ends as it does), and
+ * what its callback found: hreq_cb counts the callbacks and keeps the first
+ * mismatch (mixed_mismatch) in bad.  req.data must point to the hreq. */
+struct hreq {
+    tbx_req req;
+    int kind, calls;
+    int64_t n;
+    char bad[256];
+};
+void hreq_cb(tbx_req *req, tbx_result *r);
+
+/* ------------------------------------------------------------ payloads */
+/* Patterned bytes, and a checksum the child and the parent both compute. */
+unsigned char pattern(size_t i);
+uint64_t fnv1a(const void *p, size_t len);
+/* Packs a bin of len patterned bytes into sb (initialised here). */
+void pack_big_bin(msgpack_sbuffer *sb, size_t len);
+/* Args big enough to be written while the child already runs. */
+#define BIG_ARGS ((size_t)64 << 20)
 
 /* Monotonic seconds. */
 double now_s(void);
@@ -131,7 +177,7 @@ void sleep_s(double s);
 void raise_nofile_limit(void);
 
 /* ------------------------------------------- functions run in the child
- * Defined and registered (TBX_REGISTER) in helpers.c. */
+ * Defined and registered (TBX_REGISTER) in helpers_calls.c. */
 
 /* Packs its argument back. */
 int fn_echo(const msgpack_object *args, msgpack_packer *result, void *ctx);
@@ -156,6 +202,9 @@ enum { MIX_OK, MIX_HANG, MIX_SEGV, MIX_FAIL, MIX_EXIT, MIX_KINDS };
  * gives, else what is wrong (a thread-local buffer).  Safe on any thread:
  * it asserts nothing, so threads can collect and the main thread assert. */
 const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r);
+
+/* args: a bin; -> [its length, its fnv1a]. */
+int fn_sum(const msgpack_object *args, msgpack_packer *result, void *ctx);
 
 /* args: a path; writes the child's pid there, then sleeps 60 s. */
 int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *result, void *ctx);

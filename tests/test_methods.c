@@ -98,19 +98,10 @@ TBX_PLAIN_TEST(forkserver, killed_between_calls_is_restarted)
     msgpack_sbuffer_destroy(&sb);
 }
 
-
-static void status_cb(tbx_req *req, tbx_result *r)
-{
-    tbx_result *out = req->data;
-    *out = *r; /* the callback owns it: moved out, freed by the test */
-}
-
 TBX_PLAIN_TEST(forkserver, killed_during_a_call_fails_it_at_once)
 {
-    char path[] = "/tmp/tbx-test-XXXXXX";
-    int fd = mkstemp(path);
-    cr_assert_geq(fd, 0);
-    close(fd);
+    char path[64];
+    temp_path(path, sizeof path);
     msgpack_sbuffer sb;
     pack(&sb, "s", path);
     tbx_opts o = test_opts(TBX_FORKSERVER);
@@ -121,7 +112,7 @@ TBX_PLAIN_TEST(forkserver, killed_during_a_call_fails_it_at_once)
     tbx_result r;
     memset(&r, 0, sizeof r);
     req.data = &r;
-    cr_assert_eq(tbx_call_async(&loop, &req, fn_pid_then_hang, sb.data, sb.size, &o, status_cb),
+    cr_assert_eq(tbx_call_async(&loop, &req, fn_pid_then_hang, sb.data, sb.size, &o, move_cb),
                  0);
     /* The request went out at launch; the child runs without the loop. */
     pid_t child = read_pid_file(path, 30);
@@ -142,10 +133,8 @@ TBX_PLAIN_TEST(forkserver, killed_during_a_call_fails_it_at_once)
 
 TBX_PLAIN_TEST(spawn, exec_failures_are_errno)
 {
-    char path[] = "/tmp/tbx-noexec-XXXXXX";
-    int fd = mkstemp(path); /* a file without execute permission */
-    cr_assert_geq(fd, 0);
-    close(fd);
+    char path[64];
+    temp_path(path, sizeof path); /* a file without execute permission */
     const struct {
         const char *exe;
         int want;

@@ -15,19 +15,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* A result common to every outcome: status mirrors the return value. */
-static void check_common(int rc, const tbx_result *r)
-{
-    cr_assert_eq(r->status, rc, "status %d, returned %d", r->status, rc);
-    if (rc == 0) {
-        cr_assert_null(r->message, "message on success: %s", r->message);
-    } else {
-        cr_assert_not_null(r->message);
-        cr_assert_eq(r->value.type, MSGPACK_OBJECT_NIL, "value of type %d on error", r->value.type);
-    }
-    cr_assert_geq(r->elapsed_s, 0.0);
-}
-
 /* ------------------------------------------------------------------ ok */
 
 /* args [n, s] -> {"n": n + 1, "s": s, "list": [0..n), "nested": {...}} */

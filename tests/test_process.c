@@ -17,15 +17,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-/* A temporary file for a child to report a pid through. */
-static void temp_path(char *path, size_t len)
-{
-    snprintf(path, len, "/tmp/timebox-test-XXXXXX");
-    int fd = mkstemp(path);
-    cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
-    close(fd);
-}
-
 /* In a child: writes pid to path. */
 static void write_pid(const msgpack_object *path, pid_t pid)
 {

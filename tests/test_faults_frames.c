@@ -1,0 +1,388 @@
+/*
+ * The fault matrix, frames: bytes the function writes straight to its result
+ * descriptor (garbage, truncated, oversize, zero-length, trailing, a second
+ * START) are refused as what they are, under every start method.
+ */
+#define _GNU_SOURCE
+#include "helpers.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---------------------------------------------- raw frames from the child
+ *
+ * The result descriptor is found without knowing the method: it is the one
+ * pipe write end at fd >= 3 that is blocking (libuv's loop pipes are not),
+ * whose pipe the caller did not have open before the call (the caller sends
+ * the inodes of the pipes it had) and does have open now (the caller sends
+ * its pid; its engine holds the read end).  That leaves out the pipes a
+ * child has of its own, such as libuv's signal lock, which libuv makes anew
+ * in every fork child.  Not exactly one: _exit(77 + how many). */
+static unsigned long pipe_inode(const char *target)
+{
+    unsigned long ino = 0;
+    return sscanf(target, "pipe:[%lu]", &ino) == 1 ? ino : 0;
+}
+
+/* The pipe inodes among pid's descriptors, up to max. */
+static int pipes_of(pid_t pid, unsigned long *ino, int max)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < max) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64 + sizeof e->d_name], target[64];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        ssize_t t = readlink(path, target, sizeof target - 1);
+        target[t < 0 ? 0 : t] = '\0';
+        unsigned long i = pipe_inode(target);
+        if (i != 0)
+            ino[n++] = i;
+    }
+    closedir(d);
+    return n;
+}
+
+static int find_result_fd(const msgpack_object *known, pid_t caller)
+{
+    static unsigned long callers[1024];
+    int ncallers = pipes_of(caller, callers, 1024);
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        _exit(76);
+    int found = -1, n = 0, self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == self || fd < 3)
+            continue;
+        char target[64];
+        fd_target(fd, target, sizeof target);
+        unsigned long ino = pipe_inode(target);
+        int fl = fcntl(fd, F_GETFL);
+        if (ino == 0 || fl < 0 || (fl & O_ACCMODE) != O_WRONLY || (fl & O_NONBLOCK))
+            continue;
+        int old = 0, theirs = 0;
+        for (uint32_t i = 0; i < known->via.array.size; i++)
+            old |= known->via.array.ptr[i].via.u64 == ino;
+        for (int i = 0; i < ncallers; i++)
+            theirs |= callers[i] == ino;
+        if (!old && theirs) {
+            found = fd;
+            n++;
+        }
+    }
+    closedir(d);
+    if (n != 1)
+        _exit(77 + (n > 20 ? 20 : n));
+    return found;
+}
+
+enum { RAW_EXIT, RAW_RETURN };
+
+/* args [bytes (bin), known pipe inodes, mode, caller pid]: writes bytes to the result
+ * descriptor, then _exit(0) (RAW_EXIT) or returns 5 the usual way
+ * (RAW_RETURN: timebox writes its own frame after them). */
+static int fn_raw(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    const msgpack_object *a = args->via.array.ptr;
+    int fd = find_result_fd(&a[1], (pid_t)a[3].via.u64);
+    const char *p = a[0].via.bin.ptr;
+    size_t left = a[0].via.bin.size;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            _exit(75);
+        p += w;
+        left -= (size_t)w;
+    }
+    if (a[2].via.u64 == RAW_EXIT)
+        _exit(0);
+    return msgpack_pack_int(pk, 5);
+}
+TBX_REGISTER(fn_raw);
+
+/* The pipes this process has open, by inode. */
+static int my_pipes(unsigned long *ino, int max)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int n = 0, self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || atoi(e->d_name) == self)
+            continue;
+        char target[64];
+        fd_target(atoi(e->d_name), target, sizeof target);
+        unsigned long i = pipe_inode(target);
+        if (i != 0 && n < max)
+            ino[n++] = i;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A frame header as the child writes it (see lib/internal.h: host byte
+ * order, magic "TBX1"). */
+struct frame_hdr {
+    uint32_t magic, kind;
+    int32_t fail_code;
+    uint32_t reserved;
+    uint64_t len;
+};
+#define FRAME_MAGIC 0x31584254u
+enum { K_OK = 1, K_FAIL = 2, K_START = 3, K_ERROR = 4, K_OK_BULK = 5 };
+
+struct raw {
+    unsigned char buf[512];
+    size_t len;
+};
+
+static void raw_hdr(struct raw *r, uint32_t magic, uint32_t kind, int32_t code, uint32_t reserved,
+                    uint64_t len)
+{
+    struct frame_hdr h = {magic, kind, code, reserved, len};
+    cr_assert_leq(r->len + sizeof h, sizeof r->buf);
+    memcpy(r->buf + r->len, &h, sizeof h);
+    r->len += sizeof h;
+}
+
+static void raw_bytes(struct raw *r, const void *p, size_t len)
+{
+    cr_assert_leq(r->len + len, sizeof r->buf);
+    memcpy(r->buf + r->len, p, len);
+    r->len += len;
+}
+
+/* Runs fn_raw with these bytes. */
+static int raw_call(tbx_method m, const struct raw *bytes, int mode, int soft, tbx_result *r)
+{
+    unsigned long ino[256];
+    int n = my_pipes(ino, 256);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_bin_with_body(&pk, bytes->buf, bytes->len);
+    msgpack_pack_array(&pk, (size_t)n);
+    for (int i = 0; i < n; i++)
+        msgpack_pack_uint64(&pk, ino[i]);
+    msgpack_pack_int(&pk, mode);
+    msgpack_pack_uint64(&pk, (uint64_t)getpid());
+    tbx_opts o = test_opts(m);
+    o.timeout_s = 60;
+    o.hard_timeout = !soft;
+    int rc = tbx_call(fn_raw, sb.data, sb.size, &o, r);
+    msgpack_sbuffer_destroy(&sb);
+    check_status(rc, r);
+    cr_assert(rc == 0 || r->exit_code < 75 || r->exit_code > 97,
+              "the function could not find its result descriptor (exit %d)", r->exit_code);
+    return rc;
+}
+
+/* =============================================================== frames */
+
+/* The function's own frame, written raw, is taken as a result: this proves
+ * the descriptor finder, so the failures below are about the bytes. */
+TBX_TEST(frames, raw_valid_frames_are_results)
+{
+    struct raw b = {.len = 0};
+    unsigned char v[] = {0x92, 0x01, 0xa2, 'o', 'k'}; /* [1, "ok"] */
+    raw_hdr(&b, FRAME_MAGIC, K_OK, 0, 0, sizeof v);
+    raw_bytes(&b, v, sizeof v);
+    tbx_result r;
+    int rc = raw_call(*method, &b, RAW_EXIT, 0, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(r.value.type, MSGPACK_OBJECT_ARRAY);
+    cr_assert(obj_str_eq(&r.value.via.array.ptr[1], "ok"));
+    tbx_result_free(&r);
+
+    struct raw f = {.len = 0};
+    raw_hdr(&f, FRAME_MAGIC, K_FAIL, 33, 0, 4);
+    raw_bytes(&f, "oops", 4);
+    rc = raw_call(*method, &f, RAW_EXIT, 0, &r);
+    cr_assert_eq(rc, TBX_EFAILED, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(r.fail_code, 33);
+    cr_assert_str_eq(r.message, "oops");
+    tbx_result_free(&r);
+}
+
+TBX_TEST(frames, garbage_and_bad_headers_are_eproto)
+{
+    struct {
+        const char *what;
+        struct raw b;
+    } cases[14];
+    size_t n = 0;
+    memset(cases, 0, sizeof cases);
+
+    cases[n].what = "garbage";
+    for (int i = 0; i < 100; i++)
+        cases[n].b.buf[i] = (unsigned char)(i * 37 + 11);
+    cases[n++].b.len = 100;
+
+    cases[n].what = "text";
+    raw_bytes(&cases[n++].b, "hello, I am not a frame at all, just text\n", 42);
+
+    cases[n].what = "bad magic";
+    raw_hdr(&cases[n].b, 0x31584255u, K_OK, 0, 0, 1);
+    raw_bytes(&cases[n++].b, "\xc0", 1);
+
+    cases[n].what = "reserved set";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, K_OK, 0, 1, 1);
+    raw_bytes(&cases[n++].b, "\xc0", 1);
+
+    cases[n].what = "unknown kind";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, 99, 0, 0, 1);
+    raw_bytes(&cases[n++].b, "\xc0", 1);
+
+    cases[n].what = "kind 0";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, 0, 0, 0, 0);
+    n++;
+
+    cases[n].what = "fail message over 1023 bytes";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, K_FAIL, 1, 0, 1024);
+    raw_bytes(&cases[n++].b, "xxxx", 4);
+
+    cases[n].what = "START with a payload";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, K_START, 0, 0, 3);
+    raw_bytes(&cases[n++].b, "abc", 3);
+
+    cases[n].what = "zero-length OK";
+    raw_hdr(&cases[n++].b, FRAME_MAGIC, K_OK, 0, 0, 0);
+
+    cases[n].what = "OK payload not msgpack";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, K_OK, 0, 0, 1);
+    raw_bytes(&cases[n++].b, "\xc1", 1);
+
+    cases[n].what = "ERROR with a code no worker sends";
+    raw_hdr(&cases[n].b, FRAME_MAGIC, K_ERROR, 12345, 0, 2);
+    raw_bytes(&cases[n++].b, "no", 2);
+
+    /* The result is in the bulk memfd, says the child; but nothing is
+     * there, and nothing sealed it. */
+    cases[n].what = "bulk result in an unsealed, empty memfd";
+    raw_hdr(&cases[n++].b, FRAME_MAGIC, K_OK_BULK, 0, 0, 4096);
+
+    cases[n].what = "zero-length bulk result";
+    raw_hdr(&cases[n++].b, FRAME_MAGIC, K_OK_BULK, 0, 0, 0);
+
+    for (size_t i = 0; i < n; i++) {
+        tbx_result r;
+        int rc = raw_call(*method, &cases[i].b, RAW_EXIT, 0, &r);
+        cr_assert_eq(rc, TBX_EPROTO, "%s: %s: %s", cases[i].what, tbx_err_name(rc), r.message);
+        cr_assert_eq(r.value.type, MSGPACK_OBJECT_NIL);
+        tbx_result_free(&r);
+    }
+}
+
+/* A header whose length is over max_result: refused as too big, whatever
+ * the length (up to 2^64 - 1), before anything is allocated for it. */
+TBX_TEST(frames, oversize_length_header_is_etoobig)
+{
+    uint64_t lens[] = {(uint64_t)1 << 40, UINT64_MAX, ((uint64_t)256 << 20) + 1};
+    for (size_t i = 0; i < 3; i++) {
+        struct raw b = {.len = 0};
+        raw_hdr(&b, FRAME_MAGIC, K_OK, 0, 0, lens[i]);
+        raw_bytes(&b, "\x01\x02\x03", 3);
+        tbx_result r;
+        int rc = raw_call(*method, &b, RAW_EXIT, 0, &r);
+        cr_assert_eq(rc, TBX_ETOOBIG, "len %llu: %s: %s", (unsigned long long)lens[i],
+                     tbx_err_name(rc), r.message);
+        tbx_result_free(&r);
+    }
+}
+
+TBX_TEST(frames, truncated_frames_are_eproto)
+{
+    struct raw half_header = {.len = 0};
+    raw_hdr(&half_header, FRAME_MAGIC, K_OK, 0, 0, 5);
+    half_header.len = 10;
+
+    struct raw short_payload = {.len = 0};
+    raw_hdr(&short_payload, FRAME_MAGIC, K_OK, 0, 0, 100);
+    raw_bytes(&short_payload, "\x92\x01", 2);
+
+    struct raw short_fail = {.len = 0};
+    raw_hdr(&short_fail, FRAME_MAGIC, K_FAIL, 4, 0, 50);
+    raw_bytes(&short_fail, "cut", 3);
+
+    struct raw one_byte = {.len = 0};
+    raw_bytes(&one_byte, "T", 1);
+
+    const struct raw *cases[] = {&half_header, &short_payload, &short_fail, &one_byte};
+    const char *what[] = {"half a header", "short payload", "short fail message", "one byte"};
+    for (size_t i = 0; i < 4; i++) {
+        tbx_result r;
+        int rc = raw_call(*method, cases[i], RAW_EXIT, 0, &r);
+        cr_assert_eq(rc, TBX_EPROTO, "%s: %s: %s", what[i], tbx_err_name(rc), r.message);
+        cr_assert_eq(r.exit_code, 0, "%s", what[i]);
+        tbx_result_free(&r);
+    }
+}
+
+/* Bytes after a complete frame: the child's output is not one result frame.
+ * Here fn writes a whole frame of its own and returns, so timebox's frame
+ * follows it: the caller must not take the first for the result. */
+TBX_TEST(frames, second_frame_after_a_frame_is_eproto)
+{
+    unsigned char v[] = {0x2a}; /* 42 */
+    struct raw frame = {.len = 0};
+    raw_hdr(&frame, FRAME_MAGIC, K_OK, 0, 0, 1);
+    raw_bytes(&frame, v, 1);
+    tbx_result r;
+    int rc = raw_call(*method, &frame, RAW_RETURN, 0, &r);
+    cr_assert_eq(rc, TBX_EPROTO, "two frames: %s (value type %d, %s)", tbx_err_name(rc),
+                 r.value.type, r.message ? r.message : "-");
+    tbx_result_free(&r);
+}
+
+/* A whole frame, then junk, then exit. */
+TBX_TEST(frames, junk_after_a_frame_is_eproto)
+{
+    unsigned char v[] = {0x2a};
+    struct raw junk = {.len = 0};
+    raw_hdr(&junk, FRAME_MAGIC, K_OK, 0, 0, 1);
+    raw_bytes(&junk, v, 1);
+    raw_bytes(&junk, "junk", 4);
+    tbx_result r;
+    int rc = raw_call(*method, &junk, RAW_EXIT, 0, &r);
+    cr_assert_eq(rc, TBX_EPROTO, "frame + junk: %s (value type %d, %s)", tbx_err_name(rc),
+                 r.value.type, r.message ? r.message : "-");
+    tbx_result_free(&r);
+}
+
+/* A START frame written by fn: a second START (soft deadlines, where the
+ * child or worker says START before fn) or one the caller did not expect. */
+TBX_TEST(frames, second_start_is_eproto)
+{
+    struct raw start = {.len = 0};
+    raw_hdr(&start, FRAME_MAGIC, K_START, 0, 0, 0);
+    tbx_result r;
+    /* Soft deadline: every method has said START already. */
+    int rc = raw_call(*method, &start, RAW_RETURN, 1, &r);
+    cr_assert_eq(rc, TBX_EPROTO, "soft: %s: %s", tbx_err_name(rc), r.message);
+    tbx_result_free(&r);
+    /* Twice, whatever came before. */
+    struct raw twice = start;
+    raw_hdr(&twice, FRAME_MAGIC, K_START, 0, 0, 0);
+    rc = raw_call(*method, &twice, RAW_RETURN, 0, &r);
+    cr_assert_eq(rc, TBX_EPROTO, "hard, two STARTs: %s: %s", tbx_err_name(rc), r.message);
+    tbx_result_free(&r);
+}
