@@ -4,7 +4,8 @@
  * Every test runs with tbx_fixture_init/tbx_fixture_check: the fixture records
  * this (test) process's descriptors before the test and checks afterwards that
  * the same ones are open and that no child process, running or zombie, is
- * left.  Criterion runs each test in a process of its own, so these checks
+ * left; and, before it stops the forkserver, that the server holds nothing
+ * of the test's calls either (no child, no descriptor).  Criterion runs each test in a process of its own, so these checks
  * never see another test's descriptors or children.
  *
  * Start methods: TBX_TEST(suite, name) declares a test parameterized over
@@ -47,6 +48,15 @@ static const tbx_method tbx_test_methods[] = {
  * anyway. */
 void tbx_fixture_init(void);
 void tbx_fixture_check(void);
+
+/* The forkserver's part of the check (helpers_server.c), made by
+ * tbx_fixture_check before it stops the server: if this process has a
+ * server, it has reaped every child of the test's calls and closed every
+ * descriptor they brought (waiting a few seconds for it to get there).
+ * stop_forkserver() checks, then stops the server: for a test that stops
+ * its server itself. */
+void check_forkserver(void);
+void stop_forkserver(void);
 
 /* A test run once per start method; the body sees `const tbx_method *method`.
  * Criterion ends a test that runs over 120 s (a hang, not a slow machine);

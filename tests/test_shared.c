@@ -131,7 +131,7 @@ TBX_PLAIN_TEST(shared, processes_share_one_server)
     int st3;
     cr_assert_eq(waitpid(w, &st3, 0), w);
     cr_assert(WIFEXITED(st3) && WEXITSTATUS(st3) == 0);
-    tbx_forkserver_stop();
+    stop_forkserver();
     cr_assert_neq(access(path, F_OK), 0, "the socket outlived its server");
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
     unsetenv("TIMEBOX_FORKSERVER_KEY");
@@ -158,7 +158,7 @@ TBX_PLAIN_TEST(shared, wrong_key_is_refused)
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a wrong key got in");
     /* A key of the wrong size is not even tried. */
     cr_assert_eq(tbx_forkserver_attach(path, key, 16), TBX_EINVAL);
-    tbx_forkserver_stop();
+    stop_forkserver();
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
     unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
@@ -205,7 +205,7 @@ TBX_PLAIN_TEST(shared, another_uid_is_refused)
     if (st == 77)
         cr_skip_test("cannot become nobody here");
     cr_assert_eq(st, 0);
-    tbx_forkserver_stop();
+    stop_forkserver();
 
     /* Let another uid in: the socket opens up, the peer check stays. */
     cr_assert_eq(chmod(dir, 0711), 0);
@@ -214,7 +214,7 @@ TBX_PLAIN_TEST(shared, another_uid_is_refused)
     fo.nallow_uids = 1;
     cr_assert_eq(tbx_forkserver_start(&fo), 0);
     cr_assert_eq(in_process(attach_as_nobody, &a), 0, "nobody got past the peer check");
-    tbx_forkserver_stop();
+    stop_forkserver();
 
     /* Allowed, and holding the key: in. */
     uid_t nobody = 65534;
@@ -222,7 +222,7 @@ TBX_PLAIN_TEST(shared, another_uid_is_refused)
     cr_assert_eq(tbx_forkserver_start(&fo), 0);
     a.want = 0;
     cr_assert_eq(in_process(attach_as_nobody, &a), 0, "an allowed uid with the key was refused");
-    tbx_forkserver_stop();
+    stop_forkserver();
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
     unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
@@ -276,7 +276,7 @@ TBX_PLAIN_TEST(shared, client_killed_mid_call_leaves_no_child)
     int st;
     cr_assert_eq(waitpid(client, &st, 0), client);
     cr_assert(wait_gone(child, 10), "the dead client's child is still running");
-    tbx_forkserver_stop();
+    stop_forkserver();
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
     unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
@@ -327,7 +327,7 @@ TBX_PLAIN_TEST(shared, sixteen_clients_at_once)
         cr_assert_eq(waitpid(kids[i], &st, 0), kids[i]);
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status %#x", i, st);
     }
-    tbx_forkserver_stop();
+    stop_forkserver();
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
     unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
@@ -398,7 +398,7 @@ TBX_PLAIN_TEST(daemon, serves_and_shuts_down_clean)
     cr_assert(wait_gone(daemon_pid, 1), "the daemon ignored SIGTERM");
     cr_assert_neq(access(path, F_OK), 0, "the socket is left");
     cr_assert_neq(access(keyfile, F_OK), 0, "the key is left");
-    tbx_forkserver_stop(); /* drops our connection; the server was not ours */
+    stop_forkserver(); /* drops our connection; the server was not ours */
     remove_dir(dir);
 }
 
@@ -446,7 +446,7 @@ static int raw_client(char *dir, size_t dir_len)
 static void raw_client_end(int conn, const char *dir)
 {
     close(conn);
-    tbx_forkserver_stop();
+    stop_forkserver();
     unsetenv("TIMEBOX_FORKSERVER_SOCKET");
     unsetenv("TIMEBOX_FORKSERVER_KEY");
     remove_dir(dir);
