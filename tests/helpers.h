@@ -216,6 +216,9 @@ const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r);
 /* args: a bin; -> [its length, its fnv1a]. */
 int fn_sum(const msgpack_object *args, msgpack_packer *result, void *ctx);
 
+/* args: a size; packs a bin of that many bytes of pattern(). */
+int fn_pattern(const msgpack_object *args, msgpack_packer *result, void *ctx);
+
 /* args: a path; writes the child's pid there, then sleeps 60 s. */
 int fn_pid_then_hang(const msgpack_object *args, msgpack_packer *result, void *ctx);
 

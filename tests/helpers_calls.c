@@ -318,3 +318,20 @@ int fn_sum(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     return msgpack_pack_uint64(pk, fnv1a(args->via.bin.ptr, args->via.bin.size));
 }
 TBX_REGISTER(fn_sum);
+
+/* args: the size; packs a bin of that many patterned bytes. */
+int fn_pattern(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    size_t len = (size_t)args->via.u64;
+    unsigned char chunk[65536];
+    msgpack_pack_bin(pk, len);
+    for (size_t off = 0; off < len; off += sizeof chunk) {
+        size_t n = len - off < sizeof chunk ? len - off : sizeof chunk;
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = pattern(off + i);
+        msgpack_pack_bin_body(pk, chunk, n);
+    }
+    return 0;
+}
+TBX_REGISTER(fn_pattern);

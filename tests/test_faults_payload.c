@@ -16,23 +16,6 @@
 
 /* ------------------------------------------------- functions in the child */
 
-/* args: the size; packs a bin of that many patterned bytes. */
-static int fn_pattern(const msgpack_object *args, msgpack_packer *pk, void *ctx)
-{
-    (void)ctx;
-    size_t len = (size_t)args->via.u64;
-    unsigned char chunk[65536];
-    msgpack_pack_bin(pk, len);
-    for (size_t off = 0; off < len; off += sizeof chunk) {
-        size_t n = len - off < sizeof chunk ? len - off : sizeof chunk;
-        for (size_t i = 0; i < n; i++)
-            chunk[i] = pattern(off + i);
-        msgpack_pack_bin_body(pk, chunk, n);
-    }
-    return 0;
-}
-TBX_REGISTER(fn_pattern);
-
 /* args [depth, count]: depth nested arrays of one element around an array
  * header that claims count elements and has none (count 0: an int). */
 static int fn_nest(const msgpack_object *args, msgpack_packer *pk, void *ctx)

@@ -142,28 +142,6 @@ TBX_TEST(ok, result_at_max_result)
 
 #define BIG_RESULT ((size_t)32 << 20)
 
-static unsigned char big_byte(size_t i)
-{
-    return (unsigned char)((i * 131u + (i >> 16) * 7u + 13u) & 0xffu);
-}
-
-/* args: the size; packs a bin of that many patterned bytes, 64 KiB at a time. */
-static int fn_big(const msgpack_object *args, msgpack_packer *pk, void *ctx)
-{
-    (void)ctx;
-    size_t len = (size_t)args->via.u64;
-    unsigned char chunk[65536];
-    msgpack_pack_bin(pk, len);
-    for (size_t off = 0; off < len; off += sizeof chunk) {
-        size_t n = len - off < sizeof chunk ? len - off : sizeof chunk;
-        for (size_t i = 0; i < n; i++)
-            chunk[i] = big_byte(off + i);
-        msgpack_pack_bin_body(pk, chunk, n);
-    }
-    return 0;
-}
-TBX_REGISTER(fn_big);
-
 TBX_TEST(ok, result_32mib)
 {
     msgpack_sbuffer sb;
@@ -171,15 +149,15 @@ TBX_TEST(ok, result_32mib)
     tbx_opts o = test_opts(*method);
     o.timeout_s = 100;
     tbx_result r;
-    int rc = tbx_call(fn_big, sb.data, sb.size, &o, &r);
+    int rc = tbx_call(fn_pattern, sb.data, sb.size, &o, &r);
     check_common(rc, &r);
     cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
     cr_assert_eq(r.value.type, MSGPACK_OBJECT_BIN);
     cr_assert_eq(r.value.via.bin.size, BIG_RESULT);
     const unsigned char *p = (const unsigned char *)r.value.via.bin.ptr;
     for (size_t i = 0; i < BIG_RESULT; i++)
-        if (p[i] != big_byte(i))
-            cr_assert_fail("byte %zu is %u, not %u", i, p[i], big_byte(i));
+        if (p[i] != pattern(i))
+            cr_assert_fail("byte %zu is %u, not %u", i, p[i], pattern(i));
     tbx_result_free(&r);
     msgpack_sbuffer_destroy(&sb);
 }
@@ -289,7 +267,7 @@ TBX_TEST(ok, args_8mib)
     unsigned char *data = malloc(len);
     cr_assert_not_null(data);
     for (size_t i = 0; i < len; i++)
-        data[i] = big_byte(i);
+        data[i] = pattern(i);
     msgpack_sbuffer sb;
     pack(&sb, "x", (const void *)data, len);
     tbx_opts o = test_opts(*method);
@@ -624,7 +602,7 @@ TBX_TEST(toobig, big_result_over_small_limit)
         o.max_result = limits[i];
         o.timeout_s = 100;
         tbx_result r;
-        int rc = tbx_call(fn_big, sb.data, sb.size, &o, &r);
+        int rc = tbx_call(fn_pattern, sb.data, sb.size, &o, &r);
         check_common(rc, &r);
         cr_assert_eq(rc, TBX_ETOOBIG, "limit %zu: %s: %s", limits[i], tbx_err_name(rc), r.message);
         tbx_result_free(&r);
@@ -837,7 +815,7 @@ TBX_PLAIN_TEST(registry, lookup_and_name)
     cr_assert_eq(tbx_lookup("fn_echo"), fn_echo);
     cr_assert_eq(tbx_lookup("fn_build"), fn_build);
     cr_assert_str_eq(tbx_name_of(fn_echo), "fn_echo");
-    cr_assert_str_eq(tbx_name_of(fn_big), "fn_big");
+    cr_assert_str_eq(tbx_name_of(fn_pattern), "fn_pattern");
     cr_assert_null(tbx_lookup("no_such_function"));
     cr_assert_null(tbx_lookup(NULL));
     cr_assert_null(tbx_name_of(fn_unregistered));
