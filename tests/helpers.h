@@ -158,6 +158,11 @@ void check_common(int rc, const tbx_result *r);
 void move_cb(tbx_req *req, tbx_result *r);
 /* Frees the result unread. */
 void ignore_cb(tbx_req *req, tbx_result *r);
+/* Initialises loop and starts on it an async call of fn with the args in
+ * sb, whose result move_cb moves into *r (zeroed first); asserts both
+ * worked. */
+void start_async(uv_loop_t *loop, tbx_req *req, tbx_result *r, tbx_fn *fn,
+                 const msgpack_sbuffer *sb, const tbx_opts *o);
 
 /* An async call of fn_mixed (or of a function that ends as it does), and
  * what its callback found: hreq_cb counts the callbacks and keeps the first

@@ -257,6 +257,15 @@ void ignore_cb(tbx_req *req, tbx_result *r)
     tbx_result_free(r);
 }
 
+void start_async(uv_loop_t *loop, tbx_req *req, tbx_result *r, tbx_fn *fn,
+                 const msgpack_sbuffer *sb, const tbx_opts *o)
+{
+    cr_assert_eq(uv_loop_init(loop), 0);
+    memset(r, 0, sizeof *r);
+    req->data = r;
+    cr_assert_eq(tbx_call_async(loop, req, fn, sb->data, sb->size, o, move_cb), 0);
+}
+
 void hreq_cb(tbx_req *req, tbx_result *r)
 {
     struct hreq *h = req->data;

@@ -22,14 +22,11 @@ TBX_PLAIN_TEST(child, forkserver_dies_while_args_are_written)
     msgpack_sbuffer sb;
     pack_big_bin(&sb, BIG_ARGS);
     uv_loop_t loop;
-    cr_assert_eq(uv_loop_init(&loop), 0);
     tbx_req req;
     tbx_result r;
-    memset(&r, 0, sizeof r);
-    req.data = &r;
     tbx_opts o = test_opts(TBX_FORKSERVER);
     o.timeout_s = 100;
-    cr_assert_eq(tbx_call_async(&loop, &req, fn_sum, sb.data, sb.size, &o, move_cb), 0);
+    start_async(&loop, &req, &r, fn_sum, &sb, &o);
     pid_t server = tbx_forkserver_pid();
     cr_assert_gt(server, 0);
     cr_assert_eq(kill(server, SIGKILL), 0);

@@ -107,13 +107,9 @@ TBX_PLAIN_TEST(forkserver, killed_during_a_call_fails_it_at_once)
     tbx_opts o = test_opts(TBX_FORKSERVER);
     o.timeout_s = 60; /* far away: the failure must not wait for it */
     uv_loop_t loop;
-    cr_assert_eq(uv_loop_init(&loop), 0);
     tbx_req req;
     tbx_result r;
-    memset(&r, 0, sizeof r);
-    req.data = &r;
-    cr_assert_eq(tbx_call_async(&loop, &req, fn_pid_then_hang, sb.data, sb.size, &o, move_cb),
-                 0);
+    start_async(&loop, &req, &r, fn_pid_then_hang, &sb, &o);
     /* The request went out at launch; the child runs without the loop. */
     pid_t child = read_pid_file(path, 30);
     double t0 = now_s();
