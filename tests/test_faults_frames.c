@@ -137,7 +137,7 @@ static int my_pipes(unsigned long *ino, int max)
     return n;
 }
 
-/* A frame header as the child writes it (see lib/internal.h: host byte
+/* A frame header as the child writes it (see lib/wire.h: host byte
  * order, magic "TBX1"). */
 struct frame_hdr {
     uint32_t magic, kind;
