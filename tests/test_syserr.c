@@ -1,13 +1,12 @@
 /*
- * System failures: out of descriptors at each step of a launch (timerfd,
- * pipe, pidfd), out of processes (fork), and one named system call failed
- * through timebox's table of them (lib/os.h, tbx__sys).  Each call returns
- * -errno with nothing left open or running, and the next call, limits or
- * table restored, works.
+ * System failures as the kernel makes them: out of descriptors at each step
+ * of a launch (timerfd, pipe), out of processes (fork).  Each call returns
+ * -errno with nothing left open or running, and the next call, limits
+ * restored, works.  Every named call site, failed one at a time through
+ * timebox's table of system calls (lib/os.h, tbx__sys), is test_syscalls.c.
  */
 #define _GNU_SOURCE
 #include "helpers.h"
-#include "../lib/os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -80,7 +79,8 @@ static int call_echo(tbx_method m, double timeout, tbx_result *r)
  * (only with a deadline, and only if none is armed on the loop), the result
  * pipe (two).  `spare` free slots make the step after them fail.  The pidfd
  * comes after the fork, once the parent has closed the pipe's write end, and
- * so always finds that slot free: a descriptor limit cannot make it fail. */
+ * so always finds that slot free: a descriptor limit cannot make it fail
+ * (test_syscalls.c fails it through the table). */
 static const struct {
     const char *what;
     double timeout;
@@ -250,108 +250,4 @@ TBX_TEST(nproc, fork_refused_gives_eagain)
     if (WEXITSTATUS(st) == NPROC_SKIP)
         cr_skip_test("cannot drop to an unprivileged user with RLIMIT_NPROC = 0 here");
     cr_assert_eq(WEXITSTATUS(st), NPROC_OK, "helper failed at step %d", WEXITSTATUS(st));
-}
-
-/* ----------------------------------------------------- the syscall table
- * Each entry replaced by one that fails with the case's errno (the libc
- * convention: -1 and errno, or the error number for posix_spawn). */
-static int fail_errno;
-
-static pid_t fail_fork(void)
-{
-    errno = fail_errno;
-    return -1;
-}
-
-static int fail_pipe2(int fds[2], int flags)
-{
-    (void)fds, (void)flags;
-    errno = fail_errno;
-    return -1;
-}
-
-static int fail_socketpair(int domain, int type, int protocol, int sv[2])
-{
-    (void)domain, (void)type, (void)protocol, (void)sv;
-    errno = fail_errno;
-    return -1;
-}
-
-static int fail_pidfd_open(pid_t pid, unsigned int flags)
-{
-    (void)pid, (void)flags;
-    errno = fail_errno;
-    return -1;
-}
-
-static int fail_memfd_create(const char *name, unsigned int flags)
-{
-    (void)name, (void)flags;
-    errno = fail_errno;
-    return -1;
-}
-
-static int fail_posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
-                            const posix_spawnattr_t *attr, char *const argv[],
-                            char *const envp[])
-{
-    (void)pid, (void)path, (void)fa, (void)attr, (void)argv, (void)envp;
-    return fail_errno;
-}
-
-static void arm_fork(void) { tbx__sys.fork = fail_fork; }
-static void arm_pipe2(void) { tbx__sys.pipe2 = fail_pipe2; }
-static void arm_socketpair(void) { tbx__sys.socketpair = fail_socketpair; }
-static void arm_pidfd_open(void) { tbx__sys.pidfd_open = fail_pidfd_open; }
-static void arm_memfd_create(void) { tbx__sys.memfd_create = fail_memfd_create; }
-static void arm_posix_spawn(void) { tbx__sys.posix_spawn = fail_posix_spawn; }
-
-/* Which methods make the call in this process: the forkserver's children are
- * forked by the server, whose table is its own. */
-#define FORK_ONLY (1u << TBX_FORK)
-#define SPAWN_ONLY (1u << TBX_SPAWN)
-#define ALL_METHODS ((1u << TBX_FORK) | (1u << TBX_SPAWN) | (1u << TBX_FORKSERVER))
-
-static const struct {
-    const char *what;
-    void (*arm)(void);
-    int err;
-    unsigned methods;
-    int expect; /* what the call returns: -err, or 0 where timebox falls back */
-} sys_cases[] = {
-    {"fork", arm_fork, EAGAIN, FORK_ONLY, -EAGAIN},
-    {"pipe2", arm_pipe2, EMFILE, ALL_METHODS, -EMFILE},
-    {"socketpair", arm_socketpair, ENFILE, SPAWN_ONLY | (1u << TBX_FORKSERVER), -ENFILE},
-    {"pidfd_open", arm_pidfd_open, EMFILE, FORK_ONLY, -EMFILE},
-    {"posix_spawn", arm_posix_spawn, EAGAIN, SPAWN_ONLY, -EAGAIN},
-    /* No memfd: a big result comes down the pipe instead. */
-    {"memfd_create", arm_memfd_create, ENOSYS, ALL_METHODS, 0},
-};
-
-TBX_TEST(syscall, a_failed_call_site_returns_its_errno_and_leaks_nothing)
-{
-    for (size_t i = 0; i < sizeof sys_cases / sizeof sys_cases[0]; i++) {
-        if (!(sys_cases[i].methods & (1u << *method)))
-            continue;
-        int before = count_fds();
-        tbx_result r;
-        fail_errno = sys_cases[i].err;
-        sys_cases[i].arm();
-        int rc = call_echo(*method, 10, &r);
-        tbx__sys = tbx__sys_default;
-        cr_assert_eq(rc, sys_cases[i].expect, "%s failed: %s (%s)", sys_cases[i].what,
-                     tbx_err_name(rc), r.message ? r.message : "-");
-        cr_assert_eq(r.status, rc);
-        if (rc == 0)
-            cr_assert(obj_str_eq(&r.value, "after"), "%s: the value", sys_cases[i].what);
-        tbx_result_free(&r);
-        cr_assert_eq(count_fds(), before, "%s: descriptors left open", sys_cases[i].what);
-        pid_t kids[4];
-        cr_assert_eq(list_call_children(kids, 4), 0, "%s: a child is left", sys_cases[i].what);
-
-        rc = call_echo(*method, 10, &r);
-        cr_assert_eq(rc, 0, "%s restored: %s", sys_cases[i].what, tbx_err_name(rc));
-        cr_assert(obj_str_eq(&r.value, "after"));
-        tbx_result_free(&r);
-    }
 }

@@ -166,11 +166,11 @@ int main(int argc, char **argv)
 
     /* Either way, the caller hears only once the server serves, or why not. */
     int ready[2];
-    if (pipe2(ready, O_CLOEXEC) != 0) {
+    if (tbx__sys.pipe2(ready, O_CLOEXEC) != 0) {
         perror("timebox-forkserver: pipe");
         return 1;
     }
-    pid_t pid = foreground ? 0 : fork();
+    pid_t pid = foreground ? 0 : tbx__sys.fork();
     if (pid < 0) {
         perror("timebox-forkserver: fork");
         return 1;
