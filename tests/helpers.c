@@ -116,19 +116,31 @@ tbx_opts test_opts(tbx_method method)
 
 /* ---------------------------------------------------------- process state */
 
-int count_fds(void)
+int list_fds(pid_t pid, int *fds, int max)
 {
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d, "opendir /proc/self/fd: %s", strerror(errno));
-    int n = 0, self = dirfd(d);
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)(pid > 0 ? pid : getpid()));
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return -1;
+    int n = 0, self = pid <= 0 || pid == getpid() ? dirfd(d) : -1;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == self)
             continue;
-        if (atoi(e->d_name) != self)
-            n++;
+        if (n < max)
+            fds[n] = fd;
+        n++;
     }
     closedir(d);
+    return n;
+}
+
+int count_fds(void)
+{
+    int n = list_fds(0, NULL, 0);
+    cr_assert_geq(n, 0, "opendir /proc/self/fd: %s", strerror(errno));
     return n;
 }
 
@@ -148,23 +160,17 @@ void proc_fd_target(pid_t pid, int fd, char *target, size_t len)
 void describe_fds(char *buf, size_t len)
 {
     size_t off = 0;
+    int fds[MAX_FDS];
+    int n = list_fds(0, fds, MAX_FDS);
     buf[0] = '\0';
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
-        return;
-    int self = dirfd(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && off + 1 < len) {
-        if (e->d_name[0] == '.' || atoi(e->d_name) == self)
-            continue;
+    for (int i = 0; i < n && i < MAX_FDS && off + 1 < len; i++) {
         char target[256];
-        fd_target(atoi(e->d_name), target, sizeof target);
-        int w = snprintf(buf + off, len - off, "  %s -> %s\n", e->d_name, target);
+        fd_target(fds[i], target, sizeof target);
+        int w = snprintf(buf + off, len - off, "  %d -> %s\n", fds[i], target);
         if (w < 0)
             break;
         off += (size_t)w;
     }
-    closedir(d);
 }
 
 /* Reads /proc/<pid>/stat: state and ppid.  Returns false if it is gone. */

@@ -105,6 +105,11 @@ bool obj_str_eq(const msgpack_object *o, const char *s);
 int64_t obj_int(const msgpack_object *o);
 
 /* -------------------------------------------------------- process state */
+/* The descriptors process pid (0: this one) has open, without the one used
+ * to list them: up to max of them into fds (which may be NULL if max is 0).
+ * Returns how many there are, which may be more than max; -1 if pid is gone. */
+int list_fds(pid_t pid, int *fds, int max);
+#define MAX_FDS 4096
 /* Open descriptors of this process (not counting the one used to list them). */
 int count_fds(void);
 /* What descriptor fd of this process is ("pipe:[123]", a path, ...), as

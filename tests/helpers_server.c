@@ -32,7 +32,6 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -91,25 +90,18 @@ static bool ident_of(pid_t pid, int fd, struct ident *id)
 /* The objects process pid's descriptors (>= 3) refer to, into ids[0..max). */
 static int idents_of(pid_t pid, struct ident *ids, int max)
 {
-    char dir[64];
-    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
-    int n = 0, self = pid == getpid() ? dirfd(d) : -1;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < max) {
-        int fd = atoi(e->d_name);
-        if (e->d_name[0] == '.' || fd < 3 || fd == self)
+    int fds[MAX_FDS];
+    int nfds = list_fds(pid, fds, MAX_FDS), n = 0;
+    for (int i = 0; i < nfds && i < MAX_FDS && n < max; i++) {
+        if (fds[i] < 3)
             continue;
         /* Every anonymous descriptor (epoll, eventfd, pidfd) is one inode:
          * sharing it says nothing. */
         char target[64];
-        proc_fd_target(pid, fd, target, sizeof target);
-        if (strncmp(target, "anon_inode:", 11) != 0 && ident_of(pid, fd, &ids[n]))
+        proc_fd_target(pid, fds[i], target, sizeof target);
+        if (strncmp(target, "anon_inode:", 11) != 0 && ident_of(pid, fds[i], &ids[n]))
             n++;
     }
-    closedir(d);
     return n;
 }
 
@@ -251,18 +243,11 @@ static void server_leftovers(pid_t server, struct leftovers *l)
     int nmine = idents_of(getpid(), mine, MAX_IDS);
     int nits = idents_of(server, its, MAX_IDS);
     int nheld = check_children(server, mine, nmine, held, l);
-    char dir[64];
-    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)server);
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return; /* gone meanwhile */
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        int fd = atoi(e->d_name);
-        if (e->d_name[0] != '.' && fd >= 3)
-            check_fd(server, fd, its, nits, mine, nmine, held, nheld, l);
-    }
-    closedir(d);
+    int fds[MAX_FDS];
+    int nfds = list_fds(server, fds, MAX_FDS); /* -1: gone meanwhile */
+    for (int i = 0; i < nfds && i < MAX_FDS; i++)
+        if (fds[i] >= 3)
+            check_fd(server, fds[i], its, nits, mine, nmine, held, nheld, l);
 }
 
 void check_forkserver(void)

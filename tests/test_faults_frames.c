@@ -6,7 +6,6 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -30,28 +29,18 @@ static unsigned long pipe_inode(const char *target)
     return sscanf(target, "pipe:[%lu]", &ino) == 1 ? ino : 0;
 }
 
-/* The pipe inodes among pid's descriptors, up to max. */
+/* The pipe inodes among pid's (0: this process's) descriptors, up to max. */
 static int pipes_of(pid_t pid, unsigned long *ino, int max)
 {
-    char dir[64];
-    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < max) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[64 + sizeof e->d_name], target[64];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        ssize_t t = readlink(path, target, sizeof target - 1);
-        target[t < 0 ? 0 : t] = '\0';
+    int fds[MAX_FDS];
+    int nfds = list_fds(pid, fds, MAX_FDS), n = 0;
+    for (int k = 0; k < nfds && k < MAX_FDS && n < max; k++) {
+        char target[64];
+        proc_fd_target(pid > 0 ? pid : getpid(), fds[k], target, sizeof target);
         unsigned long i = pipe_inode(target);
         if (i != 0)
             ino[n++] = i;
     }
-    closedir(d);
     return n;
 }
 
@@ -59,14 +48,14 @@ static int find_result_fd(const msgpack_object *known, pid_t caller)
 {
     static unsigned long callers[1024];
     int ncallers = pipes_of(caller, callers, 1024);
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
+    static int fds[MAX_FDS];
+    int nfds = list_fds(0, fds, MAX_FDS);
+    if (nfds < 0)
         _exit(76);
-    int found = -1, n = 0, self = dirfd(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        int fd = atoi(e->d_name);
-        if (e->d_name[0] == '.' || fd == self || fd < 3)
+    int found = -1, n = 0;
+    for (int k = 0; k < nfds && k < MAX_FDS; k++) {
+        int fd = fds[k];
+        if (fd < 3)
             continue;
         char target[64];
         fd_target(fd, target, sizeof target);
@@ -84,7 +73,6 @@ static int find_result_fd(const msgpack_object *known, pid_t caller)
             n++;
         }
     }
-    closedir(d);
     if (n != 1)
         _exit(77 + (n > 20 ? 20 : n));
     return found;
@@ -116,26 +104,6 @@ static int fn_raw(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     return msgpack_pack_int(pk, 5);
 }
 TBX_REGISTER(fn_raw);
-
-/* The pipes this process has open, by inode. */
-static int my_pipes(unsigned long *ino, int max)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0, self = dirfd(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.' || atoi(e->d_name) == self)
-            continue;
-        char target[64];
-        fd_target(atoi(e->d_name), target, sizeof target);
-        unsigned long i = pipe_inode(target);
-        if (i != 0 && n < max)
-            ino[n++] = i;
-    }
-    closedir(d);
-    return n;
-}
 
 /* A frame header as the child writes it (see lib/wire.h: host byte
  * order, magic "TBX1"). */
@@ -173,7 +141,7 @@ static void raw_bytes(struct raw *r, const void *p, size_t len)
 static int raw_call(tbx_method m, const struct raw *bytes, int mode, int soft, tbx_result *r)
 {
     unsigned long ino[256];
-    int n = my_pipes(ino, 256);
+    int n = pipes_of(0, ino, 256);
     msgpack_sbuffer sb;
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);

@@ -7,7 +7,6 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -24,20 +23,15 @@
 static int fn_count_fds(const msgpack_object *args, msgpack_packer *pk, void *ctx)
 {
     (void)args, (void)ctx;
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
-        return tbx_fail(pk, 1, "opendir: %s", strerror(errno));
-    int total = 0, inherited = 0, self = dirfd(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.' || atoi(e->d_name) == self)
-            continue;
+    int fds[MAX_FDS];
+    int total = list_fds(0, fds, MAX_FDS), inherited = 0;
+    if (total < 0)
+        return tbx_fail(pk, 1, "cannot list /proc/self/fd: %s", strerror(errno));
+    for (int i = 0; i < total && i < MAX_FDS; i++) {
         char target[256];
-        fd_target(atoi(e->d_name), target, sizeof target);
-        total++;
+        fd_target(fds[i], target, sizeof target);
         inherited += strstr(target, "tbx-inherit") != NULL;
     }
-    closedir(d);
     msgpack_pack_array(pk, 2);
     msgpack_pack_int(pk, total);
     return msgpack_pack_int(pk, inherited);
@@ -324,24 +318,19 @@ static int fn_inheritable_fds(const msgpack_object *args, msgpack_packer *pk, vo
 {
     (void)args, (void)ctx;
     char list[32][160];
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
-        return tbx_fail(pk, 1, "opendir: %s", strerror(errno));
-    int self = dirfd(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < 32) {
-        int fd = atoi(e->d_name);
-        if (e->d_name[0] == '.' || fd == self || fd < 3)
-            continue;
+    int n = 0, fds[MAX_FDS];
+    int nfds = list_fds(0, fds, MAX_FDS);
+    if (nfds < 0)
+        return tbx_fail(pk, 1, "cannot list /proc/self/fd: %s", strerror(errno));
+    for (int i = 0; i < nfds && i < MAX_FDS && n < 32; i++) {
+        int fd = fds[i];
         int fl = fcntl(fd, F_GETFD);
-        if (fl < 0 || (fl & FD_CLOEXEC))
+        if (fd < 3 || fl < 0 || (fl & FD_CLOEXEC))
             continue;
         char target[128];
-        fd_target(atoi(e->d_name), target, sizeof target);
+        fd_target(fd, target, sizeof target);
         snprintf(list[n++], sizeof list[0], "%d:%s", fd, target);
     }
-    closedir(d);
     msgpack_pack_array(pk, (size_t)n);
     for (int i = 0; i < n; i++) {
         msgpack_pack_str(pk, strlen(list[i]));
@@ -381,15 +370,12 @@ TBX_TEST(child, a_program_fn_runs_inherits_no_call_descriptor)
  * the host starts meanwhile inherits none of them. */
 TBX_TEST(host, every_descriptor_is_cloexec)
 {
-    int before[4096];
+    int before[4096], fds[MAX_FDS];
     memset(before, 0, sizeof before);
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.' && atoi(e->d_name) < 4096)
-            before[atoi(e->d_name)] = 1;
-    closedir(d);
+    int nfds = list_fds(0, fds, MAX_FDS);
+    for (int i = 0; i < nfds && i < MAX_FDS; i++)
+        if (fds[i] < 4096)
+            before[fds[i]] = 1;
 
     uv_loop_t loop;
     cr_assert_eq(uv_loop_init(&loop), 0);
@@ -406,12 +392,11 @@ TBX_TEST(host, every_descriptor_is_cloexec)
     }
     uv_run(&loop, UV_RUN_NOWAIT);
     int checked = 0;
-    d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int self = dirfd(d);
-    while ((e = readdir(d)) != NULL) {
-        int fd = atoi(e->d_name);
-        if (e->d_name[0] == '.' || fd == self || (fd < 4096 && before[fd]))
+    nfds = list_fds(0, fds, MAX_FDS);
+    cr_assert_geq(nfds, 0);
+    for (int i = 0; i < nfds && i < MAX_FDS; i++) {
+        int fd = fds[i];
+        if (fd < 4096 && before[fd])
             continue;
         int fl = fcntl(fd, F_GETFD);
         char target[128];
@@ -419,7 +404,6 @@ TBX_TEST(host, every_descriptor_is_cloexec)
         cr_assert(fl >= 0 && (fl & FD_CLOEXEC), "fd %d (%s) is not close-on-exec", fd, target);
         checked++;
     }
-    closedir(d);
     cr_assert_geq(checked, 6, "only %d new descriptors", checked);
     for (int i = 0; i < 6; i++)
         cr_assert_eq(tbx_cancel(&reqs[i]), 0);

@@ -5,7 +5,6 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -203,18 +202,14 @@ TBX_TEST(ok, result_of_small_pieces_past_1mib)
 /* The bulk memfd of this call, as the child sees it; -1 if none. */
 static int find_bulk_fd(void)
 {
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
-        return -1;
-    int found = -1;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
+    int fds[MAX_FDS], found = -1;
+    int n = list_fds(0, fds, MAX_FDS);
+    for (int i = 0; i < n && i < MAX_FDS; i++) {
         char target[256];
-        fd_target(atoi(e->d_name), target, sizeof target);
+        fd_target(fds[i], target, sizeof target);
         if (strstr(target, "memfd:timebox-result") != NULL)
-            found = atoi(e->d_name);
+            found = fds[i];
     }
-    closedir(d);
     return found;
 }
 
