@@ -1,20 +1,34 @@
 /*
  * fuzz_request: a request as the worker and the forkserver take it from the
- * other end of a socket (lib/request_recv.c tbx__request_read, then
- * lib/forkserver/server_calls.c launch and call_free_cb): header checked by tbx__request_check,
- * name and args gathered (the server grows its buffer with tbx__grow_buffer
- * as bytes arrive), then tbx__request_resolve (lookup by name, msgpack
- * check, unpack) and tbx__request_free, in the order those files call them.
+ * other end of a socket.  The bytes go through a socket pair into the one
+ * parser both of them run (lib/request_recv.c tbx__request_read), then
+ * tbx__request_resolve (lookup by name, msgpack check, unpack) and
+ * tbx__request_free, in the order lib/worker.c and
+ * lib/forkserver/server_calls.c call them: the worker reads blocking, after
+ * everything was sent; the server reads without blocking, a piece at a time,
+ * as bytes arrive.
  *
- * Input: one byte for the size of the pieces the bytes "arrive" in, then the
- * request: header, name, args.  The name "fuzz_fn" is registered here, so
- * requests can get past the lookup.
+ * Input: one control byte, then the request (header, name, args).  The
+ * control byte's low six bits give the size of the pieces the bytes arrive
+ * in; its top two bits how the args come:
+ *   0  on the socket, after the name;
+ *   1  in a sealed memfd sent with the header's first piece (big args), the
+ *      socket carrying only the header and the name;
+ *   2  the same memfd, unsealed (the parser must refuse it);
+ *   3  on the socket, but with a descriptor on the first two pieces (one
+ *      more than any request brings).
+ * The name "fuzz_fn" is registered here, so requests can get past the lookup.
  */
 #include "child.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static int fuzz_fn(const msgpack_object *args, msgpack_packer *pk, void *ctx)
 {
@@ -22,6 +36,18 @@ static int fuzz_fn(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     return msgpack_pack_nil(pk);
 }
 TBX_REGISTER(fuzz_fn);
+
+enum { ARGS_INLINE, ARGS_SEALED, ARGS_UNSEALED, TWO_FDS };
+
+/* One input taken apart: the bytes for the socket, and the memfd's. */
+typedef struct input {
+    const uint8_t *sock;
+    size_t sock_len;
+    const uint8_t *memfd;
+    size_t memfd_len;
+    int mode;
+    size_t piece;
+} input;
 
 static size_t walk(const msgpack_object *o)
 {
@@ -38,8 +64,15 @@ static size_t walk(const msgpack_object *o)
     return sum;
 }
 
-static void use_resolved(const tbx__request *rq)
+/* A whole request: its header bounds what was read, and it resolves to the
+ * one registered function or is refused. */
+static void resolve(tbx__request *rq)
 {
+    char why[TBX__MAX_MESSAGE + 1];
+    if (rq->h.name_len > TBX__MAX_NAME || rq->h.args_len > TBX__MAX_ARGS)
+        __builtin_trap(); /* the check must bound both */
+    if (tbx__request_resolve(rq, why, sizeof why) != 0)
+        return;
     tbx__child_spec spec;
     tbx__request_spec(rq, -1, &spec);
     if (spec.fn != fuzz_fn || spec.args != &rq->args)
@@ -48,102 +81,96 @@ static void use_resolved(const tbx__request *rq)
     (void)sink;
 }
 
-/* The worker: reads the header, then exactly name_len + args_len bytes
- * (blocking); a request cut short is refused.  The worker _exits after a
- * refusal, so its buffers are freed here only to keep leaks out of the
- * report. */
-static void as_worker(const uint8_t *data, size_t size)
+/* The memfd the args come in (modes 1 and 2), or a descriptor to spare
+ * (mode 3); -1 for none. */
+static int make_fd(const input *in)
 {
-    tbx__request rq;
-    char why[TBX__MAX_MESSAGE + 1];
-    memset(&rq, 0, sizeof rq);
-    if (size < sizeof rq.h)
-        return;
-    memcpy(&rq.h, data, sizeof rq.h);
-    if (tbx__request_check(&rq.h) != 0)
-        return;
-    if (rq.h.name_len > TBX__MAX_NAME || rq.h.args_len > TBX__MAX_ARGS)
-        __builtin_trap(); /* the check must bound both */
-    size_t left = size - sizeof rq.h;
-    if (rq.h.name_len + rq.h.args_len > left)
-        return; /* cut short */
-    rq.args_buf = malloc((size_t)rq.h.args_len);
-    if (rq.args_buf == NULL)
-        return;
-    memcpy(rq.name, data + sizeof rq.h, rq.h.name_len);
-    memcpy(rq.args_buf, data + sizeof rq.h + rq.h.name_len, (size_t)rq.h.args_len);
-    if (tbx__request_resolve(&rq, why, sizeof why) != 0) {
-        free(rq.args_buf);
-        return;
-    }
-    use_resolved(&rq);
-    tbx__request_free(&rq);
+    if (in->mode == ARGS_INLINE)
+        return -1;
+    int fd = memfd_create("fuzz-args", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        __builtin_trap(); /* the fuzzer's own machinery failed */
+    if (in->mode == TWO_FDS)
+        return fd;
+    if (in->memfd_len > 0 && write(fd, in->memfd, in->memfd_len) != (ssize_t)in->memfd_len)
+        __builtin_trap();
+    if (in->mode == ARGS_SEALED &&
+        fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
+        __builtin_trap();
+    return fd;
 }
 
-/* The forkserver: the request arrives in pieces into a zeroed call (calloc);
- * the args buffer grows with what arrives.  Resolved: the server forks and
- * frees the request; the call's close frees it again.  Refused: the call's
- * close frees it once. */
-static void as_server(const uint8_t *data, size_t size, size_t piece)
+/* Sends piece number k of the socket's bytes (from at); a descriptor goes
+ * with the first piece, and in mode 3 with the second too. */
+static size_t send_piece(int sock, const input *in, size_t at, int k, size_t piece)
 {
-    tbx__request *rq = calloc(1, sizeof *rq);
+    size_t n = in->sock_len - at < piece ? in->sock_len - at : piece;
+    if (n == 0)
+        return 0;
+    int fd = k == 0 || (k == 1 && in->mode == TWO_FDS) ? make_fd(in) : -1;
+    ssize_t w = tbx__send_fds(sock, in->sock + at, n, &fd, fd >= 0, 0);
+    tbx__close(fd);
+    if (w != (ssize_t)n)
+        __builtin_trap();
+    return n;
+}
+
+static void pair(int sv[2])
+{
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        __builtin_trap();
+}
+
+/* The worker: everything is sent (in two pieces, so that the socket's
+ * buffer holds it), then read blocking, once: a request cut short is
+ * refused. */
+static void as_worker(const input *in)
+{
+    int sv[2];
+    tbx__request rq;
     char why[TBX__MAX_MESSAGE + 1];
-    size_t cap = 0;
-    uint64_t got = 0;
-    const uint64_t hsize = sizeof rq->h;
-    if (rq == NULL)
-        return;
-    for (;;) {
-        size_t n;
-        if (got < hsize) {
-            n = (size_t)(hsize - got);
-            if (n > piece)
-                n = piece;
-            if (got + n > size)
-                goto closed; /* the client left mid-header */
-            memcpy((char *)&rq->h + got, data + got, n);
-        } else {
-            uint64_t at = got - hsize, name_len = rq->h.name_len;
-            uint64_t args_at = at > name_len ? at - name_len : 0;
-            if (at == name_len + rq->h.args_len)
-                break; /* whole */
-            if (cap == args_at && tbx__grow_buffer(&rq->args_buf, &cap, rq->h.args_len) != 0)
-                goto refused;
-            if (cap > rq->h.args_len)
-                __builtin_trap();
-            /* readv into [name rest][args room] */
-            size_t room = (at < name_len ? (size_t)(name_len - at) : 0) + (size_t)(cap - args_at);
-            n = room < piece ? room : piece;
-            if (got + n > size)
-                n = size - (size_t)got;
-            if (n == 0)
-                goto closed; /* EOF */
-            const uint8_t *src = data + got;
-            size_t k = n;
-            if (at < name_len) {
-                size_t c = (size_t)(name_len - at) < k ? (size_t)(name_len - at) : k;
-                memcpy(rq->name + at, src, c);
-                src += c;
-                k -= c;
-            }
-            if (k > 0)
-                memcpy(rq->args_buf + args_at, src, k);
+    pair(sv);
+    tbx__request_init(&rq);
+    size_t at = send_piece(sv[1], in, 0, 0, sizeof rq.h);
+    if (at < in->sock_len)
+        send_piece(sv[1], in, at, 1, in->sock_len - at);
+    tbx__close(sv[1]);
+    if (tbx__request_read(&rq, sv[0], 0, "the worker", why, sizeof why) == 1)
+        resolve(&rq);
+    tbx__request_free(&rq);
+    tbx__close(sv[0]);
+}
+
+/* The forkserver: a piece arrives, the parser reads what is there without
+ * blocking; when the client has sent everything it closes its end.  The
+ * server frees the request twice on the way that launches (once when the
+ * child has its copy, once when the call closes). */
+static void as_server(const input *in)
+{
+    int sv[2];
+    tbx__request rq;
+    char why[TBX__MAX_MESSAGE + 1];
+    pair(sv);
+    tbx__request_init(&rq);
+    size_t at = 0;
+    int rc = 0;
+    for (int k = 0; rc == 0; k++) {
+        if (at < in->sock_len)
+            at += send_piece(sv[1], in, at, k, in->piece);
+        else if (sv[1] >= 0) {
+            tbx__close(sv[1]);
+            sv[1] = -1;
         }
-        got += n;
-        if (got == hsize && tbx__request_check(&rq->h) != 0)
-            goto refused;
+        rc = tbx__request_read(&rq, sv[0], MSG_DONTWAIT, "the forkserver", why, sizeof why);
+        if (rc == 0 && sv[1] < 0)
+            __builtin_trap(); /* the client left: the parser must say so */
     }
-    if (tbx__request_resolve(rq, why, sizeof why) != 0)
-        goto refused;
-    use_resolved(rq);
-    tbx__request_free(rq); /* launch: "the child has its copy" */
-    tbx__request_free(rq); /* call_free_cb */
-    free(rq);
-    return;
-refused:
-closed:
-    tbx__request_free(rq); /* call_free_cb */
-    free(rq);
+    if (rc == 1)
+        resolve(&rq);
+    tbx__request_free(&rq);
+    tbx__request_free(&rq);
+    tbx__close(sv[1]);
+    tbx__close(sv[0]);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -152,8 +179,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    size_t piece = 1 + (size_t)data[0] * 17;
-    as_worker(data + 1, size - 1);
-    as_server(data + 1, size - 1, piece);
+    input in = {.sock = data + 1, .sock_len = size - 1, .mode = data[0] >> 6,
+                .piece = 1 + (size_t)(data[0] & 0x3f) * 67};
+    if (in.mode == ARGS_SEALED || in.mode == ARGS_UNSEALED) {
+        /* The socket carries the header and the name; the rest is the
+         * memfd's. */
+        tbx__request_header h;
+        if (in.sock_len < sizeof h)
+            return 0;
+        memcpy(&h, in.sock, sizeof h);
+        size_t head = sizeof h + (h.name_len < in.sock_len - sizeof h ? h.name_len
+                                                                     : in.sock_len - sizeof h);
+        in.memfd = in.sock + head;
+        in.memfd_len = in.sock_len - head;
+        in.sock_len = head;
+    }
+    as_worker(&in);
+    as_server(&in);
     return 0;
 }

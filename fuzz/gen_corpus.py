@@ -85,6 +85,13 @@ seeds = {
         "zero_max_result": b"\x00" + request(b"fuzz_fn", b"\xc0", max_result=0),
         "huge_args_len": b"\x00" + request(b"fuzz_fn", b"\xc0", args_len=1 << 40),
         "header_only": b"\x00" + request(b"fuzz_fn", b"\xc0")[:30],
+        # the control byte's top bits: 0x40 args in a sealed memfd, 0x80 the
+        # memfd unsealed, 0xc0 a descriptor on each of the first two pieces
+        "bulk_sealed": b"\x41" + request(b"fuzz_fn", b"\x92\xa2hi\x07", flags=1 | 16),
+        "bulk_unsealed": b"\x80" + request(b"fuzz_fn", b"\x92\xa2hi\x07", flags=1 | 16),
+        "bulk_no_flag": b"\x40" + request(b"fuzz_fn", b"\xc0"),
+        "bulk_wrong_size": b"\x40" + request(b"fuzz_fn", b"\xc0", flags=1 | 16, args_len=9),
+        "two_fds": b"\xc1" + request(b"fuzz_fn", b"\xc0", flags=1 | 16),
     },
     "control": {
         "launched": control(1, 1234, 0),
