@@ -14,7 +14,6 @@
  * send, so a restart or stop (exclusive) never closes the descriptor under a
  * sender, nor lets its number be reused by another open meanwhile.
  */
-#include "child.h"
 #include "forkserver/client.h"
 
 #include <errno.h>
