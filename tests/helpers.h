@@ -163,6 +163,10 @@ void check_common(int rc, const tbx_result *r);
 void move_cb(tbx_req *req, tbx_result *r);
 /* Frees the result unread. */
 void ignore_cb(tbx_req *req, tbx_result *r);
+/* Counts its calls in count_calls, keeps the last one's status in
+ * count_status, and frees the result. */
+extern int count_calls, count_status;
+void count_cb(tbx_req *req, tbx_result *r);
 /* Initialises loop and starts on it an async call of fn with the args in
  * sb, whose result move_cb moves into *r (zeroed first); asserts both
  * worked. */

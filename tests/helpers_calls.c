@@ -257,6 +257,16 @@ void ignore_cb(tbx_req *req, tbx_result *r)
     tbx_result_free(r);
 }
 
+int count_calls, count_status;
+
+void count_cb(tbx_req *req, tbx_result *r)
+{
+    (void)req;
+    count_calls++;
+    count_status = r->status;
+    tbx_result_free(r);
+}
+
 void start_async(uv_loop_t *loop, tbx_req *req, tbx_result *r, tbx_fn *fn,
                  const msgpack_sbuffer *sb, const tbx_opts *o)
 {

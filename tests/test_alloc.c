@@ -168,16 +168,6 @@ TBX_TEST_T(alloc, every_blocking_call_site_fails_cleanly, 300.0)
     msgpack_sbuffer_destroy(&sb);
 }
 
-static int callbacks, last_status;
-
-static void count_cb(tbx_req *req, tbx_result *r)
-{
-    (void)req;
-    callbacks++;
-    last_status = r->status;
-    tbx_result_free(r);
-}
-
 TBX_TEST_T(alloc, every_async_call_site_fails_cleanly, 300.0)
 {
     start_up(*method);
@@ -192,7 +182,7 @@ TBX_TEST_T(alloc, every_async_call_site_fails_cleanly, 300.0)
         tbx_opts o = test_opts(*method);
         o.timeout_s = 30;
         tbx_req req;
-        callbacks = 0;
+        count_calls = 0;
         fired = 0;
         countdown = n;
         int rc = tbx_call_async(&loop, &req, fn_echo, sb.data, sb.size, &o, count_cb);
@@ -201,10 +191,10 @@ TBX_TEST_T(alloc, every_async_call_site_fails_cleanly, 300.0)
         int closed = uv_loop_close(&loop);
         size_t heap_after = heap_in_use();
         if (rc != 0)
-            cr_assert_eq(callbacks, 0, "site %d: refused (%s), yet called back", n,
+            cr_assert_eq(count_calls, 0, "site %d: refused (%s), yet called back", n,
                          tbx_err_name(rc));
         else
-            cr_assert_eq(callbacks, 1, "site %d: %d callbacks", n, callbacks);
+            cr_assert_eq(count_calls, 1, "site %d: %d callbacks", n, count_calls);
         cr_assert_eq(closed, 0, "site %d: a handle is left on the loop", n);
         cr_assert_eq(count_fds(), fds, "site %d: a descriptor leaked", n);
         pid_t kids[4];
@@ -213,8 +203,8 @@ TBX_TEST_T(alloc, every_async_call_site_fails_cleanly, 300.0)
                      (ssize_t)(heap_after - heap));
         if (!fired) {
             cr_assert_eq(rc, 0);
-            cr_assert_eq(last_status, 0, "no allocation failed, yet %s",
-                         tbx_err_name(last_status));
+            cr_assert_eq(count_status, 0, "no allocation failed, yet %s",
+                         tbx_err_name(count_status));
             break;
         }
     }

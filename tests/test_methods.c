@@ -332,12 +332,6 @@ static int server_children(void)
     return count;
 }
 
-static void count_cb(tbx_req *req, tbx_result *r)
-{
-    (*(int *)req->data)++;
-    tbx_result_free(r);
-}
-
 /* A child of the server holds nothing of the server's other calls: as many
  * descriptors with 40 calls in flight as with none. */
 TBX_PLAIN_TEST(server, a_child_holds_no_other_calls_descriptors)
@@ -348,13 +342,12 @@ TBX_PLAIN_TEST(server, a_child_holds_no_other_calls_descriptors)
     cr_assert_eq(uv_loop_init(&loop), 0);
     enum { N = 40 };
     static tbx_req reqs[N];
-    int done = 0;
+    count_calls = 0;
     msgpack_sbuffer sb;
     pack(&sb, "u", (uint64_t)60000);
     tbx_opts o = test_opts(TBX_FORKSERVER);
     o.timeout_s = 60;
     for (int i = 0; i < N; i++) {
-        reqs[i].data = &done;
         cr_assert_eq(tbx_call_async(&loop, &reqs[i], fn_sleep_ms, sb.data, sb.size, &o, count_cb),
                      0);
     }
@@ -367,7 +360,7 @@ TBX_PLAIN_TEST(server, a_child_holds_no_other_calls_descriptors)
     int busy = fds_in_a_server_child();
     for (int i = 0; i < N; i++)
         tbx_cancel(&reqs[i]);
-    while (done < N)
+    while (count_calls < N)
         uv_run(&loop, UV_RUN_ONCE);
     cr_assert_eq(uv_loop_close(&loop), 0);
     msgpack_sbuffer_destroy(&sb);

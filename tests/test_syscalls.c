@@ -242,32 +242,22 @@ TBX_TEST_T(syscall, forkserver_start_sites_fail_cleanly, 600.0)
 
 /* The async call: refused at once with the errno (no callback), or
  * accepted, its callback called once with it. */
-static int async_calls, async_status;
-
-static void count_cb(tbx_req *req, tbx_result *r)
-{
-    (void)req;
-    async_calls++;
-    async_status = r->status;
-    tbx_result_free(r);
-}
-
 static int async_once(uv_loop_t *loop, tbx_method m, size_t i, int n, const msgpack_sbuffer *sb)
 {
     tbx_opts o = sweep_opts(m);
     int fds = count_fds(), had_server = tbx_forkserver_pid() > 0;
     tbx_req req;
     memset(&req, 0, sizeof req);
-    async_calls = 0;
-    async_status = 1;
+    count_calls = 0;
+    count_status = 1;
     arm(entries[i].which, n, entries[i].err);
     int rc = tbx_call_async(loop, &req, fn_sum, sb->data, sb->size, &o, count_cb);
     uv_run(loop, UV_RUN_DEFAULT);
     int did = fired;
     disarm();
-    int status = rc != 0 ? rc : async_status;
-    cr_assert_eq(async_calls, rc != 0 ? 0 : 1, "%s #%d: %d callbacks", entries[i].name, n,
-                 async_calls);
+    int status = rc != 0 ? rc : count_status;
+    cr_assert_eq(count_calls, rc != 0 ? 0 : 1, "%s #%d: %d callbacks", entries[i].name, n,
+                 count_calls);
     if (did && !entries[i].absorbed)
         cr_assert_eq(status, -entries[i].err, "%s #%d failed: the call gave %s",
                      entries[i].name, n, tbx_err_name(status));

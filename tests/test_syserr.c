@@ -121,16 +121,6 @@ TBX_TEST(emfile, blocking_call_at_each_step)
     }
 }
 
-static int async_calls, async_status;
-
-static void count_cb(tbx_req *req, tbx_result *r)
-{
-    (void)req;
-    async_calls++;
-    async_status = r->status;
-    tbx_result_free(r);
-}
-
 TBX_TEST(emfile, async_call_at_each_step)
 {
     cr_assert_eq(getrlimit(RLIMIT_NOFILE, &saved_nofile), 0);
@@ -152,7 +142,7 @@ TBX_TEST(emfile, async_call_at_each_step)
         cr_assert_eq(rc, -EMFILE, "%s: %s", emfile_cases[i].what, tbx_err_name(rc));
         /* A refused call may still need the loop to close a handle. */
         uv_run(&loop, UV_RUN_DEFAULT);
-        cr_assert_eq(async_calls, 0, "%s: the callback of a refused call ran",
+        cr_assert_eq(count_calls, 0, "%s: the callback of a refused call ran",
                      emfile_cases[i].what);
         cr_assert_eq(count_fds(), before, "%s: descriptors left open", emfile_cases[i].what);
         pid_t kids[4];
@@ -161,8 +151,8 @@ TBX_TEST(emfile, async_call_at_each_step)
 
         cr_assert_eq(tbx_call_async(&loop, &req, fn_echo, sb.data, sb.size, &o, count_cb), 0);
         uv_run(&loop, UV_RUN_DEFAULT);
-        cr_assert_eq(async_calls, 1, "%s, limit restored", emfile_cases[i].what);
-        async_calls = 0;
+        cr_assert_eq(count_calls, 1, "%s, limit restored", emfile_cases[i].what);
+        count_calls = 0;
     }
     cr_assert_eq(uv_loop_close(&loop), 0);
     msgpack_sbuffer_destroy(&sb);
@@ -224,9 +214,9 @@ static int nproc_helper(tbx_method m)
     if (m == TBX_FORKSERVER) {
         /* The server forks after the call is under way: its refusal comes
          * through the callback. */
-        if (rc != 0 || async_calls != 1 || async_status != -EAGAIN)
+        if (rc != 0 || count_calls != 1 || count_status != -EAGAIN)
             return 15;
-    } else if (rc != -EAGAIN || async_calls != 0) {
+    } else if (rc != -EAGAIN || count_calls != 0) {
         return 16;
     }
     if (count_fds() != before || list_call_children(kids, 2) != 0)
