@@ -96,136 +96,118 @@ TBX_REGISTER(fn_stop_self);
 
 /* ================================================================ child */
 
-TBX_TEST(child, sigterm_blocked_with_sigprocmask_gets_sigkill)
+/* A call of fn that must time out: its argument (nil if arg < 0), the
+ * timeout and the grace, the deadline from fn's start (fn sets up its
+ * signals first).  Returns the result, its status checked. */
+static void call_timing_out(tbx_method m, tbx_fn *fn, int64_t arg, double timeout_s,
+                            double grace_s, tbx_result *r)
 {
     msgpack_sbuffer sb;
-    pack(&sb, "n");
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 1.0;
-    o.grace_s = 0.3;
-    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
+    if (arg < 0)
+        pack(&sb, "n");
+    else
+        pack(&sb, "u", (uint64_t)arg);
+    tbx_opts o = test_opts(m);
+    o.timeout_s = timeout_s;
+    o.grace_s = grace_s;
+    o.hard_timeout = 0;
+    int rc = tbx_call(fn, sb.data, sb.size, &o, r);
+    msgpack_sbuffer_destroy(&sb);
+    check_status(rc, r);
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r->message);
+}
+
+/* A call whose child another process sends sig mid-run (start_killer):
+ * returns the result, its status checked, and the child's pid. */
+static pid_t call_signalled_from_outside(tbx_method m, int sig, tbx_result *r)
+{
+    char path[64];
+    temp_path(path, sizeof path);
+    pid_t killer = start_killer(path, sig);
+    msgpack_sbuffer sb;
+    pack(&sb, "s", path);
+    tbx_opts o = test_opts(m);
+    o.timeout_s = 100;
+    int rc = tbx_call(fn_pid_then_hang, sb.data, sb.size, &o, r);
+    msgpack_sbuffer_destroy(&sb);
+    check_status(rc, r);
+    reap_helper(killer, "the killer");
+    pid_t child = peek_pid(path);
+    unlink(path);
+    cr_assert_eq(rc, TBX_ECRASHED, "%s: %s", tbx_err_name(rc), r->message);
+    return child;
+}
+
+TBX_TEST(child, sigterm_blocked_with_sigprocmask_gets_sigkill)
+{
     tbx_result r;
-    int rc = tbx_call(fn_block_term, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    call_timing_out(*method, fn_block_term, -1, 1.0, 0.3, &r);
     cr_assert_eq(r.kill_signal, SIGKILL);
     cr_assert_eq(r.term_signal, SIGKILL);
     cr_assert_eq(r.exit_code, -1);
     cr_assert_geq(r.elapsed_s, 1.3, "elapsed %f", r.elapsed_s);
     cr_assert_lt(r.elapsed_s, 30.0);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 /* A SIGTERM handler that takes longer than the grace period: SIGKILL at
  * the end of the grace, not at the end of the cleanup. */
 TBX_TEST(child, cleanup_longer_than_grace_gets_sigkill)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)0);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 1.0;
-    o.grace_s = 0.5;
-    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
-    int rc = tbx_call(fn_term_handler, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    call_timing_out(*method, fn_term_handler, 0, 1.0, 0.5, &r);
     cr_assert_eq(r.kill_signal, SIGKILL);
     cr_assert_eq(r.term_signal, SIGKILL);
     cr_assert_geq(r.elapsed_s, 1.5, "elapsed %f", r.elapsed_s);
     cr_assert_lt(r.elapsed_s, 30.0, "the cleanup (120 s) was waited for");
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 /* A quick cleanup that exits by itself inside the grace: no SIGKILL, and its
  * exit code is reported with the timeout. */
 TBX_TEST(child, cleanup_within_grace_keeps_its_exit_code)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)7);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 1.0;
-    o.grace_s = 20;
-    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
-    int rc = tbx_call(fn_term_handler, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    call_timing_out(*method, fn_term_handler, 7, 1.0, 20, &r);
     cr_assert_eq(r.kill_signal, SIGTERM);
     cr_assert_eq(r.exit_code, 7);
     cr_assert_eq(r.term_signal, 0);
     cr_assert_lt(r.elapsed_s, 20.0, "the grace period was waited out");
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 /* A stopped child cannot act on SIGTERM: SIGKILL after the grace. */
 TBX_TEST(child, stopped_child_gets_sigkill)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "n");
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 0.5;
-    o.grace_s = 0.3;
-    o.hard_timeout = 0; /* from fn's start: fn sets up its signals first */
     tbx_result r;
-    int rc = tbx_call(fn_stop_self, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    call_timing_out(*method, fn_stop_self, -1, 0.5, 0.3, &r);
     cr_assert_eq(r.kill_signal, SIGKILL);
     cr_assert_eq(r.term_signal, SIGKILL);
     cr_assert_lt(r.elapsed_s, 30.0);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 /* kill -9 of the child by another process mid-run: seen at once, not at the
  * deadline. */
 TBX_TEST(child, killed_from_outside_is_seen_at_once)
 {
-    char path[64];
-    temp_path(path, sizeof path);
-    pid_t killer = start_killer(path, SIGKILL);
-    msgpack_sbuffer sb;
-    pack(&sb, "s", path);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 100;
     tbx_result r;
-    int rc = tbx_call(fn_pid_then_hang, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    reap_helper(killer, "the killer");
-    cr_assert_eq(rc, TBX_ECRASHED, "%s: %s", tbx_err_name(rc), r.message);
+    pid_t child = call_signalled_from_outside(*method, SIGKILL, &r);
     cr_assert_eq(r.term_signal, SIGKILL);
     cr_assert_eq(r.kill_signal, 0, "timebox did not send it");
     cr_assert_eq(r.exit_code, -1);
-    cr_assert_eq(r.pid, peek_pid(path));
+    cr_assert_eq(r.pid, child);
     cr_assert_lt(r.elapsed_s, 50.0, "the kill was noticed only at the deadline");
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
-    unlink(path);
 }
 
 /* The same with SIGTERM from outside, which is not timebox's either. */
 TBX_TEST(child, sigterm_from_outside_is_a_crash)
 {
-    char path[64];
-    temp_path(path, sizeof path);
-    pid_t killer = start_killer(path, SIGTERM);
-    msgpack_sbuffer sb;
-    pack(&sb, "s", path);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 100;
     tbx_result r;
-    int rc = tbx_call(fn_pid_then_hang, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    reap_helper(killer, "the killer");
-    cr_assert_eq(rc, TBX_ECRASHED, "%s: %s", tbx_err_name(rc), r.message);
+    call_signalled_from_outside(*method, SIGTERM, &r);
     cr_assert_eq(r.term_signal, SIGTERM);
     cr_assert_eq(r.kill_signal, 0);
     cr_assert_lt(r.elapsed_s, 50.0);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
-    unlink(path);
 }
