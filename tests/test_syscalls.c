@@ -127,10 +127,13 @@ static tbx_opts sweep_opts(tbx_method m)
     return o;
 }
 
-static void check_sum(const tbx_result *r, size_t len)
+/* fn_sum's result: the args arrived whole, whichever way they came. */
+static void check_sum(const tbx_result *r, const msgpack_sbuffer *sb)
 {
+    size_t len = sb->size - 5; /* bin 32: a byte of type, four of length */
     cr_assert_eq(r->value.type, MSGPACK_OBJECT_ARRAY);
     cr_assert_eq(r->value.via.array.ptr[0].via.u64, len, "the sum's length");
+    cr_assert_eq(r->value.via.array.ptr[1].via.u64, fnv1a(sb->data + 5, len), "the sum");
 }
 
 /* Nothing of the call is left: its descriptors, its child.  A forkserver
@@ -166,7 +169,7 @@ static int blocking_once(tbx_method m, size_t i, int n, const msgpack_sbuffer *s
     } else {
         cr_assert_eq(rc, 0, "%s #%d: %s (%s)", entries[i].name, n, tbx_err_name(rc),
                      r.message ? r.message : "-");
-        check_sum(&r, sb->size - 5);
+        check_sum(&r, sb);
     }
     tbx_result_free(&r);
     check_left(fds, had_server, entries[i].name, n);
@@ -180,7 +183,7 @@ static void next_call_works(tbx_method m, const msgpack_sbuffer *sb, const char 
     tbx_result r;
     int rc = tbx_call(fn_sum, sb->data, sb->size, &o, &r);
     cr_assert_eq(rc, 0, "after %s: %s (%s)", after, tbx_err_name(rc), r.message ? r.message : "-");
-    check_sum(&r, sb->size - 5);
+    check_sum(&r, sb);
     tbx_result_free(&r);
 }
 
