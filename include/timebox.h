@@ -268,6 +268,28 @@ typedef struct tbx_opts {
                              NULL-terminated); NULL: { executable, NULL }.
                              With timebox-worker: { "timebox-worker",
                              "--preload", "libplugin.so", NULL }. */
+    int cancel_fd;        /* A descriptor that cancels the call once it is
+                             readable: an eventfd, or the read end of a
+                             pipe.  -1 (default, also any negative): none.
+                             Readable -> the call ends as at a deadline
+                             (SIGTERM to the child's group, SIGKILL after
+                             grace_s) with TBX_ECANCELED, unless its result
+                             was already complete.  It is how a blocking
+                             tbx_call is ended from outside: from another
+                             thread, or from a signal handler (write(2) is
+                             async-signal-safe), as a host such as a
+                             database server needs when its own interrupt
+                             (a cancel request, a statement timeout) arrives
+                             during a call.  Every method, blocking and
+                             async.  Borrowed: timebox never reads it (so a
+                             readable descriptor stays readable and cancels
+                             every call that uses it, and the caller drains
+                             it before reusing it) and never closes it; the
+                             call watches a duplicate, so any number of
+                             calls may share one.  It is watched from the
+                             launch on: a call waiting for a slot
+                             (tbx_set_max_children) sees it when it
+                             launches.  Not a descriptor: TBX_EINVAL. */
 } tbx_opts;
 
 /* Fills *opts with the defaults above.  Always call it first: fields added in
@@ -388,6 +410,25 @@ TBX_EXTERN void tbx_result_free(tbx_result *r);
  */
 TBX_EXTERN int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
                         const tbx_opts *opts, tbx_result *out);
+
+/* Calls the function registered (TBX_REGISTER) under name, where the method
+ * finds it:
+ *   - spawn and the forkserver resolve the name in the child's program (the
+ *     worker, with what it preloads, or the server, with its preloads,
+ *     including a shared server attached with tbx_forkserver_attach), so the
+ *     caller need not have the function at all: a host that never loads the
+ *     job library, or a client of a server that preloaded it;
+ *   - fork (and TBX_METHOD_DEFAULT while the default is fork) has no other
+ *     program to ask: the name is looked up in this process's registry and
+ *     the function called by pointer, as tbx_call would.  A forked child is
+ *     a copy of this process, so nothing else could be found there.
+ * An unknown name is TBX_ENOTREG, from wherever it was resolved: here
+ * (fork) before anything is launched, or from the worker or the server,
+ * whose child never runs.  name is borrowed like args; a name longer than
+ * 255 bytes is TBX_ENOTREG, a NULL name TBX_EINVAL.  Otherwise everything
+ * is as for tbx_call (opts.ctx only with fork).  Thread-safe. */
+TBX_EXTERN int tbx_call_named(const char *name, const void *args, size_t args_len,
+                              const tbx_opts *opts, tbx_result *out);
 
 /* ------------------------------------------------------------------------
  * The forkserver

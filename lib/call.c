@@ -39,14 +39,16 @@ static int refuse(tbx_result *out, int rc)
     return rc;
 }
 
-static int setup(tbx__call *c, uv_loop_t *loop, tbx_fn *fn, const void *args,
-                 size_t args_len, const tbx_opts *opts, tbx_result *out)
+/* fn, or else name: a call by name (tbx_call_named). */
+static int setup(tbx__call *c, uv_loop_t *loop, tbx_fn *fn, const char *name,
+                 const void *args, size_t args_len, const tbx_opts *opts, tbx_result *out)
 {
     memset(c, 0, sizeof *c);
     result_init(out);
     c->start_ns = tbx__now_ns();
     c->loop = loop;
     c->fn = fn;
+    c->name = name;
     c->out = out;
     return tbx__engine_prepare(c, args, args_len, opts);
 }
@@ -56,15 +58,15 @@ static void blocking_done_cb(tbx__call *c)
     TBX__UNUSED(c); /* the result is already in c->out */
 }
 
-int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
-             const tbx_opts *opts, tbx_result *out)
+static int call_blocking(tbx_fn *fn, const char *name, const void *args, size_t args_len,
+                         const tbx_opts *opts, tbx_result *out)
 {
     tbx__call c;
     tbx_result scratch;
     if (out == NULL)
         out = &scratch;
     uv_loop_t *loop = tbx__private_loop();
-    int rc = setup(&c, loop, fn, args, args_len, opts, out);
+    int rc = setup(&c, loop, fn, name, args, args_len, opts, out);
     if (rc == 0 && loop == NULL)
         rc = -ENOMEM;
     if (rc != 0)
@@ -97,6 +99,19 @@ int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
     return rc;
 }
 
+int tbx_call(tbx_fn *fn, const void *args, size_t args_len,
+             const tbx_opts *opts, tbx_result *out)
+{
+    return call_blocking(fn, NULL, args, args_len, opts, out);
+}
+
+int tbx_call_named(const char *name, const void *args, size_t args_len,
+                   const tbx_opts *opts, tbx_result *out)
+{
+    /* A NULL name is refused by the engine, as a NULL fn is. */
+    return call_blocking(NULL, name, args, args_len, opts, out);
+}
+
 static void async_done_cb(tbx__call *c)
 {
     tbx_req *req = c->req;
@@ -111,15 +126,15 @@ static void async_abandoned_cb(tbx__call *c)
     free(c);
 }
 
-int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const void *args,
-                   size_t args_len, const tbx_opts *opts, tbx_cb *cb)
+static int call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const char *name,
+                      const void *args, size_t args_len, const tbx_opts *opts, tbx_cb *cb)
 {
     if (loop == NULL || req == NULL || cb == NULL)
         return TBX_EINVAL;
     tbx__call *c = malloc(sizeof *c);
     if (c == NULL)
         return -ENOMEM;
-    int rc = setup(c, loop, fn, args, args_len, opts, &c->result);
+    int rc = setup(c, loop, fn, name, args, args_len, opts, &c->result);
     if (rc != 0) {
         free(c);
         return rc;
@@ -136,6 +151,18 @@ int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const void *args,
     }
     req->priv_ = c;
     return 0;
+}
+
+int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const void *args,
+                   size_t args_len, const tbx_opts *opts, tbx_cb *cb)
+{
+    return call_async(loop, req, fn, NULL, args, args_len, opts, cb);
+}
+
+int tbx_call_named_async(uv_loop_t *loop, tbx_req *req, const char *name, const void *args,
+                         size_t args_len, const tbx_opts *opts, tbx_cb *cb)
+{
+    return call_async(loop, req, NULL, name, args, args_len, opts, cb);
 }
 
 int tbx_cancel(tbx_req *req)

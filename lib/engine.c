@@ -350,6 +350,7 @@ void tbx__engine_close_handles(tbx__call *c)
     if (c->h_exit)
         uv_close(c->exit_h, tbx__engine_close_cb);
     c->h_result = c->h_exit = 0;
+    tbx__cancel_close(c);
     for (int i = 0; i < TBX__NSTREAMS; i++) {
         tbx__capture *k = &c->capture[i];
         if (k->polling) {
@@ -440,6 +441,8 @@ static int watch(tbx__call *c)
         rc = uv_poll_start(&c->result_poll, UV_READABLE, result_cb);
     if (rc == 0)
         rc = tbx__request_start(c);
+    if (rc == 0)
+        rc = tbx__cancel_watch(c);
     return rc;
 }
 

@@ -187,7 +187,8 @@ struct tbx__call {
     /* Args unpacked in the parent (fork: the child reads them in memory). */
     msgpack_zone args_zone;
     msgpack_object args;
-    const char *name;          /* registered name (spawn) */
+    const char *name;          /* registered name (spawn, forkserver); set
+                                  before prepare by tbx_call_named */
     int args_fd;               /* args of a worker's, when big: a sealed
                                   memfd sent with the request; else -1 */
 
@@ -220,6 +221,8 @@ struct tbx__call {
     uv_poll_t result_poll;
     uv_poll_t exit_poll;       /* on the pidfd */
     uv_timer_t exit_timer;     /* polls waitpid when there is no pidfd */
+    uv_poll_t cancel_poll;     /* on cancel_fd (cancel.c) */
+    int cancel_fd;             /* our duplicate of opts.cancel_fd; -1: none */
     uv_handle_t *exit_h;       /* the launcher's watch: one of these */
     tbx__deadline deadline;
     int open_handles;          /* closes still to come before done */
@@ -250,6 +253,7 @@ struct tbx__call {
     unsigned lost : 1;         /* the launcher lost the child: lost_why */
     unsigned h_result : 1;      /* result_poll is open */
     unsigned h_exit : 1;        /* the exit handle (exit_handle()) is open */
+    unsigned h_cancel : 1;      /* cancel_poll is open */
     const char *lost_why;      /* static text: how it was lost */
     int verdict;               /* first reason decided: 0, ETIMEDOUT, ... */
     int kill_signal;
@@ -275,6 +279,14 @@ _Static_assert(TBX__NOWN == sizeof ((tbx_result *)0)->priv_ / sizeof(void *),
 
 /* The close callback of every handle of a call's: the last one finalizes. */
 void tbx__engine_close_cb(uv_handle_t *h);
+
+/* cancel.c: watches opts.cancel_fd, if any, for the call's life; a
+ * readable descriptor stops the call with TBX_ECANCELED.  check: 0, or
+ * TBX_EINVAL when it is not an open descriptor.  watch: 0, TBX_EINVAL or
+ * -errno; close: closes what watch opened (idempotent). */
+int tbx__cancel_check(const tbx_opts *opts);
+int tbx__cancel_watch(tbx__call *call);
+void tbx__cancel_close(tbx__call *call);
 
 /* request.c: builds the request for a fresh program (a launcher's prepare),
  * writes it down child.request_fd (0 or -errno), and ends the writing

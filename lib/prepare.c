@@ -23,6 +23,7 @@ void tbx_opts_init(tbx_opts *opts)
     opts->reset_signals = 1;
     opts->max_result = TBX__DEFAULT_MAX_RESULT;
     opts->ctx = NULL;
+    opts->cancel_fd = -1;
 }
 
 /* What every method needs checked: 0 or TBX_EINVAL. */
@@ -32,7 +33,8 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
         c->opts = *opts;
     else
         tbx_opts_init(&c->opts);
-    if (c->fn == NULL || (args == NULL && args_len != 0) || c->opts.grace_s < 0 ||
+    if ((c->fn == NULL && c->name == NULL) || (args == NULL && args_len != 0) ||
+        c->opts.grace_s < 0 || tbx__cancel_check(&c->opts) != 0 ||
         c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s)
         return TBX_EINVAL;
     if (c->opts.max_result == 0)
@@ -50,10 +52,16 @@ static int check_accepted(tbx__call *c, size_t args_len)
     if ((c->opts.ctx != NULL && !(l->accepts & TBX__ACCEPTS_CTX)) ||
         (l->max_args != 0 && args_len > l->max_args))
         return TBX_EINVAL;
-    if (l->accepts & TBX__ACCEPTS_UNREGISTERED)
+    if (l->accepts & TBX__ACCEPTS_UNREGISTERED) {
+        /* A method that calls fn by pointer: a call by name runs what this
+         * process registered under it (tbx_call_named). */
+        if (c->fn == NULL && (c->fn = tbx_lookup(c->name)) == NULL)
+            return TBX_ENOTREG;
         return 0;
+    }
     /* A fresh program finds fn by name. */
-    c->name = tbx_name_of(c->fn);
+    if (c->name == NULL)
+        c->name = tbx_name_of(c->fn);
     if (c->name == NULL)
         return TBX_ENOTREG;
     size_t name_len = strlen(c->name);
@@ -71,6 +79,7 @@ static void reset_child(tbx__call *c)
     c->child.control_fd = -1;
     c->child.bulk_fd = -1;
     c->control_fd_in = -1;
+    c->cancel_fd = -1;
     for (int i = 0; i < TBX__NSTREAMS; i++)
         c->capture[i].fd = c->capture[i].child_fd = -1;
     c->child.worker = 0;

@@ -18,7 +18,7 @@ room_of() {
     loop.h | loop.c | deadline.c) echo loop ;;
     launch_*.c) echo launcher ;;
     prepare.c) echo prepare ;;
-    engine.h | engine.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
+    engine.h | engine.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
         methods.c | own_child.c) echo engine ;;
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c | \

@@ -54,6 +54,16 @@ TBX_EXTERN int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn,
                               const void *args, size_t args_len,
                               const tbx_opts *opts, tbx_cb *cb);
 
+/* tbx_call_named on the loop: the function registered under name, found
+ * where the method finds it (see tbx_call_named).  Returns and reports as
+ * tbx_call_async; an unknown name is either this call's TBX_ENOTREG (fork:
+ * looked up here, nothing started, cb never runs) or the callback's (spawn,
+ * forkserver: the worker or the server did not know it).  name is borrowed
+ * until the callback, like args.  Loop thread only. */
+TBX_EXTERN int tbx_call_named_async(uv_loop_t *loop, tbx_req *req, const char *name,
+                                    const void *args, size_t args_len,
+                                    const tbx_opts *opts, tbx_cb *cb);
+
 /* Ends a call in flight as its deadline would: SIGTERM to the child's group,
  * SIGKILL after grace_s.  cb still runs, once, with TBX_ECANCELED, after the
  * child is reaped (unless the result was already complete, in which case the
