@@ -78,6 +78,15 @@ BEGIN
         END;
     END LOOP;
     BEGIN
+        PERFORM timebox_example_call('double', 9223372036854775807, 10000, 'fork');
+        RAISE 'an overflow returned';
+    EXCEPTION WHEN external_routine_exception THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        IF msg NOT LIKE '%double failed: 2 * 9223372036854775807 is out of range%' THEN
+            RAISE 'overflow: %', msg;
+        END IF;
+    END;
+    BEGIN
         PERFORM timebox_example_call('double', 1, 1000, 'carrier-pigeon');
         RAISE 'an unknown method returned';
     EXCEPTION WHEN invalid_parameter_value THEN
@@ -183,6 +192,15 @@ for m in $METHODS; do
     interrupt "$m" cancel
     interrupt "$m" terminate
 done
+
+# ------------------------------------------- a daemon that is not there
+out=$WORK/nodaemon.out
+sql -v VERBOSITY=verbose -c "SET timebox_example.socket = '$WORK/nobody/fs.sock'" \
+    -c "SELECT timebox_example_call('double', 1, 1000, 'shared')" >"$out" 2>&1 &&
+    fail "a call to a missing daemon returned"
+grep -q "ERROR:  58000: timebox_example: could not attach to the forkserver" "$out" ||
+    fail "a missing daemon: $(errors_in "$out")"
+echo "ok: a missing daemon is an ERROR (58000)"
 
 # ---------------------------------------------------------- the end
 kill -0 "$DAEMON_PID" 2>/dev/null || fail "the shared daemon died"
