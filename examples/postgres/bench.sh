@@ -14,6 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 cluster_start "$1" "${2:-pg_config}"
 N=${3:-1000}
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$here" rev-parse --short HEAD 2>/dev/null ||
+    echo '?'), Linux $(uname -r), $(nproc) CPUs, $("$PG_BINDIR/postgres" --version)"
 sql -c "ALTER SYSTEM SET log_line_prefix = '%m [%p] '" -c "SELECT pg_reload_conf()" >/dev/null
 # The in-process twin of the job, declared for this run only: a crash in it
 # is a crash of the backend.
