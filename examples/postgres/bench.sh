@@ -10,6 +10,7 @@
 #   bench.sh BUILD_DIR [PG_CONFIG] [N]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=examples/postgres/cluster.sh
 . "$here/cluster.sh"
 
 cluster_start "$1" "${2:-pg_config}"

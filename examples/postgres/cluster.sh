@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A private PostgreSQL server for test.sh and bench.sh (sourced, not run).
 #
 # cluster_start BUILD_DIR PG_CONFIG

@@ -15,6 +15,7 @@
 # Exit 0: passed; 77: skipped (said why); anything else: failed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=examples/postgres/cluster.sh
 . "$here/cluster.sh"
 
 cluster_start "$1" "${2:-pg_config}"
