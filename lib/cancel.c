@@ -55,8 +55,11 @@ int tbx__cancel_watch(tbx__call *c)
 
 void tbx__cancel_close(tbx__call *c)
 {
-    if (c->h_cancel)
-        uv_close((uv_handle_t *)&c->cancel_poll, tbx__engine_close_cb);
+    /* Only a watch that was opened holds a descriptor: a call whose launch
+     * or watch failed earlier never set cancel_fd. */
+    if (!c->h_cancel)
+        return;
+    uv_close((uv_handle_t *)&c->cancel_poll, tbx__engine_close_cb);
     c->h_cancel = 0;
     /* libuv has stopped watching the descriptor at uv_close: it may go. */
     tbx__close(c->cancel_fd);
