@@ -319,6 +319,47 @@ TBX_EXTERN int tbx_set_spawn_executable(const char *executable, char *const *arg
 TBX_EXTERN int tbx_set_max_children(unsigned max);
 
 /* ------------------------------------------------------------------------
+ * Containment: what ends with a call
+ *
+ * Every process a call's child makes ends with the call, whatever session or
+ * process group it moved to, where this process can have cgroups (v2): each
+ * call then runs in a cgroup of its own, joined by the child before any of
+ * the caller's code runs in it, and killed whole (cgroup.kill) when the call
+ * ends, success included, before tbx_call returns or the callback runs.
+ * Elsewhere a call is contained by its process group (a descendant that
+ * calls setsid() escapes it), and a forkserver call also by the server, a
+ * child subreaper that kills the orphans it inherits.  tbx_result.containment
+ * says what a call had.
+ *
+ * Where the cgroups live: in a directory named with tbx_set_cgroup_root() or
+ * the environment variable TIMEBOX_CGROUP (the shared daemon: --cgroup DIR);
+ * else in this process's own cgroup if it may make directories there (root,
+ * or a subtree delegated to it: a systemd service with Delegate=yes, a user
+ * session's user@.service).  timebox makes one directory "timebox-<pid>"
+ * there, with one empty cgroup per call in flight below it (a few kept for
+ * the calls to come), enables no controller, and removes them at exit and
+ * in tbx_forkserver_stop().
+ * ------------------------------------------------------------------------ */
+#define TBX_CONTAIN_PGROUP 1    /* the child's process group */
+#define TBX_CONTAIN_SUBREAPER 2 /* the process group, and the forkserver kills
+                                   the orphans it inherits */
+#define TBX_CONTAIN_CGROUP 3    /* a cgroup of the call's own */
+
+/* What calls made by this process get where they do not opt out
+ * (opts.contain): TBX_CONTAIN_CGROUP or TBX_CONTAIN_PGROUP.  On first use it
+ * chooses the directory and tries it (a short-lived child moves itself into
+ * a cgroup there).  Thread-safe. */
+TBX_EXTERN int tbx_containment(void);
+
+/* Names the cgroup v2 directory per-call cgroups are made in, overriding
+ * TIMEBOX_CGROUP: one this process may write to (delegated to its user).
+ * NULL: chosen automatically again; "" or "off": no cgroups.  Returns 0,
+ * -ENOMEM, or -EBUSY while calls hold cgroups.  The directory is tried on
+ * the next call; one that does not work is logged (TBX_LOG_WARN) and calls
+ * fall back to their process group.  Thread-safe. */
+TBX_EXTERN int tbx_set_cgroup_root(const char *dir);
+
+/* ------------------------------------------------------------------------
  * Results
  */
 typedef struct tbx_result {
