@@ -1,0 +1,172 @@
+/*
+ * containment: what a cgroup per call costs.
+ *
+ *   containment [iterations]
+ *
+ * Default 1000 iterations, after 100 of warm-up, every series interleaved
+ * (each iteration runs them all, in an order that rotates) so that machine
+ * noise hits them alike:
+ *   floor        fork; the child _exits; the parent waitpids
+ *   pool         the same, the child joining an existing, empty cgroup
+ *                first (timebox's pool: take, the child's write to
+ *                cgroup.procs, reap, the end-of-call kill check, give back)
+ *   clone3_into  clone3 with CLONE_INTO_CGROUP into an existing empty
+ *                cgroup (the child _exits at once); reap.  What joining at
+ *                birth costs the kernel, for comparison
+ *   fresh        mkdir a cgroup, fork a child that joins it, reap,
+ *                cgroup.kill, rmdir: a cgroup made and removed per call
+ * Where this process cannot make cgroups it says so and exits 0.
+ */
+#define _GNU_SOURCE
+#include "common.h"
+#include "../lib/cgroup_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <timebox.h>
+
+#define WARMUP 100
+
+static void reap(pid_t pid)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            bench_die("waitpid");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "containment: child status %#x\n", st);
+        exit(1);
+    }
+}
+
+static double floor_us(void)
+{
+    uint64_t t0 = bench_now_ns();
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(0);
+    if (pid < 0)
+        bench_die("fork");
+    reap(pid);
+    return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+static double pool_us(void)
+{
+    tbx__cgroup cg;
+    uint64_t t0 = bench_now_ns();
+    if (tbx__cgroup_take(&cg) != 0)
+        bench_die("tbx__cgroup_take");
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(tbx__cgroup_join(cg.procs_fd) == 0 ? 0 : 1);
+    if (pid < 0)
+        bench_die("fork");
+    reap(pid);
+    if (tbx__cgroup_kill(&cg) != 0)
+        bench_die("tbx__cgroup_kill");
+    tbx__cgroup_give(&cg, 1);
+    return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+static double clone3_us(int dirfd)
+{
+    struct clone_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_INTO_CGROUP;
+    ca.exit_signal = SIGCHLD;
+    ca.cgroup = (uint64_t)dirfd;
+    uint64_t t0 = bench_now_ns();
+    /* The child only _exits: no glibc state of its matters. */
+    long pid = syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid == 0)
+        _exit(0);
+    if (pid < 0)
+        bench_die("clone3");
+    reap((pid_t)pid);
+    return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+static double fresh_us(const char *dir)
+{
+    uint64_t t0 = bench_now_ns();
+    if (mkdir(dir, 0755) != 0)
+        bench_die("mkdir");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int procs = openat(dfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (dfd < 0 || procs < 0)
+        bench_die("open");
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(tbx__cgroup_join(procs) == 0 ? 0 : 1);
+    if (pid < 0)
+        bench_die("fork");
+    close(procs);
+    reap(pid);
+    int kfd = openat(dfd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
+    if (kfd < 0 || write(kfd, "1", 1) != 1)
+        bench_die("cgroup.kill");
+    close(kfd);
+    close(dfd);
+    if (rmdir(dir) != 0)
+        bench_die("rmdir");
+    return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = bench_arg_count(argc, argv, 1, 1000);
+    tbx_init(argc, argv);
+    if (tbx_containment() != TBX_CONTAIN_CGROUP) {
+        printf("containment: this process cannot make cgroups (no cgroup v2, or not root "
+               "and no delegated subtree); nothing measured\n");
+        return 0;
+    }
+    /* A leaf of the pool's own for clone3, and a name for fresh ones. */
+    tbx__cgroup held;
+    if (tbx__cgroup_take(&held) != 0)
+        bench_die("tbx__cgroup_take");
+    char fresh[PATH_MAX + 32];
+    snprintf(fresh, sizeof fresh, "%s/fresh", tbx__cg.base);
+
+    enum { FLOOR, POOL, CLONE3, FRESH, KINDS };
+    bench_series s[KINDS];
+    bench_series_init(&s[FLOOR], "floor", n);
+    bench_series_init(&s[POOL], "pool", n);
+    bench_series_init(&s[CLONE3], "clone3_into", n);
+    bench_series_init(&s[FRESH], "fresh", n);
+    for (size_t i = 0; i < WARMUP + n; i++) {
+        for (int k = 0; k < KINDS; k++) {
+            int kind = (int)((i + (size_t)k) % KINDS);
+            double us = kind == FLOOR    ? floor_us()
+                        : kind == POOL   ? pool_us()
+                        : kind == CLONE3 ? clone3_us(held.dirfd)
+                                         : fresh_us(fresh);
+            if (i >= WARMUP)
+                bench_series_add(&s[kind], us);
+        }
+    }
+    tbx__cgroup_give(&held, 1);
+
+    bench_row rows[KINDS];
+    for (int k = 0; k < KINDS; k++) {
+        rows[k].name = s[k].name;
+        rows[k].st = bench_summarise(&s[k]);
+        rows[k].base = k == FLOOR ? NULL : &rows[FLOOR].st;
+    }
+    bench_report("containment", "containment: fork+exit+reap, bare vs into a cgroup", rows,
+                 KINDS);
+    for (int k = 0; k < KINDS; k++)
+        bench_series_free(&s[k]);
+    return 0;
+}
