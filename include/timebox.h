@@ -290,6 +290,13 @@ typedef struct tbx_opts {
                              launch on: a call waiting for a slot
                              (tbx_set_max_children) sees it when it
                              launches.  Not a descriptor: TBX_EINVAL. */
+    int contain;          /* 1 (default): the call runs in a cgroup of its
+                             own where this process (for forkserver calls:
+                             the server) can have one, killed whole when the
+                             call ends (see Containment below); 0: its process
+                             group only, as where there are no cgroups (to
+                             measure what containment costs, or for a fn that
+                             must leave a process behind on purpose) */
 } tbx_opts;
 
 /* Fills *opts with the defaults above.  Always call it first: fields added in
@@ -400,6 +407,8 @@ typedef struct tbx_result {
      * was, one frame a line, as backtrace_symbols_fd writes them; NULL if
      * none came.  Owned by the result. */
     const char *backtrace;
+    int containment;      /* what held the call's processes: TBX_CONTAIN_*
+                             (see Containment); 0 if no child ran */
     void *priv_[7];       /* private: memory owned by the result */
 } tbx_result;
 

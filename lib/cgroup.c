@@ -336,6 +336,16 @@ int tbx_set_cgroup_root(const char *dir)
     return rc;
 }
 
+int tbx__cgroup_root_env(char *buf, size_t len)
+{
+    pthread_mutex_lock(&tbx__cg.lock);
+    int n = tbx__cg.root_set ? snprintf(buf, len, "TIMEBOX_CGROUP=%s",
+                                        tbx__cg.root[0] != '\0' ? tbx__cg.root : "off")
+                             : -1;
+    pthread_mutex_unlock(&tbx__cg.lock);
+    return n > 0 && (size_t)n < len;
+}
+
 int tbx_containment(void)
 {
     return tbx__cgroup_available() ? TBX_CONTAIN_CGROUP : TBX_CONTAIN_PGROUP;

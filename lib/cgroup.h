@@ -70,6 +70,11 @@ int tbx__cgroup_kill(tbx__cgroup *cg);
  * never taken. */
 void tbx__cgroup_give(tbx__cgroup *cg, int clean);
 
+/* Writes "TIMEBOX_CGROUP=<dir>" into buf when tbx_set_cgroup_root named a
+ * directory (or "off"), for a forkserver this process starts; returns 1,
+ * or 0 (the server inherits our environment as it is). */
+int tbx__cgroup_root_env(char *buf, size_t len);
+
 /* Removes every idle leaf and the base (tbx_forkserver_stop, exit). */
 void tbx__cgroup_cleanup(void);
 

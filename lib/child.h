@@ -48,6 +48,8 @@ typedef struct tbx__child_spec {
     int backtrace_fd;          /* where to write a backtrace when asked; -1 */
     int bulk_fd;               /* a memfd for a result of TBX__BIG_PAYLOAD
                                   or more; -1: the pipe only */
+    int cgroup_fd;             /* the call's cgroup.procs, joined before any
+                                  of the caller's code runs; -1: none */
     const sigset_t *default_signals; /* set back to SIG_DFL first; NULL: none */
     void (*close_inherited)(void *arg); /* closes what the child must not
                                   keep (after output placement); NULL */

@@ -12,8 +12,10 @@
  *      (close_inherited: the server's close_range of its clients' and
  *      calls' descriptors);
  *   5. resource limits (setrlimit);
- *   6. containment (cgroups) is to be added here, after the limits and
- *      before any of the caller's code runs;
+ *   6. containment: the call's cgroup joined (cgroup.c), before any of
+ *      the caller's code runs (a child that cannot join says why on its
+ *      result pipe and exits: a call must not run outside what will be
+ *      killed when it ends);
  *   7. the backtrace handler.
  *
  * ======================== CHILD SIDE ========================
@@ -24,6 +26,7 @@
  * added here keeps to that.
  * =============================================================
  */
+#include "cgroup.h"
 #include "child.h"
 
 #include <errno.h>
@@ -98,6 +101,21 @@ static void apply_limits(const tbx__child_spec *spec)
     }
 }
 
+static void join_cgroup(const tbx__child_spec *spec)
+{
+    tbx__frame_header h;
+    struct iovec iov[2];
+    if (spec->cgroup_fd < 0)
+        return;
+    int rc = tbx__cgroup_join(spec->cgroup_fd);
+    if (rc == 0)
+        return;
+    (void)tbx__writev_all(spec->result_fd, iov,
+                          tbx__frame_error(&h, iov, rc, "the child could not join its call's "
+                                                        "cgroup"));
+    _exit(126);
+}
+
 /* The backtrace handler: where the thread that runs fn is, then a NUL to
  * say that was all.  backtrace() was called once before, so that it loads
  * what it needs outside a handler. */
@@ -143,6 +161,6 @@ void tbx__child_setup(const tbx__child_spec *spec)
     if (spec->close_inherited != NULL)
         spec->close_inherited(spec->close_arg);
     apply_limits(spec);
-    /* Containment goes here. */
+    join_cgroup(spec);
     install_backtrace(spec);
 }

@@ -301,10 +301,20 @@ void tbx__engine_child_ended(tbx__call *c, int wstatus, int trailing)
     tbx__engine_finish(c);
 }
 
+/* The call's child is reaped: whatever it left in the call's cgroup is
+ * killed now, and the cgroup is empty before the caller hears. */
+static void end_containment(tbx__call *c)
+{
+    if (c->cgroup.dirfd >= 0)
+        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
+}
+
 static void finalize(tbx__call *c)
 {
     tbx_result *r = c->out;
+    end_containment(c);
     tbx__result_fill(c, r);
+    r->containment = c->containment;
     tbx__engine_release_args(c);
     uint64_t end = tbx__now_ns();
     mark_done(c);
@@ -482,6 +492,7 @@ int tbx__engine_run(tbx__call *c)
          * done_cb: the caller hears only this return value. */
         tbx__deadline_stop(&c->deadline);
         c->launcher->abandon(c);
+        end_containment(c);
         c->abandoned = c->open_handles > 0;
         tbx__engine_close_handles(c);
         return rc;

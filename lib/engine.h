@@ -8,6 +8,7 @@
 #define TBX_ENGINE_H
 
 #include "timebox/uv.h"
+#include "cgroup.h"
 #include "loop.h"
 #include "wire.h"
 
@@ -218,6 +219,8 @@ struct tbx__call {
     /* The running child, who launched it, and its watchers. */
     const tbx__launcher *launcher;
     tbx__child child;
+    tbx__cgroup cgroup;        /* fork, spawn: the call's cgroup, or none */
+    int containment;           /* TBX_CONTAIN_* the child had; 0: none ran */
     uv_poll_t result_poll;
     uv_poll_t exit_poll;       /* on the pidfd */
     uv_timer_t exit_timer;     /* polls waitpid when there is no pidfd */

@@ -61,6 +61,15 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.stderr_fd = c->capture[1].child_fd;
     spec.backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
     spec.bulk_fd = bulk;
+    /* A cgroup of the call's own, where one can be had: the child joins it
+     * first thing.  clone3(CLONE_INTO_CGROUP) would join at birth, but a raw
+     * clone3 skips glibc's fork handling (its malloc locks, the atfork
+     * handlers of libuv, timebox and the host), which a fork child that runs
+     * the caller's code needs. */
+    c->containment = TBX_CONTAIN_PGROUP;
+    if (c->opts.contain && tbx__cgroup_take(&c->cgroup) == 0)
+        c->containment = TBX_CONTAIN_CGROUP;
+    spec.cgroup_fd = c->cgroup.procs_fd;
 
     flush_caller_stdio();
     sigfillset(&all);
@@ -74,6 +83,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     if (pid < 0) {
         tbx__close(fds[0]);
         tbx__close(bulk);
+        tbx__cgroup_give(&c->cgroup, 1);
         return -err;
     }
     (void)setpgid(pid, pid);
@@ -91,6 +101,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
         /* EMFILE and friends: nothing may be left half-open or running. */
         rc = child->pidfd;
         tbx__kill_reap(pid);
+        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
         tbx__close(fds[0]);
         tbx__close(bulk);
         child->bulk_fd = -1;

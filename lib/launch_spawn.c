@@ -196,6 +196,26 @@ int tbx__spawn(const tbx__spawn_spec *sp, pid_t *pid)
     return -rc;
 }
 
+/* Moves the worker into a cgroup of the call's own, where one can be had.
+ * posix_spawn gives no way to join one at birth (glibc 2.39's
+ * posix_spawnattr_setcgroup_np would), so the parent moves it as soon as
+ * posix_spawn returns: the program may have begun starting up, but fn
+ * cannot have: it runs on a request not yet sent. */
+static void contain(tbx__call *c, pid_t pid)
+{
+    c->containment = TBX_CONTAIN_PGROUP;
+    if (!c->opts.contain || tbx__cgroup_take(&c->cgroup) != 0)
+        return;
+    int rc = tbx__cgroup_move(&c->cgroup, pid);
+    if (rc == 0) {
+        c->containment = TBX_CONTAIN_CGROUP;
+        return;
+    }
+    tbx__log(TBX_LOG_WARN, "could not move a spawned child into its cgroup (%s): its "
+                           "process group contains the call", strerror(-rc));
+    tbx__cgroup_give(&c->cgroup, 1);
+}
+
 static int spawn_launch(tbx__call *c, tbx__child *child)
 {
     int sv[2] = {-1, -1}, res[2] = {-1, -1}, rc;
@@ -239,6 +259,8 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     }
     tbx__close(sv[1]);
     tbx__close(res[1]);
+    if (rc == 0)
+        contain(c, pid);
     if (rc != 0) {
         /* glibc reports a failed exec here and has reaped that child. */
         tbx__close(sv[0]);
@@ -257,6 +279,7 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     } else if (child->pidfd < 0) {
         rc = child->pidfd;
         tbx__kill_reap(pid);
+        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
         tbx__close(sv[0]);
         tbx__close(res[0]);
         tbx__close(bulk);

@@ -168,6 +168,8 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->stdout_fd = spec->stderr_fd = -1; /* placed by whoever started us */
     spec->backtrace_fd = -1;
     spec->bulk_fd = -1;
+    spec->cgroup_fd = -1; /* a worker is moved by its parent; a server child
+                             joins in the server's steps */
     spec->limit_memory = rq->h.limit_memory;
     spec->limit_cpu_s = rq->h.limit_cpu_s;
     spec->limit_files = rq->h.limit_files;

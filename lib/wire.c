@@ -166,7 +166,8 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth)
 int tbx__request_check(const tbx__request_header *hdr)
 {
     const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE | TBX__REQ_ALLOW_CORE |
-                           TBX__REQ_BACKTRACE | TBX__REQ_ARGS_BULK;
+                           TBX__REQ_BACKTRACE | TBX__REQ_ARGS_BULK |
+                           TBX__REQ_NO_CONTAIN;
     if (hdr->magic != TBX__REQUEST_MAGIC || hdr->reserved != 0 || (hdr->flags & ~known) != 0 ||
         hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||
         hdr->args_len > TBX__MAX_ARGS || hdr->max_result == 0)

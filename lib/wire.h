@@ -58,6 +58,7 @@ enum {
     TBX__REQ_SOFT_DEADLINE = 2,
     TBX__REQ_ALLOW_CORE = 4,
     TBX__REQ_BACKTRACE = 8, /* a backtrace pipe comes with the call */
+    TBX__REQ_NO_CONTAIN = 32, /* opts.contain = 0: no cgroup of its own */
     TBX__REQ_ARGS_BULK = 16 /* the args are not in the request but in a
                                sealed memfd sent with its first bytes
                                (SCM_RIGHTS, bulk.c) */
@@ -117,7 +118,8 @@ typedef struct tbx__hello {
 } tbx__hello;
 
 enum {
-    TBX__CTL_LAUNCHED = 1, /* pid; a pidfd rides along */
+    TBX__CTL_LAUNCHED = 1, /* pid, code = its TBX_CONTAIN_*; a pidfd rides
+                              along */
     TBX__CTL_EXITED = 2,   /* wstatus: the child is reaped, its group gone */
     TBX__CTL_ERROR = 3,    /* code: nothing was launched */
     TBX__CTL_KILL = 4      /* client -> server: code = the signal */

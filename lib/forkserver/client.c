@@ -17,6 +17,7 @@
 #include "forkserver/client.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -235,8 +236,15 @@ static int start_locked(void)
         return -errno;
     rc = tbx__lift_fd(&sv[1]);
     if (rc == 0) {
-        const char *env[] = {TBX__FS_VAR "=3", fs_env_limits, fs_env_preload, fs_env_allow,
-                             fs_env_listen, NULL};
+        /* tbx_set_cgroup_root's choice goes to the server, which makes the
+         * cgroups of its children. */
+        char cg_env[PATH_MAX + 32];
+        const char *vars[] = {fs_env_limits, fs_env_preload, fs_env_allow, fs_env_listen,
+                              tbx__cgroup_root_env(cg_env, sizeof cg_env) ? cg_env : NULL};
+        const char *env[7] = {TBX__FS_VAR "=3"};
+        for (size_t i = 0, k = 1; i < sizeof vars / sizeof vars[0]; i++)
+            if (vars[i] != NULL)
+                env[k++] = vars[i];
         tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1, -1, -1};
         rc = tbx__spawn(&sp, &pid);
     }
@@ -364,6 +372,9 @@ void tbx_forkserver_stop(void)
     pthread_rwlock_wrlock(&fs_lock);
     stop_locked();
     pthread_rwlock_unlock(&fs_lock);
+    /* The end of timebox's use, as far as the caller says: its idle
+     * cgroups go too (made again by the next call). */
+    tbx__cgroup_cleanup();
 }
 
 pid_t tbx_forkserver_pid(void)

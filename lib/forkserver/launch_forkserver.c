@@ -58,6 +58,9 @@ static void control_cb(uv_poll_t *h, int status, int events)
             break;
         if (m->kind == TBX__CTL_LAUNCHED && c->child.pid == 0 && m->pid > 0) {
             c->child.pid = m->pid;
+            c->containment = m->code >= TBX_CONTAIN_PGROUP && m->code <= TBX_CONTAIN_CGROUP
+                                 ? m->code
+                                 : TBX_CONTAIN_PGROUP;
             c->child.pidfd = c->control_fd_in;
             c->control_fd_in = -1;
             if (c->kill_signal != 0 && c->child.pidfd >= 0)

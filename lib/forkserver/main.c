@@ -3,6 +3,7 @@
  * of the uids it allows), as a daemon.  It serves the functions that the
  * shared objects it preloads register with TBX_REGISTER.
  */
+#include "cgroup.h"
 #include "forkserver/forkserver.h"
 
 #include <errno.h>
@@ -35,6 +36,11 @@ static const char usage[] =
     "                         own uid)\n"
     "  --request-timeout S    seconds a client has to send a request or finish its\n"
     "                         handshake (default 10)\n"
+    "  --cgroup DIR           make each child's cgroup under this cgroup v2\n"
+    "                         directory (delegated to you), so that nothing a call\n"
+    "                         starts outlives it, setsid or not (default: the\n"
+    "                         server's own cgroup when it may write there, as root\n"
+    "                         or under systemd's Delegate=yes; TIMEBOX_CGROUP too)\n"
     "  --foreground           stay in the foreground (default: detach once serving)\n"
     "  --quiet                do not log refused clients\n"
     "  --help                 this text\n"
@@ -88,6 +94,19 @@ static int add_uid(tbx__fs_config *cfg, const char *v)
     return -1;
 }
 
+/* --cgroup, tried now, so that a directory that cannot work is refused
+ * with its reason (logged) rather than served without. */
+static int set_cgroup(const char *v)
+{
+    if (tbx_set_cgroup_root(v) != 0 || tbx_containment() != TBX_CONTAIN_CGROUP) {
+        fprintf(stderr, "timebox-forkserver: --cgroup %s: cannot make cgroups there and move "
+                        "processes into them\n", v);
+        return 1;
+    }
+    tbx__cgroup_cleanup(); /* made again by the serving process */
+    return -1;
+}
+
 /* One option a, with its value v if it takes one.  -1 to go on, or the exit
  * code. */
 static int option(tbx__fs_config *cfg, int *foreground, const char *a, const char *v)
@@ -112,6 +131,8 @@ static int option(tbx__fs_config *cfg, int *foreground, const char *a, const cha
             return 2;
         }
         cfg->request_timeout_ns = (uint64_t)(s * 1e9);
+    } else if (strcmp(a, "--cgroup") == 0) {
+        return set_cgroup(v);
     } else if (strcmp(a, "--foreground") == 0) {
         *foreground = 1;
     } else if (strcmp(a, "--quiet") == 0) {
@@ -130,7 +151,8 @@ static int parse(tbx__fs_config *cfg, int *foreground, int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = strcmp(a, "--socket") == 0 || strcmp(a, "--preload") == 0 ||
                     strcmp(a, "--max-children") == 0 || strcmp(a, "--max-per-client") == 0 ||
-                    strcmp(a, "--allow-uid") == 0 || strcmp(a, "--request-timeout") == 0;
+                    strcmp(a, "--allow-uid") == 0 || strcmp(a, "--request-timeout") == 0 ||
+                    strcmp(a, "--cgroup") == 0;
         if (takes && v == NULL) {
             fprintf(stderr, "timebox-forkserver: %s wants a value\n\n%s", a, usage);
             return 2;

@@ -26,7 +26,12 @@ void tbx__fs_server_shutdown(fs_server *srv)
     for (fs_call *c = srv->calls; c != NULL; c = c->next) {
         if (c->running && !c->reaped)
             tbx__kill_reap(c->pid);
+        if (c->cgroup.dirfd >= 0)
+            tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
     }
+    tbx__cgroup_cleanup();
+    if (srv->subreaper)
+        tbx__fs_server_reap_orphans(NULL, 0);
     if (srv->cfg->listen_path != NULL) {
         (void)unlink(srv->cfg->listen_path);
         if (srv->cfg->write_key) {
@@ -105,6 +110,9 @@ void tbx__fs_server_run(tbx__fs_config *cfg)
     srv.request_timeout_ns =
         cfg->request_timeout_ns ? cfg->request_timeout_ns : DEFAULT_REQUEST_TIMEOUT_NS;
     signal(SIGPIPE, SIG_IGN);
+    /* Where the server can have no cgroups, the orphans its children leave
+     * come to it (see server_orphans.c). */
+    srv.subreaper = !tbx__cgroup_available() && tbx__fs_server_become_subreaper() == 0;
     rc = load_preloads(cfg->preload);
     if (rc == 0 && tbx__run_preload_hooks() != 0)
         rc = TBX_EFAILED;

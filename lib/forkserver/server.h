@@ -33,6 +33,7 @@
 #ifndef TBX_FORKSERVER_SERVER_H
 #define TBX_FORKSERVER_SERVER_H
 
+#include "../cgroup.h"
 #include "../child.h"
 #include "../loop.h"
 #include "forkserver.h"
@@ -68,6 +69,7 @@ struct fs_call {
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
     pid_t pid;
+    tbx__cgroup cgroup;       /* the child's own cgroup, or none */
     uv_poll_t control_poll, exit_poll;
     int handles;
     tbx__deadline deadline;   /* the request's time limit, then the backstop */
@@ -94,6 +96,7 @@ struct fs_server {
     fs_client *clients;
     unsigned children, max_children;
     uint64_t request_timeout_ns;
+    int subreaper;             /* no cgroups: orphans come to us */
 };
 
 
@@ -110,6 +113,13 @@ void tbx__fs_server_note_static_fds(fs_server *srv);
 void tbx__fs_server_refuse(fs_call *c, int code, const char *why);
 void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd);
 void tbx__fs_server_start_child(fs_call *c);
+/* server_orphans.c: the server's containment without cgroups.  become:
+ * makes the server a child subreaper (0 or -errno).  reap_orphans: reaps
+ * its dead children that are not the calls' (calls[0..ncalls): the running
+ * calls' children), and when no call runs (ncalls == 0) kills the live
+ * ones first, and theirs, until none is left. */
+int tbx__fs_server_become_subreaper(void);
+void tbx__fs_server_reap_orphans(const pid_t *calls, int ncalls);
 /* Kills every child, removes the socket, exits 0. */
 __attribute__((noreturn)) void tbx__fs_server_shutdown(fs_server *srv);
 

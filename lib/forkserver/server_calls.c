@@ -180,6 +180,7 @@ void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, u
     c->control_fd = control_fd;
     c->result_fd = result_fd;
     c->pidfd = -1;
+    c->cgroup.dirfd = c->cgroup.procs_fd = -1;
     c->handles = 1;
     c->control_poll.data = c;
     c->next = srv->calls;

@@ -22,6 +22,24 @@
 
 /* ------------------------------------------------------------- the child */
 
+/* The call's child is reaped: what it left behind goes before the caller
+ * hears EXITED.  With a cgroup, all of it; as a subreaper, the orphans we
+ * inherited (the live ones only if no other call runs: an orphan cannot
+ * say whose it is). */
+static void end_containment(fs_call *c)
+{
+    if (c->cgroup.dirfd >= 0)
+        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
+    if (!c->srv->subreaper)
+        return;
+    pid_t running[64];
+    int n = 0;
+    for (fs_call *o = c->srv->calls; o != NULL; o = o->next)
+        if (o->running && !o->reaped && n < 64)
+            running[n++] = o->pid;
+    tbx__fs_server_reap_orphans(running, n);
+}
+
 static void exit_cb(uv_poll_t *h, int status, int events)
 {
     fs_call *c = h->data;
@@ -37,6 +55,7 @@ static void exit_cb(uv_poll_t *h, int status, int events)
     c->srv->children--;
     if (c->client != NULL)
         c->client->children--;
+    end_containment(c);
     tbx__fs_server_send_control(c, TBX__CTL_EXITED, wstatus, -1);
     tbx__fs_server_call_close(c);
 }
@@ -141,8 +160,9 @@ static void close_inherited(void *arg)
 {
     fs_call *c = arg;
     fs_server *srv = c->srv;
-    int keep[4] = {c->result_fd, c->request_fd, c->backtrace_fd, c->bulk_fd};
-    if (close_dynamic_fds(srv, keep, 4) == 0)
+    int keep[5] = {c->result_fd, c->request_fd, c->backtrace_fd, c->bulk_fd,
+                   c->cgroup.procs_fd};
+    if (close_dynamic_fds(srv, keep, 5) == 0)
         return;
     tbx__close(srv->listen_fd);
     for (fs_client *k = srv->clients; k != NULL; k = k->next)
@@ -169,6 +189,7 @@ static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask
     spec->stderr_fd = c->out_fd >= 0 ? c->err_fd : -1;
     spec->close_inherited = close_inherited;
     spec->close_arg = c;
+    spec->cgroup_fd = c->cgroup.procs_fd;
 }
 
 /* The child: it keeps nothing of the server's but its call's descriptors. */
@@ -208,6 +229,11 @@ void tbx__fs_server_start_child(fs_call *c)
                  per_client);
         return tbx__fs_server_refuse(c, -EAGAIN, why);
     }
+    /* A warm child's request is not known yet: it is contained. */
+    int kind = srv->subreaper ? TBX_CONTAIN_SUBREAPER : TBX_CONTAIN_PGROUP;
+    if ((c->request_fd >= 0 || !(c->rq.h.flags & TBX__REQ_NO_CONTAIN)) &&
+        tbx__cgroup_take(&c->cgroup) == 0)
+        kind = TBX_CONTAIN_CGROUP;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
     pid_t pid = tbx__sys.fork();
@@ -215,7 +241,10 @@ void tbx__fs_server_start_child(fs_call *c)
         run_child(c, &old);
     int err = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
+    tbx__close(c->cgroup.procs_fd); /* the child's to write to */
+    c->cgroup.procs_fd = -1;
     if (pid < 0) {
+        tbx__cgroup_give(&c->cgroup, 1);
         snprintf(why, sizeof why, "the forkserver could not fork: %s", tbx_strerror(-err));
         return tbx__fs_server_refuse(c, -err, why);
     }
@@ -235,13 +264,14 @@ void tbx__fs_server_start_child(fs_call *c)
         srv->children--;
         if (c->client != NULL)
             c->client->children--;
+        end_containment(c);
         tbx__fs_server_send_control(c, TBX__CTL_ERROR, rc, -1);
         return tbx__fs_server_call_close(c);
     }
     c->exit_poll.data = c;
     c->handles++;
     uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
-    tbx__fs_server_send_control(c, TBX__CTL_LAUNCHED, 0, c->pidfd);
+    tbx__fs_server_send_control(c, TBX__CTL_LAUNCHED, kind, c->pidfd);
 
     /* The backstop: the caller's own engine acts at the deadline; this
      * catches a caller that cannot.  (A warm child's deadline is not known
