@@ -15,6 +15,11 @@
  *                birth costs the kernel, for comparison
  *   fresh        mkdir a cgroup, fork a child that joins it, reap,
  *                cgroup.kill, rmdir: a cgroup made and removed per call
+ * and whole calls, each against the same call without containment:
+ *   fork_off, fork_on              tbx_call(TBX_FORK) of a trivial function,
+ *                                  opts.contain 0 and 1
+ *   forkserver_off, forkserver_on  the same with TBX_FORKSERVER
+ * The issue's target: a call with containment within 10% of one without.
  * Where this process cannot make cgroups it says so and exits 0.
  */
 #define _GNU_SOURCE
@@ -139,19 +144,26 @@ int main(int argc, char **argv)
     char fresh[PATH_MAX + 32];
     snprintf(fresh, sizeof fresh, "%s/fresh", tbx__cg.base);
 
-    enum { FLOOR, POOL, CLONE3, FRESH, KINDS };
+    tbx_opts opts[4];
+    for (int m = 0; m < 4; m++) {
+        tbx_opts_init(&opts[m]);
+        opts[m].method = m < 2 ? TBX_FORK : TBX_FORKSERVER;
+        opts[m].contain = m % 2;
+    }
+    enum { FLOOR, POOL, CLONE3, FRESH, FORK_OFF, FORK_ON, FS_OFF, FS_ON, KINDS };
+    static const char *names[KINDS] = {"floor",    "pool",    "clone3_into",    "fresh",
+                                       "fork_off", "fork_on", "forkserver_off", "forkserver_on"};
     bench_series s[KINDS];
-    bench_series_init(&s[FLOOR], "floor", n);
-    bench_series_init(&s[POOL], "pool", n);
-    bench_series_init(&s[CLONE3], "clone3_into", n);
-    bench_series_init(&s[FRESH], "fresh", n);
+    for (int k = 0; k < KINDS; k++)
+        bench_series_init(&s[k], names[k], n);
     for (size_t i = 0; i < WARMUP + n; i++) {
         for (int k = 0; k < KINDS; k++) {
             int kind = (int)((i + (size_t)k) % KINDS);
             double us = kind == FLOOR    ? floor_us()
                         : kind == POOL   ? pool_us()
                         : kind == CLONE3 ? clone3_us(held.dirfd)
-                                         : fresh_us(fresh);
+                        : kind == FRESH  ? fresh_us(fresh)
+                                         : bench_trivial_call_us(&opts[kind - FORK_OFF]);
             if (i >= WARMUP)
                 bench_series_add(&s[kind], us);
         }
@@ -162,10 +174,20 @@ int main(int argc, char **argv)
     for (int k = 0; k < KINDS; k++) {
         rows[k].name = s[k].name;
         rows[k].st = bench_summarise(&s[k]);
-        rows[k].base = k == FLOOR ? NULL : &rows[FLOOR].st;
     }
+    for (int k = 0; k < KINDS; k++)
+        rows[k].base = k == FLOOR || k == FORK_OFF || k == FS_OFF ? NULL
+                       : k < FORK_OFF                          ? &rows[FLOOR].st
+                                                               : &rows[k - 1].st;
     bench_report("containment", "containment: fork+exit+reap, bare vs into a cgroup", rows,
-                 KINDS);
+                 FORK_OFF);
+    bench_report("containment_calls", "containment: trivial calls, contain = 0 vs 1",
+                 rows + FORK_OFF, KINDS - FORK_OFF);
+    for (int k = FORK_ON; k < KINDS; k += 2) {
+        double x = rows[k].st.median / rows[k - 1].st.median;
+        printf("%-14s median %.3fx the call without containment: target 1.10x %s\n",
+               rows[k].name, x, x <= 1.10 ? "met" : "MISSED");
+    }
     for (int k = 0; k < KINDS; k++)
         bench_series_free(&s[k]);
     return 0;

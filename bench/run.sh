@@ -5,7 +5,7 @@
 #
 # Environment: FORK_N (default 2000), LATENESS_N (default 200), METHOD_N
 # (default 500 at caller RSS 0), METHOD_N_256M (100 at 256 MiB), METHOD_N_1G
-# (40 at 1 GiB) and METHOD_N_4G (12 at 4 GiB, where each fork takes tens of
+# (40 at 1 GiB), CONTAIN_N (1000) and METHOD_N_4G (12 at 4 GiB, where each fork takes tens of
 # milliseconds); PAYLOAD_N (50 runs per size, fewer at large sizes) and
 # PAYLOAD_MAX_MIB (256); ASYNC_N (2000 calls per series) and ASYNC_SPAWN_N
 # (400); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
@@ -47,6 +47,7 @@ run method_latency method_latency_rss256 "${METHOD_N_256M:-100}" 256
 run method_latency method_latency_rss1024 "${METHOD_N_1G:-40}" 1024
 run method_latency method_latency_rss4096 "${METHOD_N_4G:-12}" 4096
 run warm_latency warm_latency "${WARM_N:-1000}"
+run containment containment "${CONTAIN_N:-1000}"
 [ "${SKIP_PAYLOAD:-0}" = 1 ] ||
     run payload payload "${PAYLOAD_N:-50}" "${PAYLOAD_MAX_MIB:-256}"
 [ "${SKIP_ASYNC:-0}" = 1 ] ||
@@ -76,7 +77,7 @@ commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || ec
     echo "|---|---|---:|---:|---:|---:|---:|"
     cat $(logs fork_latency.log deadline_lateness.log method_latency_rss0.log \
         method_latency_rss256.log method_latency_rss1024.log method_latency_rss4096.log \
-        warm_latency.log \
+        warm_latency.log containment.log \
         caller_cost.log async_throughput.log) |
         awk '/^RESULT / {
             delete f
