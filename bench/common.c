@@ -46,6 +46,21 @@ void bench_series_add(bench_series *s, double us)
     s->v[s->n++] = us;
 }
 
+void bench_interleave(bench_series *s, const char *const *names, int kinds, size_t n,
+                      size_t warmup, double (*measure)(int kind, void *arg), void *arg)
+{
+    for (int k = 0; k < kinds; k++)
+        bench_series_init(&s[k], names[k], n);
+    for (size_t i = 0; i < warmup + n; i++) {
+        for (int k = 0; k < kinds; k++) {
+            int kind = (int)((i + (size_t)k) % (size_t)kinds);
+            double us = measure(kind, arg);
+            if (i >= warmup)
+                bench_series_add(&s[kind], us);
+        }
+    }
+}
+
 void bench_series_free(bench_series *s)
 {
     free(s->v);

@@ -53,6 +53,13 @@ typedef struct bench_row {
 void bench_report(const char *scenario, const char *title, const bench_row *rows,
                   size_t n);
 
+/* Initialises s[0..kinds) with names, then runs warmup + n rounds, each
+ * measuring every kind once (measure(kind, arg), in microseconds) in an
+ * order that rotates from round to round, so that the machine's drift hits
+ * every series alike; the last n rounds are kept. */
+void bench_interleave(bench_series *s, const char *const *names, int kinds, size_t n,
+                      size_t warmup, double (*measure)(int kind, void *arg), void *arg);
+
 /* Parses a positive count from argv[i] if present, else returns def. */
 size_t bench_arg_count(int argc, char **argv, int i, size_t def);
 

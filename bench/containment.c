@@ -128,6 +128,26 @@ static double fresh_us(const char *dir)
     return (double)(bench_now_ns() - t0) / 1e3;
 }
 
+enum { FLOOR, POOL, CLONE3, FRESH, FORK_OFF, FORK_ON, FS_OFF, FS_ON, KINDS };
+static const char *const names[KINDS] = {"floor",    "pool",    "clone3_into",    "fresh",
+                                         "fork_off", "fork_on", "forkserver_off", "forkserver_on"};
+
+typedef struct measure_ctx {
+    int dirfd;           /* a pooled cgroup, for clone3 */
+    const char *fresh;   /* where fresh cgroups are made */
+    tbx_opts opts[4];    /* fork, forkserver; contain 0, 1 */
+} measure_ctx;
+
+static double measure(int kind, void *arg)
+{
+    measure_ctx *m = arg;
+    return kind == FLOOR    ? floor_us()
+           : kind == POOL   ? pool_us()
+           : kind == CLONE3 ? clone3_us(m->dirfd)
+           : kind == FRESH  ? fresh_us(m->fresh)
+                            : bench_trivial_call_us(&m->opts[kind - FORK_OFF]);
+}
+
 int main(int argc, char **argv)
 {
     size_t n = bench_arg_count(argc, argv, 1, 1000);
@@ -144,30 +164,16 @@ int main(int argc, char **argv)
     char fresh[PATH_MAX + 32];
     snprintf(fresh, sizeof fresh, "%s/fresh", tbx__cg.base);
 
-    tbx_opts opts[4];
-    for (int m = 0; m < 4; m++) {
-        tbx_opts_init(&opts[m]);
-        opts[m].method = m < 2 ? TBX_FORK : TBX_FORKSERVER;
-        opts[m].contain = m % 2;
+    measure_ctx m;
+    m.dirfd = held.dirfd;
+    m.fresh = fresh;
+    for (int i = 0; i < 4; i++) {
+        tbx_opts_init(&m.opts[i]);
+        m.opts[i].method = i < 2 ? TBX_FORK : TBX_FORKSERVER;
+        m.opts[i].contain = i % 2;
     }
-    enum { FLOOR, POOL, CLONE3, FRESH, FORK_OFF, FORK_ON, FS_OFF, FS_ON, KINDS };
-    static const char *names[KINDS] = {"floor",    "pool",    "clone3_into",    "fresh",
-                                       "fork_off", "fork_on", "forkserver_off", "forkserver_on"};
     bench_series s[KINDS];
-    for (int k = 0; k < KINDS; k++)
-        bench_series_init(&s[k], names[k], n);
-    for (size_t i = 0; i < WARMUP + n; i++) {
-        for (int k = 0; k < KINDS; k++) {
-            int kind = (int)((i + (size_t)k) % KINDS);
-            double us = kind == FLOOR    ? floor_us()
-                        : kind == POOL   ? pool_us()
-                        : kind == CLONE3 ? clone3_us(held.dirfd)
-                        : kind == FRESH  ? fresh_us(fresh)
-                                         : bench_trivial_call_us(&opts[kind - FORK_OFF]);
-            if (i >= WARMUP)
-                bench_series_add(&s[kind], us);
-        }
-    }
+    bench_interleave(s, names, KINDS, n, WARMUP, measure, &m);
     tbx__cgroup_give(&held, 1);
 
     bench_row rows[KINDS];
