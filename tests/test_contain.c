@@ -14,72 +14,24 @@
 
 #include <limits.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-/* The pid of the calling process, written to path whole (by rename). */
-static void write_pid(const char *path)
-{
-    char tmp[300];
-    snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL)
-        return;
-    fprintf(f, "%d\n", (int)getpid());
-    fclose(f);
-    (void)rename(tmp, path);
-}
-
-__attribute__((noreturn)) static void sleep_for_ever(void)
-{
-    for (;;)
-        pause();
-}
+/* tests/escapees.c, built in as fn_leave_escapees. */
+int fn_leave_escapees(const msgpack_object *args, msgpack_packer *pk, void *ctx);
 
 static int exists(const char *path)
 {
     return access(path, F_OK) == 0;
 }
-
-/* args: [dir, mode]; mode "ok" returns, "hang" sleeps past any deadline,
- * "crash" dies of SIGSEGV, each once dir/setsid and dir/daemon hold the
- * pids of its escaping descendants. */
-static int fn_leave_escapees(const msgpack_object *args, msgpack_packer *pk, void *ctx)
-{
-    (void)ctx;
-    char dir[200], mode[16], setsid_path[256], daemon_path[256];
-    const msgpack_object *a = args->via.array.ptr;
-    snprintf(dir, sizeof dir, "%.*s", (int)a[0].via.str.size, a[0].via.str.ptr);
-    snprintf(mode, sizeof mode, "%.*s", (int)a[1].via.str.size, a[1].via.str.ptr);
-    snprintf(setsid_path, sizeof setsid_path, "%s/setsid", dir);
-    snprintf(daemon_path, sizeof daemon_path, "%s/daemon", dir);
-    if (fork() == 0) {
-        setsid();
-        write_pid(setsid_path);
-        sleep_for_ever();
-    }
-    if (fork() == 0) {
-        setsid();
-        if (fork() != 0)
-            _exit(0); /* the daemon is orphaned at once */
-        write_pid(daemon_path);
-        sleep_for_ever();
-    }
-    for (int i = 0; i < 5000 && !(exists(setsid_path) && exists(daemon_path)); i++)
-        usleep(1000);
-    if (strcmp(mode, "hang") == 0)
-        sleep_for_ever();
-    if (strcmp(mode, "crash") == 0)
-        raise(SIGSEGV);
-    msgpack_pack_nil(pk);
-    return 0;
-}
-TBX_REGISTER(fn_leave_escapees);
 
 static void temp_dir(char *dir, size_t len)
 {
@@ -136,23 +88,38 @@ static int expected_containment(tbx_method method)
     return TBX_CONTAIN_SUBREAPER;
 }
 
-static void assert_gone(const pid_t pids[2], const char *mode)
+/* Whether each pid is gone, now: a zombie that is our child (the test is
+ * the subreaper of a daemon's children) is reaped first.  A survivor is
+ * then killed: it holds Criterion's pipes, and must not outlive a failed
+ * test either, or the suite would wait for it. */
+static void check_gone(const pid_t pids[2], int gone[2], char state[2])
 {
-    static const char *what[2] = {"setsid child", "daemon"};
-    int gone[2];
-    char state[2];
     for (int i = 0; i < 2; i++) {
-        gone[i] = wait_gone(pids[i], 0);
+        int st;
         state[i] = proc_state(pids[i]);
-    }
-    /* A survivor holds Criterion's pipes: it must not outlive a failed
-     * test either, or the suite would wait for it. */
-    for (int i = 0; i < 2; i++)
+        if (state[i] == 'Z')
+            (void)waitpid(pids[i], &st, WNOHANG);
+        gone[i] = wait_gone(pids[i], 0);
         if (!gone[i])
             (void)kill(pids[i], SIGKILL);
+    }
+}
+
+static void assert_gone_as(const int gone[2], const char state[2], const pid_t pids[2],
+                           const char *mode)
+{
+    static const char *what[2] = {"setsid child", "daemon"};
     for (int i = 0; i < 2; i++)
         cr_assert(gone[i], "after a call that ended %s, its %s (pid %d) ran on (state %c)", mode,
                   what[i], (int)pids[i], state[i]);
+}
+
+static void assert_gone(const pid_t pids[2], const char *mode)
+{
+    int gone[2];
+    char state[2];
+    check_gone(pids, gone, state);
+    assert_gone_as(gone, state, pids, mode);
 }
 
 TBX_TEST(contain, setsid_and_daemons_end_with_a_call_that_returns)
@@ -221,4 +188,70 @@ TBX_TEST(contain, forkserver_stop_removes_the_cgroups)
     snprintf(base, sizeof base, "%s%s/timebox-%d", mount, strcmp(own, "/") == 0 ? "" : own,
              (int)getpid());
     cr_assert(!exists(base), "%s is still there after tbx_forkserver_stop()", base);
+}
+
+/* The shared daemon with --cgroup DIR: its children's cgroups are made
+ * under DIR, and what a call leaves is gone when the call is back; on
+ * SIGTERM it removes them.  A --cgroup that cannot work is refused. */
+TBX_PLAIN_TEST(contain, daemon_with_a_cgroup_dir_ends_escapees)
+{
+    if (tbx_containment() != TBX_CONTAIN_CGROUP)
+        cr_skip_test("no cgroups here to name a directory among");
+    char mount[PATH_MAX], own[PATH_MAX], cgdir[2 * PATH_MAX + 32], base[3 * PATH_MAX];
+    cr_assert_eq(tbx__cgroup_find(NULL, NULL, mount, sizeof mount, own, sizeof own), 0);
+    snprintf(cgdir, sizeof cgdir, "%s%s/tbx-test-daemon-%d", mount,
+             strcmp(own, "/") == 0 ? "" : own, (int)getpid());
+    cr_assert_eq(mkdir(cgdir, 0755), 0, "%s: %s", cgdir, strerror(errno));
+
+    char dir[64], sock[96], cmd[3 * PATH_MAX];
+    temp_dir(dir, sizeof dir);
+    snprintf(sock, sizeof sock, "%s/fs.sock", dir);
+    snprintf(cmd, sizeof cmd, "'%s' --socket '%s' --cgroup /tmp --quiet 2>/dev/null",
+             TIMEBOX_FORKSERVER_PATH, sock);
+    cr_assert_neq(system(cmd), 0, "--cgroup /tmp was accepted");
+    become_subreaper(); /* it detaches once it serves */
+    snprintf(cmd, sizeof cmd, "'%s' --socket '%s' --preload '%s' --cgroup '%s' --quiet",
+             TIMEBOX_FORKSERVER_PATH, sock, TEST_PLUGIN_PATH, cgdir);
+    cr_assert_eq(system(cmd), 0, "the daemon did not start");
+    cr_assert_eq(tbx_forkserver_attach(sock, NULL, 0), 0);
+    pid_t daemon_pid = tbx_forkserver_pid();
+    void *plugin = dlopen(TEST_PLUGIN_PATH, RTLD_NOW);
+    cr_assert_not_null(plugin, "%s", dlerror());
+    tbx_fn *escapees = (tbx_fn *)dlsym(plugin, "plugin_leave_escapees");
+    cr_assert_not_null(escapees);
+
+    msgpack_sbuffer sb;
+    pack(&sb, "a s s", 2, dir, "ok");
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 60;
+    tbx_result r;
+    int rc = tbx_call(escapees, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(r.containment, TBX_CONTAIN_CGROUP);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+    char path[128];
+    pid_t pids[2];
+    snprintf(path, sizeof path, "%s/setsid", dir);
+    pids[0] = read_pid_file(path, 5);
+    snprintf(path, sizeof path, "%s/daemon", dir);
+    pids[1] = read_pid_file(path, 5);
+    int gone[2];
+    char state[2];
+    check_gone(pids, gone, state);
+    snprintf(base, sizeof base, "%s/timebox-%d", cgdir, (int)daemon_pid);
+    int made_there = exists(base);
+
+    /* Stopped before any assertion: a daemon left running would hold the
+     * suite's pipes. */
+    cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
+    reap_adopted(10);
+    assert_gone_as(gone, state, pids, "under the daemon");
+    cr_assert(made_there, "the daemon's cgroups are not under --cgroup (%s)", base);
+    cr_assert(wait_gone(daemon_pid, 1), "the daemon ignored SIGTERM");
+    tbx_forkserver_stop();
+    dlclose(plugin);
+    cr_assert_eq(rmdir(cgdir), 0, "%s: %s (the daemon left cgroups in it)", cgdir,
+                 strerror(errno));
+    remove_dir(dir);
 }
