@@ -226,10 +226,9 @@ static int child_joins(int procs)
 static int try_join(void)
 {
     tbx__cgroup cg = TBX__CGROUP_INIT;
-    unsigned char *leaves = tbx__cg.leaves;
+    if (tbx__cg.leaves == NULL && (tbx__cg.leaves = malloc(1)) == NULL)
+        return -ENOMEM;
     int rc = tbx__cgroup_open_leaf(0, &cg);
-    if (rc == 0 && leaves == NULL && (leaves = malloc(1)) == NULL)
-        rc = -ENOMEM;
     if (rc == 0)
         rc = child_joins(cg.procs_fd);
     tbx__close(cg.procs_fd);
@@ -241,7 +240,6 @@ static int try_join(void)
         (void)rmdir(tbx__cg.base);
         return rc;
     }
-    tbx__cg.leaves = leaves;
     tbx__cg.leaves[0] = TBX__LEAF_IDLE;
     tbx__cg.nleaves = 1;
     tbx__cg.idle = 1;
