@@ -80,6 +80,8 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     tbx__close(fds[1]);
+    tbx__close(c->cgroup.procs_fd); /* the child's to write to */
+    c->cgroup.procs_fd = -1;
     if (pid < 0) {
         tbx__close(fds[0]);
         tbx__close(bulk);

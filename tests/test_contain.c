@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include "helpers.h"
+#include <timebox/uv.h>
 #include "../lib/cgroup.h"
 
 #include <limits.h>
@@ -141,6 +142,53 @@ TBX_TEST(contain, setsid_and_daemons_end_with_a_call_that_crashes)
     pid_t pids[2];
     call_escapees(*method, "crash", 1, TBX_ECRASHED, expected_containment(*method), pids);
     assert_gone(pids, "in a crash");
+}
+
+/* An async call: its callback runs once the escapees are gone. */
+typedef struct async_check {
+    const char *dir;
+    int status, containment, gone[2];
+    char state[2];
+    pid_t pids[2];
+} async_check;
+
+static void escapees_cb(tbx_req *req, tbx_result *r)
+{
+    async_check *a = req->data;
+    char path[128];
+    a->status = r->status;
+    a->containment = r->containment;
+    tbx_result_free(r);
+    snprintf(path, sizeof path, "%s/setsid", a->dir);
+    a->pids[0] = read_pid_file(path, 5);
+    snprintf(path, sizeof path, "%s/daemon", a->dir);
+    a->pids[1] = read_pid_file(path, 5);
+    check_gone(a->pids, a->gone, a->state);
+}
+
+TBX_TEST(contain, setsid_and_daemons_end_before_an_async_callback)
+{
+    int want = expected_containment(*method);
+    char dir[64];
+    temp_dir(dir, sizeof dir);
+    msgpack_sbuffer sb;
+    pack(&sb, "a s s", 2, dir, "ok");
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 60;
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    async_check a = {.dir = dir, .status = 1};
+    tbx_req req;
+    req.data = &a;
+    cr_assert_eq(tbx_call_async(&loop, &req, fn_leave_escapees, sb.data, sb.size, &o,
+                                escapees_cb), 0);
+    msgpack_sbuffer_destroy(&sb);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    remove_dir(dir);
+    cr_assert_eq(a.status, 0, "%s", tbx_err_name(a.status));
+    cr_assert_eq(a.containment, want);
+    assert_gone_as(a.gone, a.state, a.pids, "with a result, async");
 }
 
 /* opts.contain = 0: the process group only, which setsid leaves.  That the
