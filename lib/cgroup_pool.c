@@ -29,12 +29,10 @@
 
 int tbx__cgroup_no_kill_file;
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
 /* A fork child starts with no leaf of its parent's: it may not give back
  * or remove them, and its own calls make a base of their own (below the
  * leaf it runs in, which its parent's kill then takes whole). */
-static void atfork_child(void)
+static void forget_cgroups(void)
 {
     pthread_mutex_init(&tbx__cg.lock, NULL);
     tbx__cg.owner = 0;
@@ -42,16 +40,11 @@ static void atfork_child(void)
     tbx__cg.busy = tbx__cg.idle = 0;
 }
 
-static void atfork_register(void)
-{
-    (void)pthread_atfork(NULL, NULL, atfork_child);
-}
-
 void tbx__cgroup_ensure(void)
 {
-    pthread_once(&atfork_once, atfork_register);
     if (tbx__cg.owner == getpid())
         return;
+    tbx__forget_register(TBX__FORGET_CGROUPS, forget_cgroups, NULL);
     tbx__cg.nleaves = 0;
     tbx__cg.busy = tbx__cg.idle = 0;
     tbx__cgroup_setup();

@@ -97,6 +97,7 @@ enum {
     TBX__FORGET_SLOTS,      /* slots.c: the cap's queue and count */
     TBX__FORGET_DEADLINES,  /* deadline.c: the loops' timerfds */
     TBX__FORGET_LOOPS,      /* loop.c: the threads' private loops */
+    TBX__FORGET_CGROUPS,    /* cgroup_pool.c: the parent's cgroup leaves */
     TBX__NFORGET
 };
 void tbx__forget_register(int place, void (*on_fork)(void), void (*on_call)(void));
