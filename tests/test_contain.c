@@ -303,3 +303,21 @@ TBX_PLAIN_TEST(contain, daemon_with_a_cgroup_dir_ends_escapees)
                  strerror(errno));
     remove_dir(dir);
 }
+
+/* A warm child (forked before its call, waiting for it) is in a cgroup of
+ * its own from birth too. */
+TBX_PLAIN_TEST(contain, warm_children_are_contained)
+{
+    int want = expected_containment(TBX_FORKSERVER);
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.warm_children = 2;
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    const char *modes[3] = {"ok", "hang", "crash"};
+    const int status[3] = {0, TBX_ETIMEDOUT, TBX_ECRASHED};
+    for (int m = 0; m < 3; m++) {
+        pid_t pids[2];
+        call_escapees(TBX_FORKSERVER, modes[m], 1, status[m], want, pids);
+        assert_gone(pids, modes[m]);
+    }
+}
