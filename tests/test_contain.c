@@ -309,6 +309,9 @@ TBX_PLAIN_TEST(contain, daemon_with_a_cgroup_dir_ends_escapees)
 TBX_PLAIN_TEST(contain, warm_children_are_contained)
 {
     int want = expected_containment(TBX_FORKSERVER);
+    if (want != TBX_CONTAIN_CGROUP)
+        cr_skip_test("without cgroups a server with warm children always has a call that may "
+                     "be running: its subreaper ends live orphans only when it stops");
     tbx_forkserver_opts fo;
     tbx_forkserver_opts_init(&fo);
     fo.warm_children = 2;
