@@ -363,7 +363,9 @@ TBX_EXTERN int tbx_containment(void);
  * NULL: chosen automatically again; "" or "off": no cgroups.  Returns 0,
  * -ENOMEM, or -EBUSY while calls hold cgroups.  The directory is tried on
  * the next call; one that does not work is logged (TBX_LOG_WARN) and calls
- * fall back to their process group.  Thread-safe. */
+ * fall back to their process group.  A forkserver this process starts
+ * afterwards gets the same choice; one already running keeps its own until
+ * tbx_forkserver_stop().  Thread-safe. */
 TBX_EXTERN int tbx_set_cgroup_root(const char *dir);
 
 /* ------------------------------------------------------------------------

@@ -75,6 +75,10 @@ void tbx__cgroup_give(tbx__cgroup *cg, int clean);
  * or 0 (the server inherits our environment as it is). */
 int tbx__cgroup_root_env(char *buf, size_t len);
 
+/* The end of a call's leaf: tbx__cgroup_kill, then tbx__cgroup_give (kept
+ * for reuse if it emptied).  No-op on a leaf never taken. */
+void tbx__cgroup_end(tbx__cgroup *cg);
+
 /* Removes every idle leaf and the base (tbx_forkserver_stop, exit). */
 void tbx__cgroup_cleanup(void);
 

@@ -311,6 +311,12 @@ void tbx__cgroup_give(tbx__cgroup *cg, int clean)
     cg->dirfd = cg->procs_fd = -1;
 }
 
+void tbx__cgroup_end(tbx__cgroup *cg)
+{
+    if (cg->dirfd >= 0)
+        tbx__cgroup_give(cg, tbx__cgroup_kill(cg) == 0);
+}
+
 void tbx__cgroup_cleanup_locked(void)
 {
     if (tbx__cg.owner != getpid() || tbx__cg.available != 1)

@@ -301,18 +301,12 @@ void tbx__engine_child_ended(tbx__call *c, int wstatus, int trailing)
     tbx__engine_finish(c);
 }
 
-/* The call's child is reaped: whatever it left in the call's cgroup is
- * killed now, and the cgroup is empty before the caller hears. */
-static void end_containment(tbx__call *c)
-{
-    if (c->cgroup.dirfd >= 0)
-        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
-}
-
 static void finalize(tbx__call *c)
 {
     tbx_result *r = c->out;
-    end_containment(c);
+    /* The child is reaped: whatever it left in the call's cgroup is killed,
+     * and the cgroup empty, before the caller hears. */
+    tbx__cgroup_end(&c->cgroup);
     tbx__result_fill(c, r);
     r->containment = c->containment;
     tbx__engine_release_args(c);
@@ -492,7 +486,7 @@ int tbx__engine_run(tbx__call *c)
          * done_cb: the caller hears only this return value. */
         tbx__deadline_stop(&c->deadline);
         c->launcher->abandon(c);
-        end_containment(c);
+        tbx__cgroup_end(&c->cgroup);
         c->abandoned = c->open_handles > 0;
         tbx__engine_close_handles(c);
         return rc;

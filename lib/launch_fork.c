@@ -103,7 +103,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
         /* EMFILE and friends: nothing may be left half-open or running. */
         rc = child->pidfd;
         tbx__kill_reap(pid);
-        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
+        tbx__cgroup_end(&c->cgroup);
         tbx__close(fds[0]);
         tbx__close(bulk);
         child->bulk_fd = -1;

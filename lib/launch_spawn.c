@@ -281,7 +281,7 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     } else if (child->pidfd < 0) {
         rc = child->pidfd;
         tbx__kill_reap(pid);
-        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
+        tbx__cgroup_end(&c->cgroup);
         tbx__close(sv[0]);
         tbx__close(res[0]);
         tbx__close(bulk);

@@ -26,8 +26,7 @@ void tbx__fs_server_shutdown(fs_server *srv)
     for (fs_call *c = srv->calls; c != NULL; c = c->next) {
         if (c->running && !c->reaped)
             tbx__kill_reap(c->pid);
-        if (c->cgroup.dirfd >= 0)
-            tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
+        tbx__cgroup_end(&c->cgroup);
     }
     tbx__cgroup_cleanup();
     if (srv->subreaper)

@@ -28,8 +28,7 @@
  * say whose it is). */
 static void end_containment(fs_call *c)
 {
-    if (c->cgroup.dirfd >= 0)
-        tbx__cgroup_give(&c->cgroup, tbx__cgroup_kill(&c->cgroup) == 0);
+    tbx__cgroup_end(&c->cgroup);
     if (!c->srv->subreaper)
         return;
     pid_t running[64];
