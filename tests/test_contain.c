@@ -206,19 +206,26 @@ TBX_TEST(contain, contain_0_leaves_setsid_to_the_process_group)
     }
 }
 
+/* One forkserver call per outcome (a result, a timeout, a crash), each with
+ * containment want, each leaving nothing behind. */
+static void forkserver_every_outcome(int want)
+{
+    const char *modes[3] = {"ok", "hang", "crash"};
+    const int status[3] = {0, TBX_ETIMEDOUT, TBX_ECRASHED};
+    for (int m = 0; m < 3; m++) {
+        pid_t pids[2];
+        call_escapees(TBX_FORKSERVER, modes[m], 1, status[m], want, pids);
+        assert_gone(pids, modes[m]);
+    }
+}
+
 /* Where no cgroup can be had (here: cgroups turned off), the forkserver
  * is a child subreaper and kills the orphans it inherits. */
 TBX_PLAIN_TEST(contain, forkserver_subreaper_ends_orphans_without_cgroups)
 {
     cr_assert_eq(tbx_set_cgroup_root("off"), 0);
     cr_assert_eq(tbx_containment(), TBX_CONTAIN_PGROUP);
-    const char *modes[3] = {"ok", "hang", "crash"};
-    const int status[3] = {0, TBX_ETIMEDOUT, TBX_ECRASHED};
-    for (int m = 0; m < 3; m++) {
-        pid_t pids[2];
-        call_escapees(TBX_FORKSERVER, modes[m], 1, status[m], TBX_CONTAIN_SUBREAPER, pids);
-        assert_gone(pids, modes[m]);
-    }
+    forkserver_every_outcome(TBX_CONTAIN_SUBREAPER);
     tbx_forkserver_stop();
     cr_assert_eq(tbx_set_cgroup_root(NULL), 0);
 }
@@ -316,11 +323,5 @@ TBX_PLAIN_TEST(contain, warm_children_are_contained)
     tbx_forkserver_opts_init(&fo);
     fo.warm_children = 2;
     cr_assert_eq(tbx_forkserver_start(&fo), 0);
-    const char *modes[3] = {"ok", "hang", "crash"};
-    const int status[3] = {0, TBX_ETIMEDOUT, TBX_ECRASHED};
-    for (int m = 0; m < 3; m++) {
-        pid_t pids[2];
-        call_escapees(TBX_FORKSERVER, modes[m], 1, status[m], want, pids);
-        assert_gone(pids, modes[m]);
-    }
+    forkserver_every_outcome(want);
 }
