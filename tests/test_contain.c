@@ -237,6 +237,7 @@ TBX_TEST(contain, forkserver_stop_removes_the_cgroups)
         cr_skip_test("no cgroups here");
     pid_t pids[2];
     call_escapees(*method, "ok", 1, 0, TBX_CONTAIN_CGROUP, pids);
+    assert_gone(pids, "before the stop");
     tbx_forkserver_stop();
     char mount[PATH_MAX], own[PATH_MAX], base[2 * PATH_MAX + 32];
     cr_assert_eq(tbx__cgroup_find(NULL, NULL, mount, sizeof mount, own, sizeof own), 0);
