@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,12 +177,42 @@ void tbx__cgroup_remove_below(int dirfd, int depth)
     closedir(d);
 }
 
+/* Removes the bases that processes gone without cleaning up left in dir
+ * (killed, or ended with _exit): "timebox-<pid>[.<k>]" whose pid no longer
+ * exists and in which nothing runs.  Best effort. */
+static void remove_stale_bases(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        char *end;
+        if (e->d_type != DT_DIR || strncmp(e->d_name, "timebox-", 8) != 0)
+            continue;
+        long pid = strtol(e->d_name + 8, &end, 10);
+        if (end == e->d_name + 8 || (*end != '\0' && *end != '.') || pid <= 0 ||
+            pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        int busy = tbx__cgroup_is_populated(fd);
+        if (busy == 0)
+            tbx__cgroup_remove_below(fd, 0);
+        tbx__close(fd);
+        if (busy == 0)
+            (void)unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
 /* Makes the base.  A directory of that name left by a dead process that
  * had our pid is reused once nothing runs in it; one in use (a process of
  * another pid namespace sharing this directory) is left alone and a
  * suffixed name tried.  0 or -errno. */
 static int make_base(const char *dir)
 {
+    remove_stale_bases(dir);
     for (int k = 0; k < 8; k++) {
         int n = k == 0 ? snprintf(tbx__cg.base, sizeof tbx__cg.base, "%s/timebox-%d", dir,
                                   (int)getpid())

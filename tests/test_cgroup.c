@@ -266,3 +266,33 @@ TBX_PLAIN_TEST(cgroup, root_can_be_named_or_turned_off)
     cr_assert_eq(tbx_containment(), TBX_CONTAIN_CGROUP);
     tbx__cgroup_cleanup();
 }
+
+/* A base left by a process that is gone (killed, or ended with _exit) is
+ * removed when a process next sets up its own beside it. */
+TBX_PLAIN_TEST(cgroup, stale_bases_of_dead_processes_are_removed)
+{
+    need_cgroups();
+    char mount[PATH_MAX], own[PATH_MAX], stale[2 * PATH_MAX + 64], leaf[2 * PATH_MAX + 96];
+    cr_assert_eq(tbx__cgroup_find(NULL, NULL, mount, sizeof mount, own, sizeof own), 0);
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    int st;
+    cr_assert_eq(waitpid(dead, &st, 0), dead);
+    snprintf(stale, sizeof stale, "%s%s/timebox-%d", mount, strcmp(own, "/") ? own : "",
+             (int)dead);
+    snprintf(leaf, sizeof leaf, "%s/c0", stale);
+    cr_assert_eq(mkdir(stale, 0755), 0, "%s: %s", stale, strerror(errno));
+    cr_assert_eq(mkdir(leaf, 0755), 0, "%s: %s", leaf, strerror(errno));
+    tbx__cgroup_cleanup(); /* our own base goes: the next take sets up anew */
+    tbx__cgroup cg;
+    cr_assert_eq(tbx__cgroup_take(&cg), 0);
+    tbx__cgroup_give(&cg, 1);
+    int left = access(stale, F_OK) == 0;
+    if (left) { /* not to leave it to the next run */
+        (void)rmdir(leaf);
+        (void)rmdir(stale);
+    }
+    cr_assert(!left, "%s was left", stale);
+    tbx__cgroup_cleanup();
+}
