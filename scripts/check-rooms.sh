@@ -13,6 +13,7 @@ room_of() {
     case $1 in
     os.h | os_linux.c | fdpass.c | atfork.c | log.c | errors.c) echo os ;;
     wire.h | wire.c | bulk.c) echo wire ;;
+    cgroup.h | cgroup_impl.h | cgroup.c | cgroup_pool.c) echo cgroup ;;
     child.h | child_setup.c | child.c | worker.c | worker_main.c | request_recv.c | registry.c)
         echo child ;;
     loop.h | loop.c | deadline.c) echo loop ;;
@@ -35,9 +36,12 @@ room_of() {
 declare -A allowed=(
     [os]="os.h"
     [wire]="wire.h os.h"
-    [child]="child.h wire.h"
+    # Per-call cgroups: made and killed by the caller and the server, joined
+    # by the child (tbx__cgroup_join is async-signal-safe).
+    [cgroup]="cgroup.h cgroup_impl.h os.h"
+    [child]="child.h wire.h cgroup.h"
     [loop]="loop.h os.h"
-    [engine]="engine.h loop.h wire.h"
+    [engine]="engine.h loop.h wire.h cgroup.h"
     # A launcher makes the child: it knows the child's side too.
     [launcher]="engine.h child.h"
     # Refuses a call made by a worker that never served (child.h says which).
@@ -46,10 +50,10 @@ declare -A allowed=(
     [init]="child.h forkserver/forkserver.h"
     [fs_common]="forkserver/forkserver.h forkserver/auth.h wire.h"
     [fs_client]="forkserver/client.h engine.h forkserver/forkserver.h"
-    [fs_server]="forkserver/server.h child.h loop.h forkserver/forkserver.h"
+    [fs_server]="forkserver/server.h child.h loop.h forkserver/forkserver.h cgroup.h ../cgroup.h"
 )
 # Rooms whose processes run no libuv loop (the child, the worker): never <uv.h>.
-no_uv="os wire child fs_common"
+no_uv="os wire cgroup child fs_common"
 
 bad=0
 breach() {
