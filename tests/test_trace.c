@@ -15,6 +15,7 @@
 #include "../lib/trace.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
