@@ -14,7 +14,9 @@
  *   5. resource limits (setrlimit);
  *   6. containment (cgroups) is to be added here, after the limits and
  *      before any of the caller's code runs;
- *   7. the backtrace handler.
+ *   7. backtraces, when the call asks for one: its owner (the parent) named
+ *      as the process that may ptrace it (PR_SET_PTRACER, for Yama), and
+ *      the handler, for where ptrace is refused.
  *
  * ======================== CHILD SIDE ========================
  * This runs in a child after fork (never between vfork and exec: a spawned
@@ -25,6 +27,7 @@
  * =============================================================
  */
 #include "child.h"
+#include "trace.h"
 
 #include <errno.h>
 #include <execinfo.h>
@@ -118,6 +121,8 @@ static void install_backtrace(const tbx__child_spec *spec)
 {
     if (spec->backtrace_fd < 0)
         return;
+    if (spec->parent_pid != 0)
+        tbx__trace_allow(spec->parent_pid);
     void *warm[1];
     (void)backtrace(warm, 1);
     backtrace_fd = spec->backtrace_fd;

@@ -56,23 +56,21 @@ static void escalate(tbx__call *c, int why, int hard)
         return;
     if (c->verdict == 0 && !c->frame_done)
         c->verdict = why;
-    /* First, where was it?  A short wait for the child's backtrace, which
-     * ends the wait early when it comes (stream_cb). */
-    /* A fresh program has its handler from before its START; one that has
-     * not said START yet would only be killed by the signal. */
+    /* First, where was it?  Taken at once from outside, or a short wait for
+     * the child's own, which ends early when it comes (stream_cb). */
     if (!hard && why == TBX_ETIMEDOUT && c->kill_signal == 0 && !c->frame_done &&
-        c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked &&
-        (!c->child.worker || c->started)) {
-        c->backtrace_asked = c->backtrace_pending = 1;
-        c->launcher->backtrace(c);
+        c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked) {
+        c->backtrace_asked = 1;
+        c->backtrace_pending = c->launcher->backtrace(c) == 0;
         c->deadline.cb = escalate_cb;
-        if (tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__BACKTRACE_WAIT_NS) == 0)
+        if (c->backtrace_pending &&
+            tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__BACKTRACE_WAIT_NS) == 0)
             return;
     }
     c->backtrace_pending = 0;
     if (hard || c->opts.grace_s <= 0 || c->frame_done || c->kill_signal == SIGTERM) {
         if (c->kill_signal == SIGTERM)
-            tbx__log(TBX_LOG_INFO, "child %d still alive %.3f s after SIGTERM: sent SIGKILL",
+            tbx__call_log(c, TBX_LOG_INFO, "child %d still alive %.3f s after SIGTERM: sent SIGKILL",
                      (int)c->child.pid, c->opts.grace_s);
         tbx__deadline_stop(&c->deadline);
         c->kill_signal = SIGKILL;
@@ -324,6 +322,7 @@ static void finalize(tbx__call *c)
     r->elapsed_s = (double)(end - c->start_ns) / 1e9;
     if (c->launcher != NULL && c->launcher->ended != NULL)
         c->launcher->ended(c);
+    tbx__call_report(c, r);
     c->done_cb(c);
 }
 

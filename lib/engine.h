@@ -85,7 +85,10 @@ typedef struct tbx__child {
  *   exited     1 if the child has exited, its end not yet handled (the
  *              deadline and the exit can be ready at the same wake-up).
  *   signal     sends sig to the child and its group.
- *   backtrace  asks the child for a backtrace (TBX__BACKTRACE_SIGNAL).
+ *   backtrace  where the child is: 1 when the trace is already in the
+ *              call's backtrace (taken from outside), 0 when it comes later
+ *              down the backtrace pipe (the engine waits for it a while),
+ *              -1 when none will come.
  *   abandon    the launch worked but watching it did not: the child must
  *              end now, with nothing of it left.
  *   ended      optional: runs once the call is over (its child reaped, its
@@ -105,7 +108,7 @@ struct tbx__launcher {
     int (*watch)(tbx__call *call, uv_handle_t **h);
     int (*exited)(tbx__call *call);
     void (*signal)(tbx__call *call, int sig);
-    void (*backtrace)(tbx__call *call);
+    int (*backtrace)(tbx__call *call);
     void (*abandon)(tbx__call *call);
     void (*ended)(tbx__call *call);
 };
@@ -122,7 +125,7 @@ tbx_method tbx__default_method(void);
 int tbx__own_watch(tbx__call *call, uv_handle_t **h);
 int tbx__own_exited(tbx__call *call);
 void tbx__own_signal(tbx__call *call, int sig);
-void tbx__own_backtrace(tbx__call *call);
+int tbx__own_backtrace(tbx__call *call);
 void tbx__own_abandon(tbx__call *call);
 /* Those five, as entries of a launcher's row. */
 #define TBX__OWN_CHILD                                                                         \
@@ -208,6 +211,13 @@ struct tbx__call {
     /* opts.capture_output: stdout, stderr; opts.backtrace_on_timeout. */
     tbx__capture capture[TBX__NSTREAMS];
     unsigned backtrace_asked : 1, backtrace_pending : 1;
+    int backtrace_source;      /* TBX_BACKTRACE_*: who took or was asked */
+
+    /* diagnose.c: opts.label's copy, and what the reaped child cost. */
+    char label[TBX_MAX_LABEL + 1];
+    double cost_user_s, cost_sys_s;
+    long cost_rss_kb;
+    int cost_known;
 
     /* forkserver: what arrives on the control socket. */
     uv_poll_t control_poll;
@@ -300,6 +310,20 @@ int tbx__streams_open(tbx__call *call);
 void tbx__streams_close_child_ends(tbx__call *call);
 int tbx__stream_read(tbx__capture *k); /* 1 if a NUL came */
 void tbx__streams_give(tbx__call *call, tbx_result *r);
+
+/* diagnose.c.  label_take: checks opts.label and copies it into the call
+ *   (0 or TBX_EINVAL).  call_log: tbx__log, the call's label appended.
+ *   call_trace: a trace of the child pid from outside into the call's
+ *   backtrace (0), or -errno with nothing taken (the launcher asks the
+ *   child instead).  call_cost: the reaped child's rusage.  call_report:
+ *   the backtrace's source and the cost into r, then the observer. */
+struct rusage;
+int tbx__label_take(tbx__call *call);
+void tbx__call_log(const tbx__call *call, tbx_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int tbx__call_trace(tbx__call *call, pid_t pid);
+void tbx__call_cost(tbx__call *call, const struct rusage *ru);
+void tbx__call_report(tbx__call *call, tbx_result *r);
 
 /* verdict.c: the status of a finished call, with its value or message. */
 int tbx__verdict(tbx__call *call, tbx_result *r);

@@ -60,6 +60,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.stdout_fd = c->capture[0].child_fd;
     spec.stderr_fd = c->capture[1].child_fd;
     spec.backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
+    spec.label = c->opts.label;
     spec.bulk_fd = bulk;
 
     flush_caller_stdio();

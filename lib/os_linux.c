@@ -173,9 +173,14 @@ void tbx__kill_reap(pid_t pid)
 
 int tbx__reap(pid_t pid, int *wstatus, int nohang)
 {
+    return tbx__reap_usage(pid, wstatus, nohang, NULL);
+}
+
+int tbx__reap_usage(pid_t pid, int *wstatus, int nohang, struct rusage *ru)
+{
     pid_t r;
     do
-        r = waitpid(pid, wstatus, nohang ? WNOHANG : 0);
+        r = wait4(pid, wstatus, nohang ? WNOHANG : 0, ru);
     while (r < 0 && errno == EINTR);
     if (r < 0)
         return -errno;

@@ -41,7 +41,7 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     if (c->opts.method == TBX_METHOD_DEFAULT)
         c->opts.method = tbx__default_method();
-    return 0;
+    return tbx__label_take(c);
 }
 
 /* What the call's launcher accepts: a ctx, an unregistered fn, args this

@@ -29,6 +29,7 @@
 #include <elfutils/libdwfl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* Appends to a bounded buffer; past the end, the text says it was cut. */
 typedef struct text_buf {
@@ -136,6 +137,13 @@ static int find_debuginfo_local(Dwfl_Module *mod, void **userdata, const char *m
 /* One thread's stack as taken while it was stopped: return addresses only.
  * Naming them (symbols, files, lines) reads files, not the process, so it
  * waits until the threads run again. */
+typedef struct frame_name {
+    const char *sym, *file;   /* owned by the Dwfl; NULL: not named */
+    GElf_Off off;
+    int line;
+    unsigned char done;       /* looked up */
+} frame_name;
+
 typedef struct stack {
     tbx__trace_thread thread;
     unsigned nframes;
@@ -143,12 +151,14 @@ typedef struct stack {
     int error;                /* the unwinder's dwfl_errno, 0 if none */
     Dwarf_Addr pc[TBX__TRACE_MAX_FRAMES];
     unsigned char activation[TBX__TRACE_MAX_FRAMES];
+    frame_name name[TBX__TRACE_MAX_FRAMES];
 } stack;
 
 struct tbx__trace_stacks {
     Dwfl *dwfl;
     Dwfl_Callbacks callbacks;     /* must outlive dwfl */
     char open_error[160];
+    char exe[512];                /* the program's own file, named first */
     size_t n;
     uint64_t deadline_ns;
     stack stacks[];
@@ -199,6 +209,10 @@ tbx__trace_stacks *tbx__trace_stacks_take(pid_t pid, const tbx__trace_thread *th
         return NULL;
     ts->n = n;
     ts->deadline_ns = deadline_ns;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+    ssize_t len = readlink(path, ts->exe, sizeof ts->exe - 1);
+    ts->exe[len > 0 ? len : 0] = '\0';
     ts->dwfl = open_process(ts, pid);
     for (size_t i = 0; i < n; i++) {
         stack *st = &ts->stacks[i];
@@ -215,37 +229,61 @@ tbx__trace_stacks *tbx__trace_stacks_take(pid_t pid, const tbx__trace_thread *th
     return ts;
 }
 
-/* One frame: named while the trace has time, else its module and offset,
- * which can be named later (eu-addr2line). */
-static void put_frame(text_buf *t, Dwfl *dwfl, unsigned i, Dwarf_Addr pc, int activation,
-                      int in_time)
+/* A return address points after the call: look up the call itself. */
+static Dwarf_Addr lookup_pc(const stack *st, unsigned f)
 {
-    /* A return address points after the call: look up the call itself. */
-    Dwarf_Addr lookup = activation || pc == 0 ? pc : pc - 1;
-    Dwfl_Module *mod = dw.dwfl_addrmodule(dwfl, lookup);
-    const char *sym = NULL, *file = NULL, *modname = NULL;
-    Dwarf_Addr start = 0;
-    GElf_Off off = 0;
-    GElf_Sym s;
-    int line = 0;
-    if (mod != NULL) {
-        modname = dw.dwfl_module_info(mod, NULL, &start, NULL, NULL, NULL, NULL, NULL);
-        if (in_time)
-            sym = dw.dwfl_module_addrinfo(mod, lookup, &off, &s, NULL, NULL, NULL);
-        Dwfl_Line *l = in_time ? dw.dwfl_module_getsrc(mod, lookup) : NULL;
-        if (l != NULL)
-            file = dw.dwfl_lineinfo(l, NULL, &line, NULL, NULL, NULL);
+    return st->activation[f] || st->pc[f] == 0 ? st->pc[f] : st->pc[f] - 1;
+}
+
+static const char *module_of(Dwfl *dwfl, Dwarf_Addr pc, Dwfl_Module **mod, Dwarf_Addr *start)
+{
+    *mod = dw.dwfl_addrmodule(dwfl, pc);
+    *start = 0;
+    return *mod != NULL ? dw.dwfl_module_info(*mod, NULL, start, NULL, NULL, NULL, NULL, NULL)
+                        : NULL;
+}
+
+/* Names the frames, the program's own first (fn's code, where a reader
+ * looks), then the libraries', until the deadline: a library's separate
+ * debug information (libc's, say) can take longer to read than the rest. */
+static void name_frames(tbx__trace_stacks *ts, int program)
+{
+    for (size_t i = 0; i < ts->n; i++) {
+        stack *st = &ts->stacks[i];
+        for (unsigned f = 0; f < st->nframes && tbx__now_ns() < ts->deadline_ns; f++) {
+            Dwarf_Addr pc = lookup_pc(st, f), start;
+            Dwfl_Module *mod;
+            const char *m = module_of(ts->dwfl, pc, &mod, &start);
+            frame_name *nm = &st->name[f];
+            if (nm->done || mod == NULL || (m != NULL && strcmp(m, ts->exe) == 0) != program)
+                continue;
+            GElf_Sym sym;
+            nm->sym = dw.dwfl_module_addrinfo(mod, pc, &nm->off, &sym, NULL, NULL, NULL);
+            Dwfl_Line *l = dw.dwfl_module_getsrc(mod, pc);
+            if (l != NULL)
+                nm->file = dw.dwfl_lineinfo(l, NULL, &nm->line, NULL, NULL, NULL);
+            nm->done = 1;
+        }
     }
-    put(t, "#%-2u 0x%016llx ", i, (unsigned long long)pc);
-    if (sym != NULL)
-        put(t, "%s+0x%llx", sym, (unsigned long long)(off + (pc - lookup)));
+}
+
+static void put_frame(text_buf *t, Dwfl *dwfl, const stack *st, unsigned f, int *late)
+{
+    Dwarf_Addr pc = st->pc[f], lookup = lookup_pc(st, f), start;
+    Dwfl_Module *mod;
+    const char *modname = module_of(dwfl, lookup, &mod, &start);
+    const frame_name *nm = &st->name[f];
+    *late |= mod != NULL && !nm->done;
+    put(t, "#%-2u 0x%016llx ", f, (unsigned long long)pc);
+    if (nm->sym != NULL)
+        put(t, "%s+0x%llx", nm->sym, (unsigned long long)(nm->off + (pc - lookup)));
     else if (modname != NULL)
         put(t, "?? (%s+0x%llx)", strrchr(modname, '/') ? strrchr(modname, '/') + 1 : modname,
             (unsigned long long)(pc - start));
     else
         put(t, "??");
-    if (file != NULL)
-        put(t, " (%s:%d)", file, line);
+    if (nm->file != NULL)
+        put(t, " (%s:%d)", nm->file, nm->line);
     put(t, "\n");
 }
 
@@ -255,17 +293,18 @@ size_t tbx__trace_stacks_format(tbx__trace_stacks *ts, pid_t fn_tid, uint64_t de
     text_buf t = {out, 0, cap, 0};
     out[0] = '\0';
     ts->deadline_ns = deadline_ns;
-    if (ts->dwfl == NULL)
+    if (ts->dwfl == NULL) {
         put(&t, "(%s)\n", ts->open_error);
+    } else {
+        name_frames(ts, 1);
+        name_frames(ts, 0);
+    }
     int late = 0;
     for (size_t i = 0; i < ts->n; i++) {
         stack *st = &ts->stacks[i];
         put_thread_header(&t, &st->thread, fn_tid);
-        for (unsigned f = 0; f < st->nframes; f++) {
-            int in_time = tbx__now_ns() < ts->deadline_ns;
-            late |= !in_time;
-            put_frame(&t, ts->dwfl, f, st->pc[f], st->activation[f], in_time);
-        }
+        for (unsigned f = 0; f < st->nframes; f++)
+            put_frame(&t, ts->dwfl, st, f, &late);
         if (st->more)
             put(&t, "    ... (more frames)\n");
         else if (st->error != 0)
@@ -273,7 +312,7 @@ size_t tbx__trace_stacks_format(tbx__trace_stacks *ts, pid_t fn_tid, uint64_t de
                 dw.dwfl_errmsg(st->error));
     }
     if (late)
-        put(&t, "(the trace's time ran out: later frames by module and offset only)\n");
+        put(&t, "(the trace's time ran out: frames not named are given by module and offset)\n");
     return t.len;
 }
 

@@ -167,7 +167,8 @@ int tbx__request_check(const tbx__request_header *hdr)
 {
     const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE | TBX__REQ_ALLOW_CORE |
                            TBX__REQ_BACKTRACE | TBX__REQ_ARGS_BULK;
-    if (hdr->magic != TBX__REQUEST_MAGIC || hdr->reserved != 0 || (hdr->flags & ~known) != 0 ||
+    if (hdr->magic != TBX__REQUEST_MAGIC || hdr->label_len > TBX_MAX_LABEL ||
+        (hdr->flags & ~known) != 0 ||
         hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||
         hdr->args_len > TBX__MAX_ARGS || hdr->max_result == 0)
         return TBX_EPROTO;
@@ -180,10 +181,12 @@ int tbx__control_check(const tbx__control *m, int from_server)
         return TBX_EPROTO;
     if (from_server)
         return m->kind == TBX__CTL_LAUNCHED || m->kind == TBX__CTL_EXITED ||
-                       m->kind == TBX__CTL_ERROR
+                       m->kind == TBX__CTL_ERROR || m->kind == TBX__CTL_TRACED
                    ? 0
                    : TBX_EPROTO;
-    return m->kind == TBX__CTL_KILL && m->code > 0 && m->code < 65 ? 0 : TBX_EPROTO;
+    return (m->kind == TBX__CTL_KILL && m->code > 0 && m->code < 65) || m->kind == TBX__CTL_TRACE
+               ? 0
+               : TBX_EPROTO;
 }
 
 void tbx__payload_free(char *payload, char *map)

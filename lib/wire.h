@@ -49,7 +49,8 @@ int tbx__frame_encode(tbx__frame_header *h, struct iovec iov[2], uint32_t kind, 
 int tbx__frame_error(tbx__frame_header *h, struct iovec iov[2], int32_t code, const char *msg);
 
 /* A request to a worker (spawn): this header, the function's name
- * (name_len bytes, no NUL), then args_len bytes of msgpack args. */
+ * (name_len bytes, no NUL), the call's label (label_len bytes, no NUL, at
+ * most TBX_MAX_LABEL, none when 0), then args_len bytes of msgpack args. */
 #define TBX__REQUEST_MAGIC 0x51584254u /* "TBXQ" */
 #define TBX__MAX_NAME 255
 #define TBX__MAX_ARGS ((uint64_t)1 << 32)
@@ -67,7 +68,7 @@ typedef struct tbx__request_header {
     uint32_t magic;
     uint32_t flags;
     uint32_t name_len;
-    uint32_t reserved;
+    uint32_t label_len;
     uint64_t args_len;
     uint64_t deadline_ns;  /* absolute CLOCK_MONOTONIC (hard); 0: none */
     uint64_t timeout_ns;   /* soft deadlines: counted from START */
@@ -120,7 +121,12 @@ enum {
     TBX__CTL_LAUNCHED = 1, /* pid; a pidfd rides along */
     TBX__CTL_EXITED = 2,   /* wstatus: the child is reaped, its group gone */
     TBX__CTL_ERROR = 3,    /* code: nothing was launched */
-    TBX__CTL_KILL = 4      /* client -> server: code = the signal */
+    TBX__CTL_KILL = 4,     /* client -> server: code = the signal */
+    TBX__CTL_TRACE = 5,    /* client -> server: trace the child into the
+                              backtrace pipe, from outside if it can, else
+                              by its handler */
+    TBX__CTL_TRACED = 6    /* code: the TBX_BACKTRACE_* source of what the
+                              server wrote (or asked for) */
 };
 
 typedef struct tbx__control {
@@ -128,11 +134,14 @@ typedef struct tbx__control {
     uint32_t kind;
     int32_t pid;
     int32_t code; /* wstatus, error code or signal */
+    /* EXITED: what the reaped child cost (wait4's rusage); else 0. */
+    uint64_t user_us, sys_us, max_rss_kb;
 } tbx__control;
 
 
 /* 0 if m is a well-formed control message of a kind the receiver accepts
- * (from_server: LAUNCHED, EXITED, ERROR; else KILL); TBX_EPROTO otherwise. */
+ * (from_server: LAUNCHED, EXITED, ERROR, TRACED; else KILL, TRACE);
+ * TBX_EPROTO otherwise. */
 int tbx__control_check(const tbx__control *m, int from_server);
 
 /* Grows *buf toward total bytes with what has arrived: doubles from 64 KiB,

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 /* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
@@ -63,8 +64,17 @@ static void control_cb(uv_poll_t *h, int status, int events)
             if (c->kill_signal != 0 && c->child.pidfd >= 0)
                 (void)tbx__pidfd_send_signal(c->child.pidfd, c->kill_signal);
         } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
+            struct rusage ru = {.ru_utime = {(time_t)(m->user_us / 1000000),
+                                             (suseconds_t)(m->user_us % 1000000)},
+                                .ru_stime = {(time_t)(m->sys_us / 1000000),
+                                             (suseconds_t)(m->sys_us % 1000000)},
+                                .ru_maxrss = (long)m->max_rss_kb};
+            tbx__call_cost(c, &ru);
             tbx__engine_child_ended(c, m->code, 1);
             return;
+        } else if (m->kind == TBX__CTL_TRACED && c->child.pid > 0) {
+            c->backtrace_source = m->code == TBX_BACKTRACE_OUTSIDE ? TBX_BACKTRACE_OUTSIDE
+                                                                   : TBX_BACKTRACE_HANDLER;
         } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {
             /* Nothing launched; a worker-style ERROR frame may explain. */
             if (m->code < 0 && m->code > -4096)
@@ -182,7 +192,7 @@ static void forkserver_signal(tbx__call *c, int sig)
     } else {
         /* The server signals the group (it alone may, since it reaps); the
          * pidfd reaches the child at once. */
-        tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_KILL, 0, sig};
+        tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_KILL, .code = sig};
         (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (c->child.pidfd >= 0)
             (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
@@ -196,12 +206,15 @@ static void forkserver_signal(tbx__call *c, int sig)
     }
 }
 
-/* The backtrace signal goes to the process: the server's child is not ours
- * to tgkill. */
-static void forkserver_backtrace(tbx__call *c)
+/* The server, the child's parent, traces it into the backtrace pipe (from
+ * outside if it can, else by the child's handler) and says which (TRACED). */
+static int forkserver_backtrace(tbx__call *c)
 {
-    if (c->child.pidfd >= 0)
-        (void)tbx__pidfd_send_signal(c->child.pidfd, TBX__BACKTRACE_SIGNAL);
+    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_TRACE};
+    if (c->child.pid <= 0 ||
+        send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof m)
+        return -1;
+    return 0;
 }
 
 /* A server's child is the server's to end: closing the control socket, as

@@ -109,6 +109,7 @@ void tbx__fs_server_listen_cb(uv_poll_t *h, int status, int events);
 void tbx__fs_server_note_static_fds(fs_server *srv);
 void tbx__fs_server_refuse(fs_call *c, int code, const char *why);
 void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd);
+void tbx__fs_server_send(fs_call *c, const tbx__control *m, int fd); /* any message */
 void tbx__fs_server_start_child(fs_call *c);
 /* Kills every child, removes the socket, exits 0. */
 __attribute__((noreturn)) void tbx__fs_server_shutdown(fs_server *srv);
