@@ -205,6 +205,9 @@ typedef enum {
                                must be registered (TBX_REGISTER). */
 } tbx_method;
 
+/* opts.on_output: a chunk of the child's stdout (stream 1) or stderr (2). */
+typedef void tbx_output_fn(void *arg, int stream, const char *data, size_t len);
+
 typedef struct tbx_opts {
     double timeout_s;     /* <= 0: no deadline.  Default 0. */
     double grace_s;       /* SIGTERM -> SIGKILL delay.  Default 1 s; < 0 is
@@ -257,6 +260,18 @@ typedef struct tbx_opts {
                              child shares the caller's stdout and stderr.
                              Not with warm children (a call that asks for it
                              starts a fresh one). */
+    tbx_output_fn *on_output; /* NULL (default), or called with each chunk
+                             of the child's output as it arrives, while the
+                             call runs: stream 1 (stdout) or 2 (stderr), the
+                             bytes (not NUL-terminated, valid for the
+                             callback only).  Needs capture_output
+                             (TBX_EINVAL without it): it sees
+                             exactly the bytes kept in the result, and none
+                             past that bound.  Runs on the thread that runs
+                             the call (a blocking caller's; the loop's for
+                             an async call), so it must be quick, and must
+                             not call back into timebox. */
+    void *on_output_arg;  /* passed to on_output */
     int backtrace_on_timeout; /* 1: at the deadline, before SIGTERM, where
                              the child was goes into the result (backtrace).
                              Taken from outside (backtrace_source

@@ -80,6 +80,10 @@ int tbx__stream_read(tbx__capture *k)
         } else {
             k->len += (size_t)n;
             nul |= memchr(dst, 0, (size_t)n) != NULL;
+            tbx_opts *o = &k->call->opts;
+            if (o->on_output != NULL && k != &k->call->capture[TBX__BACKTRACE])
+                o->on_output(o->on_output_arg, k == &k->call->capture[TBX__STDOUT] ? 1 : 2, dst,
+                             (size_t)n);
         }
     }
     return nul;

@@ -278,3 +278,80 @@ TBX_TEST(observer, hears_each_finished_call_once)
     msgpack_sbuffer_destroy(&ok);
     msgpack_sbuffer_destroy(&hang);
 }
+
+/* args: milliseconds between two lines of stdout, then one of stderr. */
+static int fn_two_lines(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    printf("first\n");
+    fflush(stdout);
+    child_sleep((double)args->via.u64 / 1e3);
+    printf("second\n");
+    fflush(stdout);
+    fprintf(stderr, "done");
+    return msgpack_pack_true(pk);
+}
+TBX_REGISTER(fn_two_lines);
+
+typedef struct chunks {
+    char out[256], err[256];
+    double first_at, second_at;
+} chunks;
+
+static void on_output(void *arg, int stream, const char *data, size_t len)
+{
+    chunks *ch = arg;
+    char *dst = stream == 1 ? ch->out : ch->err;
+    size_t n = strlen(dst);
+    snprintf(dst + n, 256 - n, "%.*s", (int)len, data);
+    if (stream == 1 && ch->first_at == 0 && strstr(ch->out, "first\n") != NULL)
+        ch->first_at = now_s();
+    if (stream == 1 && ch->second_at == 0 && strstr(ch->out, "second\n") != NULL)
+        ch->second_at = now_s();
+}
+
+TBX_TEST(output, each_chunk_reaches_the_callback_as_it_arrives)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)400);
+    chunks ch;
+    memset(&ch, 0, sizeof ch);
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 30;
+    o.capture_output = 4096;
+    o.on_output = on_output;
+    o.on_output_arg = &ch;
+    tbx_result r;
+    int rc = tbx_call(fn_two_lines, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_str_eq(ch.out, "first\nsecond\n");
+    cr_assert_str_eq(ch.err, "done");
+    cr_assert_str_eq(r.stdout_data, ch.out);
+    cr_assert(ch.first_at > 0 && ch.second_at > 0);
+    cr_assert_geq(ch.second_at - ch.first_at, 0.3, "the first line came only at the end");
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+TBX_TEST(output, the_callback_sees_no_more_than_capture_output_keeps)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)0);
+    chunks ch;
+    memset(&ch, 0, sizeof ch);
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 30;
+    o.capture_output = 8;
+    o.on_output = on_output;
+    o.on_output_arg = &ch;
+    tbx_result r;
+    int rc = tbx_call(fn_two_lines, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_str_eq(ch.out, "first\nse");
+    cr_assert(r.stdout_truncated);
+    tbx_result_free(&r);
+    o.capture_output = 0;
+    cr_assert_eq(tbx_call(fn_two_lines, sb.data, sb.size, &o, &r), TBX_EINVAL);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
