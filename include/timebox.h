@@ -235,6 +235,23 @@ typedef struct tbx_opts {
                              made. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
+    int backtrace_on_crash; /* 1: a child that dies of SIGSEGV, SIGBUS,
+                             SIGFPE, SIGILL or SIGABRT comes back with its
+                             threads' stacks in backtrace, the faulting
+                             thread's among them (its top frames timebox's
+                             crash_handler and libc's __restore_rt, then
+                             where it faulted), the call still TBX_ECRASHED
+                             with that term_signal.
+                             Nothing unsafe runs in the crashed child: the
+                             handler timebox installs (on an alternate stack,
+                             so a stack overflow is caught too) only says
+                             which signal on the result pipe and waits; its
+                             owner traces it from outside (as for
+                             backtrace_on_timeout) and sends it the signal
+                             again, of which it dies.  Needs ptrace: where it is refused the
+                             child dies untraced (backtrace NULL).  fn may
+                             install its own handlers for these signals,
+                             which then win.  Not with warm children. */
     const char *label;    /* NULL (default), or a name for this call (at
                              most TBX_MAX_LABEL bytes, no control characters;
                              TBX_EINVAL otherwise): every line timebox logs
@@ -390,8 +407,9 @@ typedef struct tbx_result {
     const char *stdout_data, *stderr_data;
     size_t stdout_len, stderr_len;
     int stdout_truncated, stderr_truncated; /* 1: more was written */
-    /* With opts.backtrace_on_timeout and a call that timed out: where fn
-     * was, one frame a line; NULL if none came.  Owned by the result.
+    /* With opts.backtrace_on_timeout and a call that timed out, or
+     * opts.backtrace_on_crash and a child that crashed: where fn was, one
+     * frame a line; NULL if none came.  Owned by the result.
      * Taken from outside, one block per thread:
      *     thread 4242 "app" (fn):
      *     #0  0x00007f3c2a1b2c3d __lll_lock_wait+0x2d

@@ -47,6 +47,8 @@ typedef struct tbx__child_spec {
                                   left as they are */
     int backtrace_fd;          /* where to write a backtrace when asked; -1 */
     const char *label;         /* the call's label (tbx_label), or NULL */
+    int crash_trace;           /* a fatal signal stops the child for its
+                                  owner to trace (opts.backtrace_on_crash) */
     int bulk_fd;               /* a memfd for a result of TBX__BIG_PAYLOAD
                                   or more; -1: the pipe only */
     const sigset_t *default_signals; /* set back to SIG_DFL first; NULL: none */

@@ -175,6 +175,12 @@ static void on_header(tbx__call *c)
         reject(c, rc);
         return;
     }
+    if (c->hdr.kind == TBX__FRAME_CRASH) {
+        c->hdr_got = 0;
+        if (!c->opts.backtrace_on_crash || c->crash_traced++)
+            return reject(c, TBX_EPROTO);
+        return c->launcher->crashed(c, c->hdr.fail_code);
+    }
     if (c->hdr.kind == TBX__FRAME_START) {
         c->hdr_got = 0;
         if (c->started)

@@ -89,6 +89,9 @@ typedef struct tbx__child {
  *              call's backtrace (taken from outside), 0 when it comes later
  *              down the backtrace pipe (the engine waits for it a while),
  *              -1 when none will come.
+ *   crashed    the child caught sig and stopped itself (backtrace_on_crash):
+ *              trace it from outside into the call's backtrace, then let it
+ *              die of sig.
  *   abandon    the launch worked but watching it did not: the child must
  *              end now, with nothing of it left.
  *   ended      optional: runs once the call is over (its child reaped, its
@@ -109,6 +112,7 @@ struct tbx__launcher {
     int (*exited)(tbx__call *call);
     void (*signal)(tbx__call *call, int sig);
     int (*backtrace)(tbx__call *call);
+    void (*crashed)(tbx__call *call, int sig);
     void (*abandon)(tbx__call *call);
     void (*ended)(tbx__call *call);
 };
@@ -126,11 +130,12 @@ int tbx__own_watch(tbx__call *call, uv_handle_t **h);
 int tbx__own_exited(tbx__call *call);
 void tbx__own_signal(tbx__call *call, int sig);
 int tbx__own_backtrace(tbx__call *call);
+void tbx__own_crashed(tbx__call *call, int sig);
 void tbx__own_abandon(tbx__call *call);
 /* Those five, as entries of a launcher's row. */
 #define TBX__OWN_CHILD                                                                         \
     .watch = tbx__own_watch, .exited = tbx__own_exited, .signal = tbx__own_signal,             \
-    .backtrace = tbx__own_backtrace, .abandon = tbx__own_abandon
+    .backtrace = tbx__own_backtrace, .crashed = tbx__own_crashed, .abandon = tbx__own_abandon
 
 /* What the engine offers its launchers.
  * child_ended: the child has ended with wstatus (-1: unknown); the rest of
@@ -212,6 +217,7 @@ struct tbx__call {
     tbx__capture capture[TBX__NSTREAMS];
     unsigned backtrace_asked : 1, backtrace_pending : 1;
     int backtrace_source;      /* TBX_BACKTRACE_*: who took or was asked */
+    int crash_traced;          /* a CRASH frame came (only one may) */
 
     /* diagnose.c: opts.label's copy, and what the reaped child cost. */
     char label[TBX_MAX_LABEL + 1];

@@ -61,6 +61,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     spec.stderr_fd = c->capture[1].child_fd;
     spec.backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
     spec.label = c->opts.label;
+    spec.crash_trace = c->opts.backtrace_on_crash;
     spec.bulk_fd = bulk;
 
     flush_caller_stdio();

@@ -114,6 +114,19 @@ int tbx__own_backtrace(tbx__call *c)
     return 0;
 }
 
+/* The child waits in its crash handler: traced, then sent its signal
+ * again, to die of it. */
+void tbx__own_crashed(tbx__call *c, int sig)
+{
+    if (c->child.pid <= 0)
+        return;
+    (void)tbx__call_trace(c, c->child.pid);
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
+    else
+        (void)kill(c->child.pid, sig);
+}
+
 void tbx__own_abandon(tbx__call *c)
 {
     tbx__kill_reap(c->child.pid);

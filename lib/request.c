@@ -18,7 +18,10 @@ int tbx__request_build(tbx__call *c)
     c->request.flags = (c->opts.reset_signals ? TBX__REQ_RESET_SIGNALS : 0) |
                        (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE) |
                        (c->opts.allow_core ? TBX__REQ_ALLOW_CORE : 0) |
-                       (c->opts.backtrace_on_timeout ? TBX__REQ_BACKTRACE : 0);
+                       (c->opts.backtrace_on_timeout || c->opts.backtrace_on_crash
+                            ? TBX__REQ_BACKTRACE
+                            : 0) |
+                       (c->opts.backtrace_on_crash ? TBX__REQ_CRASH_TRACE : 0);
     c->request.limit_memory = c->opts.limit_memory;
     c->request.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
     c->request.limit_files = c->opts.limit_files;

@@ -182,4 +182,5 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->limit_files = rq->h.limit_files;
     spec->allow_core = (rq->h.flags & TBX__REQ_ALLOW_CORE) != 0;
     spec->label = rq->h.label_len > 0 ? rq->label : NULL;
+    spec->crash_trace = (rq->h.flags & TBX__REQ_CRASH_TRACE) != 0;
 }

@@ -20,7 +20,8 @@ int tbx__streams_open(tbx__call *c)
     c->capture[TBX__BACKTRACE].limit = TBX__BACKTRACE_MAX;
     for (int i = 0; i < TBX__NSTREAMS; i++) {
         int p[2];
-        if (c->capture[i].limit == 0 || (i == TBX__BACKTRACE && !c->opts.backtrace_on_timeout))
+        if (c->capture[i].limit == 0 ||
+            (i == TBX__BACKTRACE && !c->opts.backtrace_on_timeout && !c->opts.backtrace_on_crash))
             continue;
         int rc = tbx__pipe(p, 0);
         if (rc != 0)

@@ -26,6 +26,9 @@ enum {
     TBX__FRAME_START = 3,
     TBX__FRAME_ERROR = 4, /* the worker could not serve: fail_code is a
                              TBX_E* code (ENOTREG, EPROTO), payload a message */
+    TBX__FRAME_CRASH = 6,  /* no payload: the child caught fail_code (a
+                              fatal signal, opts.backtrace_on_crash) and
+                              waits, to be traced, then sent it again */
     TBX__FRAME_OK_BULK = 5 /* the result, len bytes, is in the call's bulk
                               memfd, sealed; nothing follows on the pipe */
 };
@@ -59,6 +62,7 @@ enum {
     TBX__REQ_SOFT_DEADLINE = 2,
     TBX__REQ_ALLOW_CORE = 4,
     TBX__REQ_BACKTRACE = 8, /* a backtrace pipe comes with the call */
+    TBX__REQ_CRASH_TRACE = 32, /* opts.backtrace_on_crash */
     TBX__REQ_ARGS_BULK = 16 /* the args are not in the request but in a
                                sealed memfd sent with its first bytes
                                (SCM_RIGHTS, bulk.c) */
@@ -124,7 +128,9 @@ enum {
     TBX__CTL_KILL = 4,     /* client -> server: code = the signal */
     TBX__CTL_TRACE = 5,    /* client -> server: trace the child into the
                               backtrace pipe, from outside if it can, else
-                              by its handler */
+                              by its handler; code: 0, or the signal a
+                              crashed child waits in (traced from outside
+                              only, then sent that signal) */
     TBX__CTL_TRACED = 6    /* code: the TBX_BACKTRACE_* source of what the
                               server wrote (or asked for) */
 };

@@ -355,3 +355,79 @@ TBX_TEST(output, the_callback_sees_no_more_than_capture_output_keeps)
     tbx_result_free(&r);
     msgpack_sbuffer_destroy(&sb);
 }
+
+/* A real fault: a write through a null pointer (volatile, so it happens). */
+__attribute__((noinline)) static void tbx_test_fault_here(int *volatile *where)
+{
+    **where = 42;
+    __asm__ volatile("" ::: "memory");
+}
+
+/* args: 0 faults, 1 raises SIGSEGV, 2 aborts. */
+static int fn_crash(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    int *volatile null = NULL;
+    if (args->via.u64 == 0)
+        tbx_test_fault_here(&null);
+    else if (args->via.u64 == 1)
+        raise(SIGSEGV);
+    else
+        abort();
+    return msgpack_pack_nil(pk);
+}
+TBX_REGISTER(fn_crash);
+
+static void crash_with_trace(tbx_method m, uint64_t how, int sig, const char *where)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", how);
+    tbx_opts o = test_opts(m);
+    o.timeout_s = 30;
+    o.backtrace_on_crash = 1;
+    tbx_result r;
+    int rc = tbx_call(fn_crash, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, TBX_ECRASHED, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(r.term_signal, sig, "signal %d", r.term_signal);
+    cr_assert_not_null(r.backtrace, "no trace of the crash");
+    cr_log_info("%s", r.backtrace);
+    cr_assert_eq(r.backtrace_source, TBX_BACKTRACE_OUTSIDE);
+    char want[96];
+    snprintf(want, sizeof want, " %s", where); /* fn+0x, or a part: fn.cold+0x */
+    const char *at = strstr(r.backtrace, want);
+    cr_assert_not_null(at, "no frame in %s:\n%s", where, r.backtrace);
+    const char *eol = strchr(at, '\n'), *file = strstr(at, "test_diag.c:");
+    cr_assert(file != NULL && (eol == NULL || file < eol), "no file and line:\n%s", r.backtrace);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+TBX_TEST(crash, a_fault_comes_back_with_where_it_happened)
+{
+    if (!tracer_built())
+        cr_skip_test("built without libdw");
+    crash_with_trace(*method, 0, SIGSEGV, "tbx_test_fault_here");
+}
+
+TBX_TEST(crash, a_raised_signal_and_an_abort_come_back_traced_and_still_kill)
+{
+    if (!tracer_built())
+        cr_skip_test("built without libdw");
+    crash_with_trace(*method, 1, SIGSEGV, "fn_crash");
+    crash_with_trace(*method, 2, SIGABRT, "fn_crash");
+}
+
+TBX_TEST(crash, without_the_option_a_crash_has_no_trace)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)0);
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 30;
+    tbx_result r;
+    cr_assert_eq(tbx_call(fn_crash, sb.data, sb.size, &o, &r), TBX_ECRASHED);
+    cr_assert_eq(r.term_signal, SIGSEGV);
+    cr_assert_null(r.backtrace);
+    cr_assert_eq(r.backtrace_source, TBX_BACKTRACE_NONE);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}

@@ -73,8 +73,9 @@ static void control_cb(uv_poll_t *h, int status, int events)
             tbx__engine_child_ended(c, m->code, 1);
             return;
         } else if (m->kind == TBX__CTL_TRACED && c->child.pid > 0) {
-            c->backtrace_source = m->code == TBX_BACKTRACE_OUTSIDE ? TBX_BACKTRACE_OUTSIDE
-                                                                   : TBX_BACKTRACE_HANDLER;
+            c->backtrace_source = m->code == TBX_BACKTRACE_OUTSIDE   ? TBX_BACKTRACE_OUTSIDE
+                                  : m->code == TBX_BACKTRACE_HANDLER ? TBX_BACKTRACE_HANDLER
+                                                                     : TBX_BACKTRACE_NONE;
         } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {
             /* Nothing launched; a worker-style ERROR frame may explain. */
             if (m->code < 0 && m->code > -4096)
@@ -208,13 +209,25 @@ static void forkserver_signal(tbx__call *c, int sig)
 
 /* The server, the child's parent, traces it into the backtrace pipe (from
  * outside if it can, else by the child's handler) and says which (TRACED). */
-static int forkserver_backtrace(tbx__call *c)
+static int ask_trace(tbx__call *c, int sig)
 {
-    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_TRACE};
+    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_TRACE, .code = sig};
     if (c->child.pid <= 0 ||
         send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof m)
         return -1;
     return 0;
+}
+
+static int forkserver_backtrace(tbx__call *c)
+{
+    return ask_trace(c, 0);
+}
+
+/* The server traces its crashed child, then lets it die of sig. */
+static void forkserver_crashed(tbx__call *c, int sig)
+{
+    if (ask_trace(c, sig) != 0 && c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
 }
 
 /* A server's child is the server's to end: closing the control socket, as
@@ -235,6 +248,7 @@ const tbx__launcher tbx__launch_forkserver = {
     .exited = forkserver_exited,
     .signal = forkserver_signal,
     .backtrace = forkserver_backtrace,
+    .crashed = forkserver_crashed,
     .abandon = forkserver_abandon,
     .ended = forkserver_ended,
 };

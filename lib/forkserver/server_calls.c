@@ -36,19 +36,23 @@ void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd
 
 /* TRACE: the child traced from outside, the text and a NUL down its
  * backtrace pipe (the whole trace fits in a pipe's 64 KiB); where ptrace is
- * refused, its handler is asked.  TRACED tells the client which. */
-static void trace_child(fs_call *c)
+ * refused, its handler is asked, unless it crashed (sig: it waits in its
+ * crash handler, and nothing more may run in it): it is then sent sig again,
+ * to die of it.  TRACED tells the client which. */
+static void trace_child(fs_call *c, int sig)
 {
     char *text = NULL;
     if (c->backtrace_fd < 0)
         return;
-    int source = TBX_BACKTRACE_HANDLER;
+    int source = sig != 0 ? TBX_BACKTRACE_NONE : TBX_BACKTRACE_HANDLER;
     if (tbx__trace(c->pid, c->pid, TBX__TRACE_BUDGET_NS, &text) == 0 &&
         tbx__write_all(c->backtrace_fd, text, strlen(text) + 1) == 0)
         source = TBX_BACKTRACE_OUTSIDE;
-    else
+    else if (sig == 0)
         (void)kill(c->pid, TBX__BACKTRACE_SIGNAL);
     free(text);
+    if (sig != 0)
+        (void)kill(c->pid, sig);
     tbx__fs_server_send_control(c, TBX__CTL_TRACED, source, -1);
 }
 
@@ -110,7 +114,7 @@ static void read_kills(fs_call *c)
             continue;
         c->in_got = 0;
         if (!c->reaped && c->in.kind == TBX__CTL_TRACE)
-            trace_child(c);
+            trace_child(c, c->in.code);
         else if (!c->reaped)
             (void)kill(-c->pid, c->in.code);
     }
