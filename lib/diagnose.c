@@ -78,6 +78,9 @@ int tbx__call_trace(tbx__call *c, pid_t pid)
     return 0;
 }
 
+/* TODO(containment): a call with a cgroup of its own should take its cost
+ * from the cgroup's cpu.stat and memory.peak instead, which count the
+ * descendants the child did not wait for. */
 void tbx__call_cost(tbx__call *c, const struct rusage *ru)
 {
     c->cost_user_s = (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <timebox/uv.h>
 #include <unistd.h>
 
 /* Whether this build and machine can trace from outside: the tracer's own
@@ -429,5 +430,66 @@ TBX_TEST(crash, without_the_option_a_crash_has_no_trace)
     cr_assert_null(r.backtrace);
     cr_assert_eq(r.backtrace_source, TBX_BACKTRACE_NONE);
     tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* On the loop: the output callback and the observer run on the loop's
+ * thread, while the call is in flight and once it is done. */
+typedef struct async_seen {
+    chunks ch;
+    pthread_t loop_thread;
+    int on_loop_thread, observed, done;
+} async_seen;
+
+static void async_output(void *arg, int stream, const char *data, size_t len)
+{
+    async_seen *s = arg;
+    s->on_loop_thread += pthread_equal(pthread_self(), s->loop_thread) ? 1 : -1000;
+    on_output(&s->ch, stream, data, len);
+}
+
+static void async_observe(void *arg, tbx_method m, const char *label, const tbx_result *r)
+{
+    (void)m, (void)r;
+    async_seen *s = arg;
+    if (label != NULL && strcmp(label, "async") == 0 &&
+        pthread_equal(pthread_self(), s->loop_thread))
+        s->observed++;
+}
+
+static void async_done(tbx_req *req, tbx_result *r)
+{
+    async_seen *s = req->data;
+    cr_assert_eq(r->status, 0, "%s", r->message);
+    s->done = 1;
+    tbx_result_free(r);
+}
+
+TBX_TEST(output, on_the_loop_the_callback_and_the_observer_run_on_its_thread)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)100);
+    async_seen s;
+    memset(&s, 0, sizeof s);
+    s.loop_thread = pthread_self();
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    tbx_set_observer(async_observe, &s);
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 30;
+    o.capture_output = 4096;
+    o.on_output = async_output;
+    o.on_output_arg = &s;
+    o.label = "async";
+    tbx_req req;
+    req.data = &s;
+    cr_assert_eq(tbx_call_async(&loop, &req, fn_two_lines, sb.data, sb.size, &o, async_done), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    tbx_set_observer(NULL, NULL);
+    cr_assert(s.done);
+    cr_assert_eq(s.observed, 1);
+    cr_assert_gt(s.on_loop_thread, 0, "a chunk came on another thread");
+    cr_assert_str_eq(s.ch.out, "first\nsecond\n");
+    cr_assert_eq(uv_loop_close(&loop), 0);
     msgpack_sbuffer_destroy(&sb);
 }
