@@ -47,6 +47,8 @@ static volatile unsigned long *shared_counter(void)
     return p;
 }
 
+static volatile unsigned long *spin_counter;
+
 /* Forks a child that writes a byte on a pipe once it is ready, then runs
  * body(arg); returns its pid once the byte has come. */
 static pid_t start_child(void (*body)(int ready_fd, void *arg), void *arg, int raw_fork)
@@ -77,6 +79,15 @@ static void end_child(pid_t pid)
     cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %#x", st);
 }
 
+/* Waits until the child spins in spin_with_signals_blocked (past its
+ * ready byte's write). */
+static void wait_spinning(void)
+{
+    for (int i = 0; i < 5000 && *spin_counter == 0; i++)
+        sleep_s(0.001);
+    cr_assert_gt(*spin_counter, 0, "the child never spun");
+}
+
 static char *trace_of(pid_t pid, pid_t fn_tid, uint64_t budget_ns)
 {
     char *text = NULL;
@@ -102,14 +113,32 @@ static void assert_frame(const char *text, const char *fn)
     cr_assert_gt(line, 0, "%s", text);
 }
 
+/* A child asleep on a futex within tries * 2 ms: waiting on a lock (the
+ * malloc loop and the lock test's child never sleep otherwise). */
+static int is_stuck(pid_t pid, int tries)
+{
+    char path[64], wchan[64] = "";
+    snprintf(path, sizeof path, "/proc/%d/wchan", (int)pid);
+    for (int i = 0; i < tries; i++) {
+        sleep_s(0.002);
+        FILE *f = fopen(path, "re");
+        if (f == NULL)
+            return 0;
+        size_t n = fread(wchan, 1, sizeof wchan - 1, f);
+        fclose(f);
+        wchan[n] = '\0';
+        if (proc_state(pid) == 'S' && strstr(wchan, "futex") != NULL)
+            return 1;
+    }
+    return 0;
+}
+
 static void block_all_signals(void)
 {
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
 }
-
-static volatile unsigned long *spin_counter;
 
 /* A call as the last statement may become a jump, leaving no frame of the
  * caller on the stack; the functions whose frames the tests look for end
@@ -137,6 +166,7 @@ TBX_PLAIN_TEST(trace, names_the_function_of_a_child_blocking_every_signal)
     need_tracer();
     spin_counter = shared_counter();
     pid_t pid = start_child(spin_body, NULL, 0);
+    wait_spinning();
     char *text = trace_of(pid, pid, TEST_BUDGET_NS);
     assert_frame(text, "spin_with_signals_blocked");
     char head[64];
@@ -172,7 +202,7 @@ TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_on_a_lock)
 {
     need_tracer();
     pid_t pid = start_child(lock_body, NULL, 0);
-    sleep_s(0.02); /* into the second lock */
+    cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
     char *text = trace_of(pid, pid, TEST_BUDGET_NS);
     assert_frame(text, "deadlock_on_held_lock");
     free(text);
@@ -192,8 +222,7 @@ TBX_PLAIN_TEST(trace, traces_a_stopped_child_and_leaves_it_stopped)
     need_tracer();
     spin_counter = shared_counter();
     pid_t pid = start_child(stop_body, (void *)spin_counter, 0);
-    while (*spin_counter == 0)
-        sleep_s(0.001); /* into the loop */
+    wait_spinning();
     kill(pid, SIGSTOP);
     int st;
     cr_assert_eq(waitpid(pid, &st, WUNTRACED), pid);
@@ -234,6 +263,7 @@ TBX_PLAIN_TEST(trace, lists_every_thread_with_fns_first)
     need_tracer();
     spin_counter = shared_counter();
     pid_t pid = start_child(threads_body, NULL, 0);
+    wait_spinning();
     char *text = trace_of(pid, pid, TEST_BUDGET_NS);
     int threads = 0;
     for (const char *p = text; p != NULL; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
@@ -283,26 +313,6 @@ static void malloc_body(int ready_fd, void *arg)
     allocate_after_fork();
 }
 
-/* A child asleep on a futex: stuck in malloc (its loop never sleeps
- * otherwise). */
-static int is_stuck(pid_t pid)
-{
-    char path[64], wchan[64] = "";
-    snprintf(path, sizeof path, "/proc/%d/wchan", (int)pid);
-    for (int i = 0; i < 10; i++) {
-        sleep_s(0.002);
-        FILE *f = fopen(path, "re");
-        if (f == NULL)
-            return 0;
-        size_t n = fread(wchan, 1, sizeof wchan - 1, f);
-        fclose(f);
-        wchan[n] = '\0';
-        if (proc_state(pid) == 'S' && strstr(wchan, "futex") != NULL)
-            return 1;
-    }
-    return 0;
-}
-
 TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_in_malloc)
 {
     need_tracer();
@@ -315,7 +325,7 @@ TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_in_malloc)
     pid_t pid = -1;
     for (int tries = 0; tries < 300 && pid < 0; tries++) {
         pid_t p = start_child(malloc_body, NULL, 1);
-        if (is_stuck(p))
+        if (is_stuck(p, 10))
             pid = p;
         else
             end_child(p);
@@ -364,6 +374,7 @@ TBX_PLAIN_TEST(trace, a_trace_is_bounded_in_size)
     need_tracer();
     spin_counter = shared_counter();
     pid_t pid = start_child(deep_body, NULL, 0);
+    wait_spinning();
     char *text = trace_of(pid, pid, (uint64_t)10 * 1000 * 1000 * 1000);
     cr_assert_lt(strlen(text), TBX__TRACE_MAX);
     cr_assert(strstr(text, "... (more frames)") != NULL, "%s", text);
