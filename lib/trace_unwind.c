@@ -141,7 +141,7 @@ typedef struct frame_name {
     const char *sym, *file;   /* owned by the Dwfl; NULL: not named */
     GElf_Off off;
     int line;
-    unsigned char done;       /* looked up */
+    unsigned char sym_done, line_done; /* looked up */
 } frame_name;
 
 typedef struct stack {
@@ -243,10 +243,11 @@ static const char *module_of(Dwfl *dwfl, Dwarf_Addr pc, Dwfl_Module **mod, Dwarf
                         : NULL;
 }
 
-/* Names the frames, the program's own first (fn's code, where a reader
- * looks), then the libraries', until the deadline: a library's separate
- * debug information (libc's, say) can take longer to read than the rest. */
-static void name_frames(tbx__trace_stacks *ts, int program)
+/* Names the frames until the deadline: the program's own first, with
+ * their lines (fn's code, where a reader looks), then the libraries'
+ * symbols, then their lines: a library's separate debug information (libc's
+ * line tables, say) can take longer to read than all the rest. */
+static void name_frames(tbx__trace_stacks *ts, int program, int lines)
 {
     for (size_t i = 0; i < ts->n; i++) {
         stack *st = &ts->stacks[i];
@@ -255,14 +256,19 @@ static void name_frames(tbx__trace_stacks *ts, int program)
             Dwfl_Module *mod;
             const char *m = module_of(ts->dwfl, pc, &mod, &start);
             frame_name *nm = &st->name[f];
-            if (nm->done || mod == NULL || (m != NULL && strcmp(m, ts->exe) == 0) != program)
+            if (mod == NULL || (program && (m == NULL || strcmp(m, ts->exe) != 0)))
                 continue;
-            GElf_Sym sym;
-            nm->sym = dw.dwfl_module_addrinfo(mod, pc, &nm->off, &sym, NULL, NULL, NULL);
-            Dwfl_Line *l = dw.dwfl_module_getsrc(mod, pc);
-            if (l != NULL)
-                nm->file = dw.dwfl_lineinfo(l, NULL, &nm->line, NULL, NULL, NULL);
-            nm->done = 1;
+            if (!nm->sym_done) {
+                GElf_Sym sym;
+                nm->sym = dw.dwfl_module_addrinfo(mod, pc, &nm->off, &sym, NULL, NULL, NULL);
+                nm->sym_done = 1;
+            }
+            if (lines && !nm->line_done) {
+                Dwfl_Line *l = dw.dwfl_module_getsrc(mod, pc);
+                if (l != NULL)
+                    nm->file = dw.dwfl_lineinfo(l, NULL, &nm->line, NULL, NULL, NULL);
+                nm->line_done = 1;
+            }
         }
     }
 }
@@ -273,7 +279,7 @@ static void put_frame(text_buf *t, Dwfl *dwfl, const stack *st, unsigned f, int 
     Dwfl_Module *mod;
     const char *modname = module_of(dwfl, lookup, &mod, &start);
     const frame_name *nm = &st->name[f];
-    *late |= mod != NULL && !nm->done;
+    *late |= mod != NULL && !nm->line_done;
     put(t, "#%-2u 0x%016llx ", f, (unsigned long long)pc);
     if (nm->sym != NULL)
         put(t, "%s+0x%llx", nm->sym, (unsigned long long)(nm->off + (pc - lookup)));
@@ -296,8 +302,9 @@ size_t tbx__trace_stacks_format(tbx__trace_stacks *ts, pid_t fn_tid, uint64_t de
     if (ts->dwfl == NULL) {
         put(&t, "(%s)\n", ts->open_error);
     } else {
-        name_frames(ts, 1);
-        name_frames(ts, 0);
+        name_frames(ts, 1, 1);
+        name_frames(ts, 0, 0);
+        name_frames(ts, 0, 1);
     }
     int late = 0;
     for (size_t i = 0; i < ts->n; i++) {
@@ -312,7 +319,8 @@ size_t tbx__trace_stacks_format(tbx__trace_stacks *ts, pid_t fn_tid, uint64_t de
                 dw.dwfl_errmsg(st->error));
     }
     if (late)
-        put(&t, "(the trace's time ran out: frames not named are given by module and offset)\n");
+        put(&t, "(the trace's time ran out: some frames lack a line, or a name (given by module "
+                "and offset))\n");
     return t.len;
 }
 
