@@ -413,7 +413,9 @@ typedef struct tbx_result {
      * Taken from outside, one block per thread:
      *     thread 4242 "app" (fn):
      *     #0  0x00007f3c2a1b2c3d __lll_lock_wait+0x2d
-     *     #1  0x000055d0c0ffee12 stuck+0x1e (/src/app.c:42)
+     *     #1  0x00007f3c2a1b8482 __pthread_mutex_lock+0x112
+     *     #2  0x000055d0c0ffee12 stuck+0x1e (/src/app.c:42)
+     * (a frame without a symbol: "?? (module+0xoffset)").
      * From the child's handler, as backtrace_symbols_fd writes them. */
     const char *backtrace;
     int backtrace_source; /* where backtrace came from: TBX_BACKTRACE_NONE,
