@@ -75,6 +75,9 @@ struct fs_call {
     tbx__control in;          /* a KILL arriving */
     size_t in_got;
     unsigned running : 1, reaped : 1, closing : 1;
+    unsigned traces;           /* TRACE requests served: a trace holds the
+                                  server's loop, so a call gets two at most
+                                  (its deadline's and its crash's) */
 };
 
 #define MAX_STATIC_FDS 64

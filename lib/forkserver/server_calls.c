@@ -113,8 +113,10 @@ static void read_kills(fs_call *c)
         if (c->in_got < sizeof c->in)
             continue;
         c->in_got = 0;
-        if (!c->reaped && c->in.kind == TBX__CTL_TRACE)
+        if (!c->reaped && c->in.kind == TBX__CTL_TRACE && c->traces++ < 2)
             trace_child(c, c->in.code);
+        else if (c->in.kind == TBX__CTL_TRACE && c->in.code != 0 && !c->reaped)
+            (void)kill(c->pid, c->in.code); /* a crashed child still dies of its signal */
         else if (!c->reaped)
             (void)kill(-c->pid, c->in.code);
     }
