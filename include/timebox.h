@@ -302,7 +302,12 @@ typedef struct tbx_opts {
                              works when the child blocks every signal, is
                              stopped, or is deadlocked in malloc, and holds
                              the child at most 200 ms (400 ms in all with
-                             naming the frames).  Where ptrace is refused
+                             naming the frames; a few ms to stop and unwind
+                             in practice, naming reads debug files).  The
+                             tracer is blocking: it runs on the thread that
+                             runs the call (an async call's loop, whose other
+                             calls wait meanwhile; the forkserver's loop for
+                             its children, two traces per call at most).  Where ptrace is refused
                              (Yama's ptrace_scope 2 or 3, a container
                              without it) or libdw is missing, the child is
                              asked instead (TBX_BACKTRACE_HANDLER): a handler
