@@ -17,7 +17,8 @@
  *   7. backtraces, when the call asks for one: its owner (the parent) named
  *      as the process that may ptrace it (PR_SET_PTRACER, for Yama), and
  *      the handler, for where ptrace is refused; with backtrace_on_crash, the
- *      crash handler, which only stops the child for its owner to trace.
+ *      crash handler, which only reports the signal and waits for its owner
+ *      to trace the child and let it die.
  *
  * ======================== CHILD SIDE ========================
  * This runs in a child after fork (never between vfork and exec: a spawned

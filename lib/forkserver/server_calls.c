@@ -42,13 +42,11 @@ void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd
 static void trace_child(fs_call *c, int sig)
 {
     char *text = NULL;
-    if (c->backtrace_fd < 0)
-        return;
     int source = sig != 0 ? TBX_BACKTRACE_NONE : TBX_BACKTRACE_HANDLER;
-    if (tbx__trace(c->pid, c->pid, TBX__TRACE_BUDGET_NS, &text) == 0 &&
+    if (c->backtrace_fd >= 0 && tbx__trace(c->pid, c->pid, TBX__TRACE_BUDGET_NS, &text) == 0 &&
         tbx__write_all(c->backtrace_fd, text, strlen(text) + 1) == 0)
         source = TBX_BACKTRACE_OUTSIDE;
-    else if (sig == 0)
+    else if (sig == 0 && c->backtrace_fd >= 0)
         (void)kill(c->pid, TBX__BACKTRACE_SIGNAL);
     free(text);
     if (sig != 0)
