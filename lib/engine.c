@@ -177,9 +177,10 @@ static void on_header(tbx__call *c)
     }
     if (c->hdr.kind == TBX__FRAME_CRASH) {
         c->hdr_got = 0;
-        if (!c->opts.backtrace_on_crash || c->crash_traced++)
+        if (!c->opts.backtrace_on_crash || c->crash_signal != 0)
             return reject(c, TBX_EPROTO);
-        return c->launcher->crashed(c, c->hdr.fail_code);
+        c->crash_signal = c->hdr.fail_code;
+        return c->launcher->crashed(c, c->crash_signal);
     }
     if (c->hdr.kind == TBX__FRAME_START) {
         c->hdr_got = 0;

@@ -217,7 +217,8 @@ struct tbx__call {
     tbx__capture capture[TBX__NSTREAMS];
     unsigned backtrace_asked : 1, backtrace_pending : 1;
     int backtrace_source;      /* TBX_BACKTRACE_*: who took or was asked */
-    int crash_traced;          /* a CRASH frame came (only one may) */
+    int crash_signal;          /* the signal a CRASH frame said (only one
+                                  may come); 0: none */
 
     /* diagnose.c: opts.label's copy, and what the reaped child cost. */
     char label[TBX_MAX_LABEL + 1];

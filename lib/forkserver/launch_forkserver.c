@@ -33,6 +33,15 @@ static void server_gone(tbx__call *c)
     give_up_on_server(c);
 }
 
+static int ask_trace(tbx__call *c, int sig)
+{
+    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_TRACE, .code = sig};
+    if (c->child.pid <= 0 ||
+        send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof m)
+        return -1;
+    return 0;
+}
+
 static void control_cb(uv_poll_t *h, int status, int events)
 {
     tbx__call *c = h->data;
@@ -63,6 +72,9 @@ static void control_cb(uv_poll_t *h, int status, int events)
             c->control_fd_in = -1;
             if (c->kill_signal != 0 && c->child.pidfd >= 0)
                 (void)tbx__pidfd_send_signal(c->child.pidfd, c->kill_signal);
+            /* It crashed before we knew it: the server may trace it now. */
+            if (c->crash_signal != 0 && ask_trace(c, c->crash_signal) != 0 && c->child.pidfd >= 0)
+                (void)tbx__pidfd_send_signal(c->child.pidfd, c->crash_signal);
         } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
             struct rusage ru = {.ru_utime = {(time_t)(m->user_us / 1000000),
                                              (suseconds_t)(m->user_us % 1000000)},
@@ -209,24 +221,17 @@ static void forkserver_signal(tbx__call *c, int sig)
 
 /* The server, the child's parent, traces it into the backtrace pipe (from
  * outside if it can, else by the child's handler) and says which (TRACED). */
-static int ask_trace(tbx__call *c, int sig)
-{
-    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_TRACE, .code = sig};
-    if (c->child.pid <= 0 ||
-        send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof m)
-        return -1;
-    return 0;
-}
-
 static int forkserver_backtrace(tbx__call *c)
 {
     return ask_trace(c, 0);
 }
 
-/* The server traces its crashed child, then lets it die of sig. */
+/* The server traces its crashed child, then lets it die of sig.  A crash
+ * can be read before LAUNCHED (the result pipe and the control socket race):
+ * then LAUNCHED asks. */
 static void forkserver_crashed(tbx__call *c, int sig)
 {
-    if (ask_trace(c, sig) != 0 && c->child.pidfd >= 0)
+    if (c->child.pid > 0 && ask_trace(c, sig) != 0 && c->child.pidfd >= 0)
         (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
 }
 
