@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
 #include <timebox/uv.h>
 #include <unistd.h>
 
@@ -500,5 +502,66 @@ TBX_TEST(output, on_the_loop_the_callback_and_the_observer_run_on_its_thread)
     cr_assert_gt(s.on_loop_thread, 0, "a chunk came on another thread");
     cr_assert_str_eq(s.ch.out, "first\nsecond\n");
     cr_assert_eq(uv_loop_close(&loop), 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* Where ptrace is refused, the child's own handler answers, and the result
+ * says so.  Refused here because another tracer holds the child already: a
+ * helper fn forks attaches to it (and passes its signals on). */
+void tbx_test_wait_while_traced(void);
+__attribute__((noinline)) void tbx_test_wait_while_traced(void)
+{
+    for (;;)
+        pause();
+}
+
+static void trace_my_parent(pid_t parent, int ready_fd)
+{
+    if (ptrace(PTRACE_SEIZE, parent, NULL, NULL) != 0)
+        _exit(1);
+    (void)write(ready_fd, "t", 1);
+    for (;;) {
+        int st;
+        if (waitpid(parent, &st, __WALL) != parent || !WIFSTOPPED(st))
+            _exit(0);
+        int event = st >> 16, sig = WSTOPSIG(st);
+        (void)ptrace(PTRACE_CONT, parent, NULL, (void *)(long)(event != 0 ? 0 : sig));
+    }
+}
+
+static int fn_traced_by_another(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    int p[2];
+    char c;
+    if (pipe(p) != 0)
+        return tbx_fail(pk, 1, "pipe");
+    pid_t parent = getpid();
+    pid_t helper = fork();
+    if (helper == 0)
+        trace_my_parent(parent, p[1]);
+    if (helper < 0 || read(p[0], &c, 1) != 1)
+        return tbx_fail(pk, 2, "no tracer");
+    tbx_test_wait_while_traced();
+    return msgpack_pack_nil(pk);
+}
+TBX_REGISTER(fn_traced_by_another);
+
+TBX_TEST(outside, where_ptrace_is_refused_the_childs_handler_answers_and_says_so)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "n");
+    tbx_opts o = test_opts(*method);
+    o.timeout_s = 0.5;
+    o.grace_s = 0.2;
+    o.backtrace_on_timeout = 1;
+    tbx_result r;
+    int rc = tbx_call(fn_traced_by_another, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_not_null(r.backtrace, "no backtrace came");
+    cr_log_info("%s", r.backtrace);
+    cr_assert_eq(r.backtrace_source, TBX_BACKTRACE_HANDLER, "%d", r.backtrace_source);
+    cr_assert(strstr(r.backtrace, "tbx_test_wait_while_traced") != NULL, "%s", r.backtrace);
+    tbx_result_free(&r);
     msgpack_sbuffer_destroy(&sb);
 }
