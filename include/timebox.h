@@ -649,7 +649,9 @@ typedef void tbx_log_fn(tbx_log_level level, const char *message, void *arg);
 TBX_EXTERN void tbx_set_log(tbx_log_fn *fn, void *arg);
 
 /* An observer hears of every call once it has finished: one callback per
- * call, whatever its outcome (calls refused before anything ran included),
+ * call whose arguments and options were valid, whatever its outcome (a call
+ * whose deadline passed while it waited for a slot included; a call that
+ * returned an error before starting, TBX_EINVAL say, is not a call),
  * with the method that ran it (never TBX_METHOD_DEFAULT), its label
  * (opts.label, or NULL) and its result: status, pid, exit_code,
  * term_signal, kill_signal, the timings and the cost.  It runs on the thread
