@@ -649,9 +649,11 @@ typedef void tbx_log_fn(tbx_log_level level, const char *message, void *arg);
 TBX_EXTERN void tbx_set_log(tbx_log_fn *fn, void *arg);
 
 /* An observer hears of every call once it has finished: one callback per
- * call whose arguments and options were valid, whatever its outcome (a call
- * whose deadline passed while it waited for a slot included; a call that
- * returned an error before starting, TBX_EINVAL say, is not a call),
+ * call that got under way, whatever its outcome (a call whose deadline
+ * passed while it waited for a slot included), not of one refused at its
+ * start (TBX_EINVAL, or a launch that failed with -errno before any child
+ * ran: tbx_call_async's error return, which never calls back, or its
+ * blocking twin),
  * with the method that ran it (never TBX_METHOD_DEFAULT), its label
  * (opts.label, or NULL) and its result: status, pid, exit_code,
  * term_signal, kill_signal, the timings and the cost.  It runs on the thread
