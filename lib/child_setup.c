@@ -29,7 +29,6 @@
  * =============================================================
  */
 #include "child.h"
-#include "trace.h"
 
 #include <errno.h>
 #include <execinfo.h>

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,12 +47,6 @@ typedef struct trace_run {
     size_t n;
     int refused;    /* ptrace said EPERM */
 } trace_run;
-
-void tbx__trace_allow(pid_t tracer)
-{
-    /* EINVAL without Yama: nothing to allow. */
-    (void)prctl(PR_SET_PTRACER, (unsigned long)tracer, 0, 0, 0);
-}
 
 /* Reads the state letter and the name of one thread from its stat file:
  * "tid (name) S ...", the name itself possibly holding parentheses. */

@@ -54,12 +54,6 @@ int tbx__trace_available(const char **why);
  * gone), -ETIMEDOUT (no thread stopped within the budget), -ENOMEM. */
 int tbx__trace(pid_t pid, pid_t fn_tid, uint64_t budget_ns, char **out);
 
-/* In a child, early: lets tracer (its owner) ptrace this process where
- * Yama's ptrace_scope is 1 and the owner is not an ancestor (or is, but
- * scope 1 is met more simply by naming it).  Without Yama it does nothing.
- * Async-signal-safe; errors are ignored. */
-void tbx__trace_allow(pid_t tracer);
-
 /* trace_unwind.c, for trace.c.  A thread as the trace found it. */
 typedef struct tbx__trace_thread {
     pid_t tid;
