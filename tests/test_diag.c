@@ -50,22 +50,30 @@ static int fn_blocked_on_lock(const msgpack_object *args, msgpack_packer *pk, vo
 }
 TBX_REGISTER(fn_blocked_on_lock);
 
+/* Calls fn (args nil) with a short deadline and a backtrace asked, and
+ * checks it timed out with a backtrace from source. */
+static void time_out_traced(tbx_method m, tbx_fn *fn, int source, tbx_result *r)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "n");
+    tbx_opts o = test_opts(m);
+    o.timeout_s = 0.4;
+    o.grace_s = 0.2;
+    o.backtrace_on_timeout = 1;
+    int rc = tbx_call(fn, sb.data, sb.size, &o, r);
+    msgpack_sbuffer_destroy(&sb);
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r->message);
+    cr_assert_not_null(r->backtrace, "no backtrace came");
+    cr_log_info("%s", r->backtrace);
+    cr_assert_eq(r->backtrace_source, source, "source %d", r->backtrace_source);
+}
+
 TBX_TEST(outside, a_child_blocking_every_signal_on_a_lock_says_where_with_file_and_line)
 {
     if (!tracer_built())
         cr_skip_test("built without libdw");
-    msgpack_sbuffer sb;
-    pack(&sb, "n");
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 0.3;
-    o.grace_s = 0.2;
-    o.backtrace_on_timeout = 1;
     tbx_result r;
-    int rc = tbx_call(fn_blocked_on_lock, sb.data, sb.size, &o, &r);
-    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s", tbx_err_name(rc));
-    cr_assert_not_null(r.backtrace, "no backtrace came");
-    cr_log_info("%s", r.backtrace);
-    cr_assert_eq(r.backtrace_source, TBX_BACKTRACE_OUTSIDE, "%d", r.backtrace_source);
+    time_out_traced(*method, fn_blocked_on_lock, TBX_BACKTRACE_OUTSIDE, &r);
     char head[64];
     snprintf(head, sizeof head, "thread %d ", (int)r.pid);
     cr_assert(strncmp(r.backtrace, head, strlen(head)) == 0, "fn's thread is not first:\n%s",
@@ -76,7 +84,6 @@ TBX_TEST(outside, a_child_blocking_every_signal_on_a_lock_says_where_with_file_a
     cr_assert(file != NULL && (eol == NULL || file < eol), "no file and line:\n%s", r.backtrace);
     cr_assert_gt(atoi(file + strlen("test_diag.c:")), 0);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 /* A real fault: a write through a null pointer (volatile, so it happens). */
@@ -208,19 +215,8 @@ TBX_REGISTER(fn_traced_by_another);
 
 TBX_TEST(outside, where_ptrace_is_refused_the_childs_handler_answers_and_says_so)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "n");
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 0.5;
-    o.grace_s = 0.2;
-    o.backtrace_on_timeout = 1;
     tbx_result r;
-    int rc = tbx_call(fn_traced_by_another, sb.data, sb.size, &o, &r);
-    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(rc), r.message);
-    cr_assert_not_null(r.backtrace, "no backtrace came");
-    cr_log_info("%s", r.backtrace);
-    cr_assert_eq(r.backtrace_source, TBX_BACKTRACE_HANDLER, "%d", r.backtrace_source);
+    time_out_traced(*method, fn_traced_by_another, TBX_BACKTRACE_HANDLER, &r);
     cr_assert(strstr(r.backtrace, "tbx_test_wait_while_traced") != NULL, "%s", r.backtrace);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }

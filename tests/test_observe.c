@@ -250,19 +250,29 @@ static void on_output(void *arg, int stream, const char *data, size_t len)
         ch->second_at = now_s();
 }
 
-TBX_TEST(output, each_chunk_reaches_the_callback_as_it_arrives)
+/* fn_two_lines with gap_ms between its lines, its output kept up to
+ * capture bytes and passed to on_output into *ch; returns tbx_call's. */
+static int call_two_lines(tbx_method m, uint64_t gap_ms, size_t capture, chunks *ch,
+                          tbx_result *r)
 {
     msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)400);
-    chunks ch;
-    memset(&ch, 0, sizeof ch);
-    tbx_opts o = test_opts(*method);
+    pack(&sb, "u", gap_ms);
+    memset(ch, 0, sizeof *ch);
+    tbx_opts o = test_opts(m);
     o.timeout_s = 30;
-    o.capture_output = 4096;
+    o.capture_output = capture;
     o.on_output = on_output;
-    o.on_output_arg = &ch;
+    o.on_output_arg = ch;
+    int rc = tbx_call(fn_two_lines, sb.data, sb.size, &o, r);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+TBX_TEST(output, each_chunk_reaches_the_callback_as_it_arrives)
+{
+    chunks ch;
     tbx_result r;
-    int rc = tbx_call(fn_two_lines, sb.data, sb.size, &o, &r);
+    int rc = call_two_lines(*method, 400, 4096, &ch, &r);
     cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
     cr_assert_str_eq(ch.out, "first\nsecond\n");
     cr_assert_str_eq(ch.err, "done");
@@ -270,30 +280,19 @@ TBX_TEST(output, each_chunk_reaches_the_callback_as_it_arrives)
     cr_assert(ch.first_at > 0 && ch.second_at > 0);
     cr_assert_geq(ch.second_at - ch.first_at, 0.3, "the first line came only at the end");
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 TBX_TEST(output, the_callback_sees_no_more_than_capture_output_keeps)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)0);
     chunks ch;
-    memset(&ch, 0, sizeof ch);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 30;
-    o.capture_output = 8;
-    o.on_output = on_output;
-    o.on_output_arg = &ch;
     tbx_result r;
-    int rc = tbx_call(fn_two_lines, sb.data, sb.size, &o, &r);
+    int rc = call_two_lines(*method, 0, 8, &ch, &r);
     cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
     cr_assert_str_eq(ch.out, "first\nse");
     cr_assert(r.stdout_truncated);
     tbx_result_free(&r);
-    o.capture_output = 0;
-    cr_assert_eq(tbx_call(fn_two_lines, sb.data, sb.size, &o, &r), TBX_EINVAL);
+    cr_assert_eq(call_two_lines(*method, 0, 0, &ch, &r), TBX_EINVAL);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
 }
 
 /* On the loop: the output callback and the observer run on the loop's
