@@ -8,7 +8,7 @@
 # (40 at 1 GiB), CONTAIN_N (1000) and METHOD_N_4G (12 at 4 GiB, where each fork takes tens of
 # milliseconds); PAYLOAD_N (50 runs per size, fewer at large sizes) and
 # PAYLOAD_MAX_MIB (256); ASYNC_N (2000 calls per series) and ASYNC_SPAWN_N
-# (400); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
+# (400); LIBDW_LINK_N (2000); TRACE_COST_N (100); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
 # PEERS_DEADLINE_N (see peers.sh).  SKIP_PAYLOAD=1, SKIP_ASYNC=1,
 # SKIP_CALLER_COST=1, SKIP_PEERS=1 and SKIP_PLOTS=1 leave a part out (the
 # whole run takes about 5 minutes on a 2-vCPU VM).  BENCH_COMMIT names the
@@ -48,6 +48,11 @@ run method_latency method_latency_rss1024 "${METHOD_N_1G:-40}" 1024
 run method_latency method_latency_rss4096 "${METHOD_N_4G:-12}" 4096
 run warm_latency warm_latency "${WARM_N:-1000}"
 run containment containment "${CONTAIN_N:-1000}"
+# Built only where libdw-dev is installed.
+[ ! -x "$build/bench/bench_libdw_link" ] ||
+    run libdw_link libdw_link "${LIBDW_LINK_N:-2000}"
+[ ! -x "$build/bench/bench_trace_cost" ] ||
+    run trace_cost trace_cost "${TRACE_COST_N:-100}"
 [ "${SKIP_PAYLOAD:-0}" = 1 ] ||
     run payload payload "${PAYLOAD_N:-50}" "${PAYLOAD_MAX_MIB:-256}"
 [ "${SKIP_ASYNC:-0}" = 1 ] ||
@@ -77,7 +82,7 @@ commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || ec
     echo "|---|---|---:|---:|---:|---:|---:|"
     cat $(logs fork_latency.log deadline_lateness.log method_latency_rss0.log \
         method_latency_rss256.log method_latency_rss1024.log method_latency_rss4096.log \
-        warm_latency.log containment.log \
+        warm_latency.log containment.log libdw_link.log trace_cost.log \
         caller_cost.log async_throughput.log) |
         awk '/^RESULT / {
             delete f

@@ -1,14 +1,14 @@
 /*
  * fuzz_control: the forkserver's control messages, both ways
- * (tbx__control_check: LAUNCHED / EXITED / ERROR from the server, KILL from a
- * client), read as lib/engine.c control_cb and lib/forkserver.c read_kills
+ * (tbx__control_check: LAUNCHED / EXITED / ERROR / TRACED from the server,
+ * KILL and TRACE from a client), read as lib/engine.c control_cb and lib/forkserver.c read_kills
  * read them: fixed-size messages from a stream, each checked before use.
  * Also the key parser of the shared server (tbx__key_parse), which reads a
  * key a file or the environment gives.
  *
- * Invariants: a KILL the server accepts carries a signal in 1..64 (it is
- * passed to kill()); a message from the server is accepted only with one of
- * its three kinds; a key parses only from exactly 64 hex digits, and parses
+ * Invariants: a KILL the server accepts carries a signal in 1..64, a TRACE
+ * 0..64 (both are passed to kill()); a message from the server is accepted
+ * only with one of its four kinds; a key parses only from exactly 64 hex digits, and parses
  * back to the same text.
  */
 #include "forkserver/auth.h"
@@ -29,14 +29,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(&m, data + off, sizeof m);
         off += sizeof m;
         if (tbx__control_check(&m, 0) == 0) {
-            if (m.magic != TBX__CONTROL_MAGIC || m.kind != TBX__CTL_KILL || m.code < 1 ||
+            int min = m.kind == TBX__CTL_TRACE ? 0 : 1;
+            if (m.magic != TBX__CONTROL_MAGIC ||
+                (m.kind != TBX__CTL_KILL && m.kind != TBX__CTL_TRACE) || m.code < min ||
                 m.code > 64)
                 __builtin_trap();
         }
         if (tbx__control_check(&m, 1) == 0) {
             if (m.magic != TBX__CONTROL_MAGIC ||
                 (m.kind != TBX__CTL_LAUNCHED && m.kind != TBX__CTL_EXITED &&
-                 m.kind != TBX__CTL_ERROR))
+                 m.kind != TBX__CTL_ERROR && m.kind != TBX__CTL_TRACED))
                 __builtin_trap();
         }
     }

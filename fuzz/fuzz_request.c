@@ -8,7 +8,7 @@
  * everything was sent; the server reads without blocking, a piece at a time,
  * as bytes arrive.
  *
- * Input: one control byte, then the request (header, name, args).  The
+ * Input: one control byte, then the request (header, name, label, args).  The
  * control byte's low six bits give the size of the pieces the bytes arrive
  * in; its top two bits how the args come:
  *   0  on the socket, after the name;
@@ -69,8 +69,9 @@ static size_t walk(const msgpack_object *o)
 static void resolve(tbx__request *rq)
 {
     char why[TBX__MAX_MESSAGE + 1];
-    if (rq->h.name_len > TBX__MAX_NAME || rq->h.args_len > TBX__MAX_ARGS)
-        __builtin_trap(); /* the check must bound both */
+    if (rq->h.name_len > TBX__MAX_NAME || rq->h.label_len > TBX_MAX_LABEL ||
+        rq->h.args_len > TBX__MAX_ARGS)
+        __builtin_trap(); /* the check must bound all three */
     if (tbx__request_resolve(rq, why, sizeof why) != 0)
         return;
     tbx__child_spec spec;
@@ -182,14 +183,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     input in = {.sock = data + 1, .sock_len = size - 1, .mode = data[0] >> 6,
                 .piece = 1 + (size_t)(data[0] & 0x3f) * 67};
     if (in.mode == ARGS_SEALED || in.mode == ARGS_UNSEALED) {
-        /* The socket carries the header and the name; the rest is the
-         * memfd's. */
+        /* The socket carries the header, the name and the label; the rest
+         * is the memfd's. */
         tbx__request_header h;
         if (in.sock_len < sizeof h)
             return 0;
         memcpy(&h, in.sock, sizeof h);
-        size_t head = sizeof h + (h.name_len < in.sock_len - sizeof h ? h.name_len
-                                                                     : in.sock_len - sizeof h);
+        size_t names = (size_t)h.name_len + h.label_len;
+        size_t head = sizeof h + (names < in.sock_len - sizeof h ? names : in.sock_len - sizeof h);
         in.memfd = in.sock + head;
         in.memfd_len = in.sock_len - head;
         in.sock_len = head;

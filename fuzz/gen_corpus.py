@@ -18,16 +18,17 @@ def frame(kind, payload=b"", code=0, magic=FRAME, reserved=0, length=None):
     return struct.pack("=IIiIQ", magic, kind, code, reserved, n) + payload
 
 
-def request(name, args, flags=1, magic=REQUEST, reserved=0, name_len=None, args_len=None,
-            deadline=0, timeout=0, grace=10**9, max_result=256 << 20):
+def request(name, args, flags=1, magic=REQUEST, label=b"", label_len=None, name_len=None,
+            args_len=None, deadline=0, timeout=0, grace=10**9, max_result=256 << 20):
     nl = len(name) if name_len is None else name_len
+    ll = len(label) if label_len is None else label_len
     al = len(args) if args_len is None else args_len
-    return struct.pack("=IIIIQQQQQ", magic, flags, nl, reserved, al, deadline, timeout,
-                       grace, max_result) + name + args
+    return struct.pack("=IIIIQQQQQ", magic, flags, nl, ll, al, deadline, timeout,
+                       grace, max_result) + name + label + args
 
 
-def control(kind, pid=0, code=0, magic=CONTROL):
-    return struct.pack("=IIii", magic, kind, pid, code)
+def control(kind, pid=0, code=0, magic=CONTROL, user_us=0, sys_us=0, max_rss_kb=0):
+    return struct.pack("=IIiiQQQ", magic, kind, pid, code, user_us, sys_us, max_rss_kb)
 
 
 def nested(depth, inner=b"\x01"):
@@ -85,6 +86,9 @@ seeds = {
         "zero_max_result": b"\x00" + request(b"fuzz_fn", b"\xc0", max_result=0),
         "huge_args_len": b"\x00" + request(b"fuzz_fn", b"\xc0", args_len=1 << 40),
         "header_only": b"\x00" + request(b"fuzz_fn", b"\xc0")[:30],
+        "labelled": b"\x00" + request(b"fuzz_fn", b"\xc0", label=b"job-42"),
+        "label_control": b"\x00" + request(b"fuzz_fn", b"\xc0", label=b"a\nb"),
+        "label_long": b"\x00" + request(b"fuzz_fn", b"\xc0", label=b"l" * 256),
         # the control byte's top bits: 0x40 args in a sealed memfd, 0x80 the
         # memfd unsealed, 0xc0 a descriptor on each of the first two pieces
         "bulk_sealed": b"\x41" + request(b"fuzz_fn", b"\x92\xa2hi\x07", flags=1 | 16),
@@ -103,6 +107,11 @@ seeds = {
         "bad_magic": control(4, 0, 9, magic=0),
         "sequence": control(1, 77, 0) + control(2, 77, 0) + control(4, 0, 9),
         "half": control(2, 1, 1)[:9],
+        "exited_cost": control(2, 1234, 0, user_us=1500, sys_us=20, max_rss_kb=4096),
+        "trace": control(5, 0, 0),
+        "trace_crash": control(5, 0, 11),
+        "trace_66": control(5, 0, 66),
+        "traced": control(6, 1234, 1),
         "key": b"00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF",
         "key_short": b"0011",
         "key_bad_digit": b"0g112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",

@@ -205,6 +205,9 @@ typedef enum {
                                must be registered (TBX_REGISTER). */
 } tbx_method;
 
+/* opts.on_output: a chunk of the child's stdout (stream 1) or stderr (2). */
+typedef void tbx_output_fn(void *arg, int stream, const char *data, size_t len);
+
 typedef struct tbx_opts {
     double timeout_s;     /* <= 0: no deadline.  Default 0. */
     double grace_s;       /* SIGTERM -> SIGKILL delay.  Default 1 s; < 0 is
@@ -232,6 +235,30 @@ typedef struct tbx_opts {
                              made. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
+    int backtrace_on_crash; /* 1: a child that dies of SIGSEGV, SIGBUS,
+                             SIGFPE, SIGILL or SIGABRT comes back with its
+                             threads' stacks in backtrace, the faulting
+                             thread's among them (its top frames timebox's
+                             crash_handler and libc's __restore_rt, then
+                             where it faulted), the call still TBX_ECRASHED
+                             with that term_signal.
+                             Nothing unsafe runs in the crashed child: the
+                             handler timebox installs (on an alternate stack,
+                             so a stack overflow is caught too) only says
+                             which signal on the result pipe and waits; its
+                             owner traces it from outside (as for
+                             backtrace_on_timeout) and sends it the signal
+                             again, of which it dies.  Needs ptrace: where it is refused the
+                             child dies untraced (backtrace NULL).  fn may
+                             install its own handlers for these signals,
+                             which then win.  Not with warm children. */
+    const char *label;    /* NULL (default), or a name for this call (at
+                             most TBX_MAX_LABEL bytes, no control characters;
+                             TBX_EINVAL otherwise): every line timebox logs
+                             about the call ends with " [label]", the
+                             observer sees it, and fn reads it with
+                             tbx_label(), under every method, so that a
+                             host's per-call logger can tag what fn logs. */
     /* Resource limits in the child (setrlimit before any hook or fn runs;
      * 0: inherited).  A child killed by its CPU limit ends TBX_ECRASHED with
      * term_signal SIGXCPU (SIGKILL one second later if it ignores that); a
@@ -250,15 +277,45 @@ typedef struct tbx_opts {
                              child shares the caller's stdout and stderr.
                              Not with warm children (a call that asks for it
                              starts a fresh one). */
-    int backtrace_on_timeout; /* 1: at the deadline, before SIGTERM, the
-                             child is asked for a backtrace of the thread
-                             running fn (a handler timebox installs in the
-                             child writes backtrace_symbols_fd output), waited
-                             for at most 250 ms, and returned in the result
-                             (backtrace).  Function names need symbols: link
-                             the program with -rdynamic for its own.  Uses
-                             signal SIGRTMAX-3 in the child.  Not with warm
-                             children. */
+    tbx_output_fn *on_output; /* NULL (default), or called with each chunk
+                             of the child's output as it arrives, while the
+                             call runs: stream 1 (stdout) or 2 (stderr), the
+                             bytes (not NUL-terminated, valid for the
+                             callback only).  Needs capture_output
+                             (TBX_EINVAL without it): it sees
+                             exactly the bytes kept in the result, and none
+                             past that bound.  Runs on the thread that runs
+                             the call (a blocking caller's; the loop's for
+                             an async call), so it must be quick, and must
+                             not call back into timebox. */
+    void *on_output_arg;  /* passed to on_output */
+    int backtrace_on_timeout; /* 1: at the deadline, before SIGTERM, where
+                             the child was goes into the result (backtrace).
+                             Taken from outside (backtrace_source
+                             TBX_BACKTRACE_OUTSIDE): the process that owns the
+                             child (the caller for fork and spawn, the
+                             server for its children) stops every thread of
+                             it with ptrace and unwinds it with elfutils'
+                             libdwfl, loaded on first use: every thread, the
+                             one running fn marked and first, function, file
+                             and line where debug information exists.  It
+                             works when the child blocks every signal, is
+                             stopped, or is deadlocked in malloc, and holds
+                             the child at most 200 ms (400 ms in all with
+                             naming the frames; a few ms to stop and unwind
+                             in practice, naming reads debug files).  The
+                             tracer is blocking: it runs on the thread that
+                             runs the call (an async call's loop, whose other
+                             calls wait meanwhile; the forkserver's loop for
+                             its children, two traces per call at most).  Where ptrace is refused
+                             (Yama's ptrace_scope 2 or 3, a container
+                             without it) or libdw is missing, the child is
+                             asked instead (TBX_BACKTRACE_HANDLER): a handler
+                             timebox installs writes backtrace_symbols_fd
+                             output of fn's thread, waited for at most
+                             250 ms; its function names need -rdynamic, and
+                             it uses signal SIGRTMAX-3 in the child.  Not
+                             with warm children. */
     const char *executable; /* spawn: the program to run as the worker;
                              NULL: the process default (tbx_set_spawn_
                              executable), else this program itself.  It must
@@ -405,18 +462,52 @@ typedef struct tbx_result {
     const char *stdout_data, *stderr_data;
     size_t stdout_len, stderr_len;
     int stdout_truncated, stderr_truncated; /* 1: more was written */
-    /* With opts.backtrace_on_timeout and a call that timed out: where fn
-     * was, one frame a line, as backtrace_symbols_fd writes them; NULL if
-     * none came.  Owned by the result. */
+    /* With opts.backtrace_on_timeout and a call that timed out, or
+     * opts.backtrace_on_crash and a child that crashed: where fn was, one
+     * frame a line; NULL if none came.  Owned by the result.
+     * Taken from outside, one block per thread:
+     *     thread 4242 "app" (fn):
+     *     #0  0x00007f3c2a1b2c3d __lll_lock_wait+0x2d
+     *     #1  0x00007f3c2a1b8482 __pthread_mutex_lock+0x112
+     *     #2  0x000055d0c0ffee12 stuck+0x1e (/src/app.c:42)
+     * (a frame without a symbol: "?? (module+0xoffset)").
+     * From the child's handler, as backtrace_symbols_fd writes them. */
     const char *backtrace;
     int containment;      /* what held the call's processes: TBX_CONTAIN_*
                              (see Containment); 0 if no child ran */
+    int backtrace_source; /* where backtrace came from: TBX_BACKTRACE_NONE,
+                             _OUTSIDE or _HANDLER (tbx_backtrace_source) */
+    /* What the child cost, from the kernel's accounting of the reaped
+     * child (wait4's rusage): CPU seconds in user mode and in the kernel,
+     * and its peak resident size in KiB.  They count the child and those of
+     * its own children it waited for, not grandchildren still running when
+     * it ended.  Fork and spawn: reaped by the caller; the forkserver: the
+     * server reaps and sends them with the child's end.  A spawned worker's
+     * figures include its exec and start-up; a fork child's peak size
+     * counts the pages it shares with the caller (resident at the fork).
+     * cost_known is 0 when no figures came (a call that launched nothing,
+     * a child someone else reaped, a server that died or went silent). */
+    double cpu_user_s, cpu_sys_s;
+    long max_rss_kb;
+    int cost_known;
     void *priv_[7];       /* private: memory owned by the result */
 } tbx_result;
 
 /* Frees what the result owns and resets it to an empty result.  NULL-safe,
  * idempotent.  Thread-safe for distinct results. */
 TBX_EXTERN void tbx_result_free(tbx_result *r);
+
+/* tbx_result.backtrace_source. */
+enum {
+    TBX_BACKTRACE_NONE = 0,    /* no backtrace */
+    TBX_BACKTRACE_OUTSIDE = 1, /* taken from outside the child (ptrace, libdwfl) */
+    TBX_BACKTRACE_HANDLER = 2  /* written by the child's own handler: ptrace
+                                  was refused, or this build or machine has
+                                  no libdw */
+};
+
+/* The longest opts.label, in bytes. */
+#define TBX_MAX_LABEL 255
 
 /* ------------------------------------------------------------------------
  * Calls
@@ -609,6 +700,27 @@ typedef void tbx_log_fn(tbx_log_level level, const char *message, void *arg);
  * ERROR to stderr, "timebox: ..." on a line.  Thread-safe. */
 TBX_EXTERN void tbx_set_log(tbx_log_fn *fn, void *arg);
 
+/* An observer hears of every call once it has finished: one callback per
+ * call that got under way, whatever its outcome (a call whose deadline
+ * passed while it waited for a slot included), not of one refused at its
+ * start (TBX_EINVAL, or a launch that failed with -errno before any child
+ * ran: tbx_call_async's error return, which never calls back, or its
+ * blocking twin),
+ * with the method that ran it (never TBX_METHOD_DEFAULT), its label
+ * (opts.label, or NULL) and its result: status, pid, exit_code,
+ * term_signal, kill_signal, the timings and the cost.  It runs on the thread
+ * that finishes the call (a blocking caller's; the loop's for an async
+ * call), just before the call returns or its callback runs; result is
+ * valid for the callback only.  It must be quick and must not call back
+ * into timebox.  For a host's metrics: examples/metrics.c keeps Prometheus
+ * counters with it. */
+typedef void tbx_observer_fn(void *arg, tbx_method method, const char *label,
+                             const tbx_result *result);
+
+/* Sets the observer (NULL: none, the default) for calls that finish from
+ * now on.  Thread-safe. */
+TBX_EXTERN void tbx_set_observer(tbx_observer_fn *fn, void *arg);
+
 /* ------------------------------------------------------------------------
  * Inside the child
  */
@@ -625,6 +737,10 @@ TBX_EXTERN int tbx_fail(msgpack_packer *result, int code, const char *fmt, ...)
  * passed; HUGE_VAL when the call has no deadline or when called outside a
  * timebox child.  Async-signal-safe. */
 TBX_EXTERN double tbx_remaining(void);
+
+/* This call's label (opts.label), or NULL when it has none or when called
+ * outside a timebox child.  Valid until fn returns.  Async-signal-safe. */
+TBX_EXTERN const char *tbx_label(void);
 
 /* ------------------------------------------------------------------------
  * Process set-up

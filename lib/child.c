@@ -38,6 +38,7 @@
 static struct {
     uint64_t deadline_ns; /* absolute; 0: none */
     int in_child;
+    const char *label;    /* opts.label, or NULL */
 } self;
 
 typedef struct result_buf {
@@ -178,6 +179,11 @@ int tbx_fail(msgpack_packer *result, int code, const char *fmt, ...)
     return TBX_EFAILED;
 }
 
+const char *tbx_label(void)
+{
+    return self.in_child ? self.label : NULL;
+}
+
 double tbx_remaining(void)
 {
     if (!self.in_child || self.deadline_ns == 0)
@@ -245,6 +251,7 @@ void tbx__child_main(const tbx__child_spec *spec)
     tbx__child_setup(spec);
 
     self.in_child = 1;
+    self.label = spec->label;
     self.deadline_ns = spec->deadline_ns;
     if (spec->soft_deadline && spec->timeout_s > 0)
         self.deadline_ns = tbx__now_ns() + tbx__seconds_to_ns(spec->timeout_s);

@@ -46,6 +46,9 @@ typedef struct tbx__child_spec {
     int stdout_fd, stderr_fd;  /* placed on 1 and 2 before anything runs; -1:
                                   left as they are */
     int backtrace_fd;          /* where to write a backtrace when asked; -1 */
+    const char *label;         /* the call's label (tbx_label), or NULL */
+    int crash_trace;           /* a fatal signal stops the child for its
+                                  owner to trace (opts.backtrace_on_crash) */
     int bulk_fd;               /* a memfd for a result of TBX__BIG_PAYLOAD
                                   or more; -1: the pipe only */
     int cgroup_fd;             /* the call's cgroup.procs, joined before any
@@ -80,7 +83,9 @@ int tbx__worker_unserved(void);
  * and unpacks it.  Returns 0, or a TBX_E* / -errno code with *why set. */
 typedef struct tbx__request {
     tbx__request_header h;
-    char name[TBX__MAX_NAME + 1];
+    char name[TBX__MAX_NAME + 1 + TBX_MAX_LABEL + 1]; /* the name, then the
+                                  label as it arrives */
+    char label[TBX_MAX_LABEL + 1]; /* split off by tbx__request_resolve */
     char *args_buf;            /* malloc'd, or mapped (args_mapped) */
     int args_mapped;           /* args_buf maps a bulk memfd (REQ_ARGS_BULK) */
     msgpack_zone zone;

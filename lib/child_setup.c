@@ -16,7 +16,11 @@
  *      the caller's code runs (a child that cannot join says why on its
  *      result pipe and exits: a call must not run outside what will be
  *      killed when it ends);
- *   7. the backtrace handler.
+ *   7. backtraces, when the call asks for one: its owner (the parent) named
+ *      as the process that may ptrace it (PR_SET_PTRACER, for Yama), and
+ *      the handler, for where ptrace is refused; with backtrace_on_crash, the
+ *      crash handler, which only reports the signal and waits for its owner
+ *      to trace the child and let it die.
  *
  * ======================== CHILD SIDE ========================
  * This runs in a child after fork (never between vfork and exec: a spawned
@@ -134,6 +138,8 @@ static void backtrace_handler(int sig)
 
 static void install_backtrace(const tbx__child_spec *spec)
 {
+    if (spec->parent_pid != 0 && (spec->backtrace_fd >= 0 || spec->crash_trace))
+        tbx__trace_allow(spec->parent_pid);
     if (spec->backtrace_fd < 0)
         return;
     void *warm[1];
@@ -145,6 +151,42 @@ static void install_backtrace(const tbx__child_spec *spec)
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     (void)sigaction(TBX__BACKTRACE_SIGNAL, &sa, NULL);
+}
+
+/* The crash handler: nothing unsafe runs in a crashed process.  It says
+ * which signal on the result pipe (one header, under PIPE_BUF: atomic) and
+ * waits with every other signal blocked; its owner traces it from outside,
+ * then sends it the signal again.  SA_RESETHAND made the signal's action the
+ * default meanwhile, so the child dies of it, as it would have without the
+ * handler (a core dump included, where allowed). */
+static int crash_fd = -1;
+static char crash_stack[64 << 10]; /* a stack overflow has no stack left */
+
+static void crash_handler(int sig)
+{
+    tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_CRASH, sig, 0, 0};
+    sigset_t only_sig;
+    sigfillset(&only_sig);
+    sigdelset(&only_sig, sig);
+    if (write(crash_fd, &h, sizeof h) == (ssize_t)sizeof h)
+        (void)sigsuspend(&only_sig);
+}
+
+static void install_crash_handler(const tbx__child_spec *spec)
+{
+    static const int fatal[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+    if (!spec->crash_trace)
+        return;
+    crash_fd = spec->result_fd;
+    stack_t st = {.ss_sp = crash_stack, .ss_size = sizeof crash_stack};
+    (void)sigaltstack(&st, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = crash_handler;
+    sa.sa_flags = SA_RESETHAND | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+        (void)sigaction(fatal[i], &sa, NULL);
 }
 
 void tbx__child_setup(const tbx__child_spec *spec)
@@ -163,4 +205,5 @@ void tbx__child_setup(const tbx__child_spec *spec)
     apply_limits(spec);
     join_cgroup(spec);
     install_backtrace(spec);
+    install_crash_handler(spec);
 }

@@ -27,97 +27,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* -------------------------------------------------------------- signalling */
-
-static void signal_child(tbx__call *c, int sig)
-{
-    c->launcher->signal(c, sig);
-}
-
-static void escalate_cb(tbx__deadline *d);
-
-/* Ends the child: SIGTERM, then SIGKILL after grace (or SIGKILL at once).
- * A child that has already exited is left to its exit watcher: it was not
- * the deadline that ended it, and it needs no signal. */
-static void escalate(tbx__call *c, int why, int hard)
-{
-    if (c->queued) {
-        /* Still waiting for a slot: it never gets one.  Granted meanwhile
-         * (its wake-up on the way), it gives it back. */
-        c->queued = 0;
-        if (tbx__slot_unqueue(c))
-            c->has_slot = 1;
-        c->verdict = why;
-        c->wstatus = -1;
-        tbx__engine_finish(c);
-        return;
-    }
-    if (c->finishing || c->reaped || c->launcher->exited(c))
-        return;
-    if (c->verdict == 0 && !c->frame_done)
-        c->verdict = why;
-    /* First, where was it?  A short wait for the child's backtrace, which
-     * ends the wait early when it comes (stream_cb). */
-    /* A fresh program has its handler from before its START; one that has
-     * not said START yet would only be killed by the signal. */
-    if (!hard && why == TBX_ETIMEDOUT && c->kill_signal == 0 && !c->frame_done &&
-        c->capture[TBX__BACKTRACE].fd >= 0 && !c->backtrace_asked &&
-        (!c->child.worker || c->started)) {
-        c->backtrace_asked = c->backtrace_pending = 1;
-        c->launcher->backtrace(c);
-        c->deadline.cb = escalate_cb;
-        if (tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__BACKTRACE_WAIT_NS) == 0)
-            return;
-    }
-    c->backtrace_pending = 0;
-    if (hard || c->opts.grace_s <= 0 || c->frame_done || c->kill_signal == SIGTERM) {
-        if (c->kill_signal == SIGTERM)
-            tbx__log(TBX_LOG_INFO, "child %d still alive %.3f s after SIGTERM: sent SIGKILL",
-                     (int)c->child.pid, c->opts.grace_s);
-        tbx__deadline_stop(&c->deadline);
-        c->kill_signal = SIGKILL;
-        signal_child(c, SIGKILL);
-        return;
-    }
-    c->kill_signal = SIGTERM;
-    signal_child(c, SIGTERM);
-    /* SIGKILL comes grace_s after the deadline itself, so lateness in
-     * sending SIGTERM is not added again; a cancel, or a wait for a
-     * backtrace, counts from now. */
-    uint64_t from = why == TBX_ETIMEDOUT && c->deadline.when_ns != 0 && !c->backtrace_asked
-                        ? c->deadline.when_ns
-                        : tbx__now_ns();
-    c->deadline.cb = escalate_cb;
-    uint64_t at = from + tbx__seconds_to_ns(c->opts.grace_s);
-    if (tbx__deadline_start(&c->deadline, c->loop, at) != 0) {
-        c->kill_signal = SIGKILL; /* no timer for the grace: no grace */
-        signal_child(c, SIGKILL);
-    }
-}
-
-static void escalate_cb(tbx__deadline *d)
-{
-    tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
-    escalate(c, TBX_ETIMEDOUT, 0);
-}
-
-int tbx__engine_arm_deadline(tbx__call *c, uint64_t from_ns)
-{
-    if (c->opts.timeout_s <= 0)
-        return 0;
-    c->deadline.cb = escalate_cb;
-    return tbx__deadline_start(&c->deadline, c->loop,
-                               from_ns + tbx__seconds_to_ns(c->opts.timeout_s));
-}
-
-int tbx__engine_stop(tbx__call *c, int why)
-{
-    if (c->finishing || (c->reaped && !c->queued))
-        return TBX_EINVAL;
-    escalate(c, why, 0);
-    return 0;
-}
-
 /* ----------------------------------------------------------------- reading */
 
 static void stop_reading(tbx__call *c)
@@ -134,7 +43,7 @@ static void reject(tbx__call *c, int why)
     stop_reading(c);
     if (c->verdict == 0)
         c->verdict = why;
-    escalate(c, why, 1);
+    tbx__engine_escalate(c, why, 1);
 }
 
 static void mark_done(tbx__call *c)
@@ -177,6 +86,13 @@ static void on_header(tbx__call *c)
         reject(c, rc);
         return;
     }
+    if (c->hdr.kind == TBX__FRAME_CRASH) {
+        c->hdr_got = 0;
+        if (!c->opts.backtrace_on_crash || c->crash_signal != 0)
+            return reject(c, TBX_EPROTO);
+        c->crash_signal = c->hdr.fail_code;
+        return c->launcher->crashed(c, c->crash_signal);
+    }
     if (c->hdr.kind == TBX__FRAME_START) {
         c->hdr_got = 0;
         if (c->started)
@@ -185,7 +101,7 @@ static void on_header(tbx__call *c)
         c->t_started = tbx__now_ns();
         if (!c->opts.hard_timeout && (rc = tbx__engine_arm_deadline(c, c->t_started)) != 0) {
             c->sys_error = rc;
-            escalate(c, rc, 1);
+            tbx__engine_escalate(c, rc, 1);
         }
         return;
     }
@@ -272,7 +188,7 @@ static void stream_cb(uv_poll_t *h, int status, int events)
     TBX__UNUSED(events);
     if (tbx__stream_read(k) && k == &c->capture[TBX__BACKTRACE] && c->backtrace_pending) {
         c->backtrace_pending = 0;
-        escalate(c, TBX_ETIMEDOUT, 0);
+        tbx__engine_escalate(c, TBX_ETIMEDOUT, 0);
     }
 }
 
@@ -328,6 +244,7 @@ static void finalize(tbx__call *c)
     r->elapsed_s = (double)(end - c->start_ns) / 1e9;
     if (c->launcher != NULL && c->launcher->ended != NULL)
         c->launcher->ended(c);
+    tbx__call_report(c, r);
     c->done_cb(c);
 }
 

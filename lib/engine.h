@@ -86,7 +86,13 @@ typedef struct tbx__child {
  *   exited     1 if the child has exited, its end not yet handled (the
  *              deadline and the exit can be ready at the same wake-up).
  *   signal     sends sig to the child and its group.
- *   backtrace  asks the child for a backtrace (TBX__BACKTRACE_SIGNAL).
+ *   backtrace  where the child is: 1 when the trace is already in the
+ *              call's backtrace (taken from outside), 0 when it comes later
+ *              down the backtrace pipe (the engine waits for it a while),
+ *              -1 when none will come.
+ *   crashed    the child caught sig and stopped itself (backtrace_on_crash):
+ *              trace it from outside into the call's backtrace, then let it
+ *              die of sig.
  *   abandon    the launch worked but watching it did not: the child must
  *              end now, with nothing of it left.
  *   ended      optional: runs once the call is over (its child reaped, its
@@ -106,7 +112,8 @@ struct tbx__launcher {
     int (*watch)(tbx__call *call, uv_handle_t **h);
     int (*exited)(tbx__call *call);
     void (*signal)(tbx__call *call, int sig);
-    void (*backtrace)(tbx__call *call);
+    int (*backtrace)(tbx__call *call);
+    void (*crashed)(tbx__call *call, int sig);
     void (*abandon)(tbx__call *call);
     void (*ended)(tbx__call *call);
 };
@@ -123,12 +130,13 @@ tbx_method tbx__default_method(void);
 int tbx__own_watch(tbx__call *call, uv_handle_t **h);
 int tbx__own_exited(tbx__call *call);
 void tbx__own_signal(tbx__call *call, int sig);
-void tbx__own_backtrace(tbx__call *call);
+int tbx__own_backtrace(tbx__call *call);
+void tbx__own_crashed(tbx__call *call, int sig);
 void tbx__own_abandon(tbx__call *call);
 /* Those five, as entries of a launcher's row. */
 #define TBX__OWN_CHILD                                                                         \
     .watch = tbx__own_watch, .exited = tbx__own_exited, .signal = tbx__own_signal,             \
-    .backtrace = tbx__own_backtrace, .abandon = tbx__own_abandon
+    .backtrace = tbx__own_backtrace, .crashed = tbx__own_crashed, .abandon = tbx__own_abandon
 
 /* What the engine offers its launchers.
  * child_ended: the child has ended with wstatus (-1: unknown); the rest of
@@ -209,6 +217,15 @@ struct tbx__call {
     /* opts.capture_output: stdout, stderr; opts.backtrace_on_timeout. */
     tbx__capture capture[TBX__NSTREAMS];
     unsigned backtrace_asked : 1, backtrace_pending : 1;
+    int backtrace_source;      /* TBX_BACKTRACE_*: who took or was asked */
+    int crash_signal;          /* the signal a CRASH frame said (only one
+                                  may come); 0: none */
+
+    /* diagnose.c: opts.label's copy, and what the reaped child cost. */
+    char label[TBX_MAX_LABEL + 1];
+    double cost_user_s, cost_sys_s;
+    long cost_rss_kb;
+    int cost_known;
 
     /* forkserver: what arrives on the control socket. */
     uv_poll_t control_poll;
@@ -304,6 +321,20 @@ void tbx__streams_close_child_ends(tbx__call *call);
 int tbx__stream_read(tbx__capture *k); /* 1 if a NUL came */
 void tbx__streams_give(tbx__call *call, tbx_result *r);
 
+/* diagnose.c.  label_take: checks opts.label and copies it into the call
+ *   (0 or TBX_EINVAL).  call_log: tbx__log, the call's label appended.
+ *   call_trace: a trace of the child pid from outside into the call's
+ *   backtrace (0), or -errno with nothing taken (the launcher asks the
+ *   child instead).  call_cost: the reaped child's rusage.  call_report:
+ *   the backtrace's source and the cost into r, then the observer. */
+struct rusage;
+int tbx__label_take(tbx__call *call);
+void tbx__call_log(const tbx__call *call, tbx_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int tbx__call_trace(tbx__call *call, pid_t pid);
+void tbx__call_cost(tbx__call *call, const struct rusage *ru);
+void tbx__call_report(tbx__call *call, tbx_result *r);
+
 /* verdict.c: the status of a finished call, with its value or message. */
 int tbx__verdict(tbx__call *call, tbx_result *r);
 /* The finished call into r: its child's pid and end, the status with its
@@ -320,6 +351,10 @@ int tbx__engine_prepare(tbx__call *call, const void *args, size_t args_len,
 int tbx__engine_run(tbx__call *call);
 /* Ends the call as its deadline would, with `why` as the verdict. */
 int tbx__engine_stop(tbx__call *call, int why);
+/* escalate.c: ends the child for why: SIGTERM, then SIGKILL after grace
+ * (hard: SIGKILL at once).  A child already gone is left to its exit
+ * watcher; a call still queued for a slot is finished without one. */
+void tbx__engine_escalate(tbx__call *call, int why, int hard);
 /* Async front door: like tbx__engine_run, but when the cap on children is
  * reached the call waits its turn (and may meet its deadline or a cancel
  * while it waits); done_cb then reports whatever becomes of it. */

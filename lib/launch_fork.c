@@ -28,39 +28,49 @@ static void flush_caller_stdio(void)
         fflush(stderr);
 }
 
+/* What the child needs of the call, prepared here: the child allocates
+ * nothing and reads only this. */
+static void fill_spec(const tbx__call *c, tbx__child_spec *spec, int result_fd, int bulk,
+                      const sigset_t *old)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->fn = c->fn;
+    spec->args = &c->args;
+    spec->ctx = c->opts.ctx;
+    spec->result_fd = result_fd;
+    spec->reset_signals = c->opts.reset_signals;
+    spec->soft_deadline = !c->opts.hard_timeout;
+    spec->send_start = spec->soft_deadline;
+    spec->timeout_s = c->opts.timeout_s;
+    spec->deadline_ns = c->opts.hard_timeout && c->opts.timeout_s > 0
+                           ? c->deadline.when_ns
+                           : 0;
+    spec->max_result = c->opts.max_result;
+    spec->parent_mask = old;
+    spec->parent_pid = getpid();
+    spec->limit_memory = c->opts.limit_memory;
+    spec->limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
+    spec->limit_files = c->opts.limit_files;
+    spec->allow_core = c->opts.allow_core;
+    spec->stdout_fd = c->capture[0].child_fd;
+    spec->stderr_fd = c->capture[1].child_fd;
+    spec->backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
+    spec->label = c->opts.label;
+    spec->crash_trace = c->opts.backtrace_on_crash;
+    spec->bulk_fd = bulk;
+}
+
 static int fork_launch(tbx__call *c, tbx__child *child)
 {
     int fds[2], rc;
     sigset_t all, old;
     tbx__child_spec spec;
 
-    memset(&spec, 0, sizeof spec);
     rc = tbx__pipe(fds, 0);
     if (rc != 0)
         return rc;
     int bulk = tbx__bulk_create(c->opts.max_result);
-    spec.fn = c->fn;
-    spec.args = &c->args;
-    spec.ctx = c->opts.ctx;
-    spec.result_fd = fds[1];
-    spec.reset_signals = c->opts.reset_signals;
-    spec.soft_deadline = !c->opts.hard_timeout;
-    spec.send_start = spec.soft_deadline;
-    spec.timeout_s = c->opts.timeout_s;
-    spec.deadline_ns = c->opts.hard_timeout && c->opts.timeout_s > 0
-                           ? c->deadline.when_ns
-                           : 0;
-    spec.max_result = c->opts.max_result;
-    spec.parent_mask = &old;
-    spec.parent_pid = getpid();
-    spec.limit_memory = c->opts.limit_memory;
-    spec.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
-    spec.limit_files = c->opts.limit_files;
-    spec.allow_core = c->opts.allow_core;
-    spec.stdout_fd = c->capture[0].child_fd;
-    spec.stderr_fd = c->capture[1].child_fd;
-    spec.backtrace_fd = c->capture[TBX__BACKTRACE].child_fd;
-    spec.bulk_fd = bulk;
+    fill_spec(c, &spec, fds[1], bulk, &old);
     /* A cgroup of the call's own, where one can be had: the child joins it
      * first thing.  clone3(CLONE_INTO_CGROUP) would join at birth, but a raw
      * clone3 skips glibc's fork handling (its malloc locks, the atfork

@@ -45,6 +45,13 @@ int tbx__writev_all(int fd, struct iovec *iov, int n);
 int tbx__timerfd_create(void);        /* CLOCK_MONOTONIC, CLOEXEC|NONBLOCK */
 int tbx__timerfd_arm(int fd, uint64_t abs_ns); /* 0 disarms */
 int tbx__reap(pid_t pid, int *wstatus, int nohang); /* waitpid, our pid only */
+/* In a child, early: lets tracer (its owner) ptrace this process where
+ * Yama's ptrace_scope asks for it (PR_SET_PTRACER; the tracer is in trace.h).
+ * Without Yama it does nothing.  Async-signal-safe; errors are ignored. */
+void tbx__trace_allow(pid_t tracer);
+struct rusage;
+/* The same, and what the child cost into *ru (wait4), if ru is not NULL. */
+int tbx__reap_usage(pid_t pid, int *wstatus, int nohang, struct rusage *ru);
 /* Whether our child has exited: 1 (a zombie, still ours to reap), 0 (still
  * running), or -ECHILD (someone else reaped it).  Asked through the pidfd
  * when there is one (kernel 5.4+), so the answer is about our child. */

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -171,11 +172,22 @@ void tbx__kill_reap(pid_t pid)
     (void)tbx__reap(pid, &wstatus, 0);
 }
 
+void tbx__trace_allow(pid_t tracer)
+{
+    /* EINVAL without Yama: nothing to allow. */
+    (void)prctl(PR_SET_PTRACER, (unsigned long)tracer, 0, 0, 0);
+}
+
 int tbx__reap(pid_t pid, int *wstatus, int nohang)
+{
+    return tbx__reap_usage(pid, wstatus, nohang, NULL);
+}
+
+int tbx__reap_usage(pid_t pid, int *wstatus, int nohang, struct rusage *ru)
 {
     pid_t r;
     do
-        r = waitpid(pid, wstatus, nohang ? WNOHANG : 0);
+        r = wait4(pid, wstatus, nohang ? WNOHANG : 0, ru);
     while (r < 0 && errno == EINTR);
     if (r < 0)
         return -errno;

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -26,15 +27,19 @@ static void check_exit(tbx__call *c)
      * stranger's now, and is left alone. */
     if (state == 1)
         (void)kill(-c->child.pid, SIGKILL);
-    int r = state == 1 ? tbx__reap(c->child.pid, &wstatus, 1) : -ECHILD;
+    struct rusage ru;
+    int r = state == 1 ? tbx__reap_usage(c->child.pid, &wstatus, 1, &ru) : -ECHILD;
     if (r == 0)
         return; /* not yet: a spurious wake-up */
     if (r < 0) {
         /* ECHILD: someone else reaped our child (a waitpid(-1) in the
          * host).  It is gone; its status is lost. */
-        tbx__log(TBX_LOG_WARN, "child %d was reaped by someone else (a waitpid(-1) in the "
-                               "program?): its exit status is lost", (int)c->child.pid);
+        tbx__call_log(c, TBX_LOG_WARN, "child %d was reaped by someone else (a waitpid(-1) in "
+                                       "the program?): its exit status is lost",
+                      (int)c->child.pid);
         wstatus = -1;
+    } else {
+        tbx__call_cost(c, &ru);
     }
     tbx__engine_child_ended(c, wstatus, 1);
 }
@@ -91,12 +96,35 @@ void tbx__own_signal(tbx__call *c, int sig)
     }
 }
 
-void tbx__own_backtrace(tbx__call *c)
+/* From outside if ptrace lets us; else the child's handler is asked, by a
+ * signal to the thread that runs fn.  A fresh program has its handler from
+ * before its START; one that has not said START yet would only be killed by
+ * the signal. */
+int tbx__own_backtrace(tbx__call *c)
 {
+    if (c->child.pid > 0 && tbx__call_trace(c, c->child.pid) == 0)
+        return 1;
+    if (c->child.worker && !c->started)
+        return -1;
+    c->backtrace_source = TBX_BACKTRACE_HANDLER;
     if (c->child.pid > 0)
         (void)syscall(SYS_tgkill, c->child.pid, c->child.pid, TBX__BACKTRACE_SIGNAL);
     else if (c->child.pidfd >= 0)
         (void)tbx__pidfd_send_signal(c->child.pidfd, TBX__BACKTRACE_SIGNAL);
+    return 0;
+}
+
+/* The child waits in its crash handler: traced, then sent its signal
+ * again, to die of it. */
+void tbx__own_crashed(tbx__call *c, int sig)
+{
+    if (c->child.pid <= 0)
+        return;
+    (void)tbx__call_trace(c, c->child.pid);
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
+    else
+        (void)kill(c->child.pid, sig);
 }
 
 void tbx__own_abandon(tbx__call *c)

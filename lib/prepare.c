@@ -37,13 +37,14 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
         tbx_opts_init(&c->opts);
     if ((c->fn == NULL && c->name == NULL) || (args == NULL && args_len != 0) ||
         c->opts.grace_s < 0 || tbx__cancel_check(&c->opts) != 0 ||
-        c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s)
+        c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s ||
+        (c->opts.on_output != NULL && c->opts.capture_output == 0))
         return TBX_EINVAL;
     if (c->opts.max_result == 0)
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     if (c->opts.method == TBX_METHOD_DEFAULT)
         c->opts.method = tbx__default_method();
-    return 0;
+    return tbx__label_take(c);
 }
 
 /* What the call's launcher accepts: a ctx, an unregistered fn, args this

@@ -72,4 +72,5 @@ void tbx__engine_refuse(tbx__call *c, int status, const char *message)
     r->status = status;
     r->message = message;
     r->elapsed_s = r->queued_s = (double)(tbx__now_ns() - c->start_ns) / 1e9;
+    tbx__call_report(c, r);
 }

@@ -18,12 +18,16 @@ int tbx__request_build(tbx__call *c)
     c->request.flags = (c->opts.reset_signals ? TBX__REQ_RESET_SIGNALS : 0) |
                        (c->opts.hard_timeout ? 0 : TBX__REQ_SOFT_DEADLINE) |
                        (c->opts.allow_core ? TBX__REQ_ALLOW_CORE : 0) |
-                       (c->opts.backtrace_on_timeout ? TBX__REQ_BACKTRACE : 0) |
+                       (c->opts.backtrace_on_timeout || c->opts.backtrace_on_crash
+                            ? TBX__REQ_BACKTRACE
+                            : 0) |
+                       (c->opts.backtrace_on_crash ? TBX__REQ_CRASH_TRACE : 0) |
                        (c->opts.contain ? 0 : TBX__REQ_NO_CONTAIN);
     c->request.limit_memory = c->opts.limit_memory;
     c->request.limit_cpu_s = tbx__cpu_seconds(c->opts.limit_cpu_s);
     c->request.limit_files = c->opts.limit_files;
     c->request.name_len = (uint32_t)strlen(c->name);
+    c->request.label_len = c->opts.label != NULL ? (uint32_t)strlen(c->opts.label) : 0;
     c->request.args_len = c->args_len;
     c->request.timeout_ns = c->opts.timeout_s > 0 ? tbx__seconds_to_ns(c->opts.timeout_s) : 0;
     c->request.grace_ns = tbx__seconds_to_ns(c->opts.grace_s);
@@ -44,7 +48,21 @@ static size_t args_inline(const tbx__call *c)
 
 static size_t request_len(const tbx__call *c)
 {
-    return sizeof c->request + c->request.name_len + args_inline(c);
+    return sizeof c->request + c->request.name_len + c->request.label_len + args_inline(c);
+}
+
+/* The request's pieces, in the order they go. */
+enum { NPARTS = 4 };
+static void request_parts(const tbx__call *c, const char *part[NPARTS], size_t len[NPARTS])
+{
+    part[0] = (const char *)&c->request;
+    len[0] = sizeof c->request;
+    part[1] = c->name;
+    len[1] = c->request.name_len;
+    part[2] = c->opts.label != NULL ? c->opts.label : "";
+    len[2] = c->request.label_len;
+    part[3] = c->args_buf;
+    len[3] = args_inline(c);
 }
 
 /* Sends what the socket takes of the request.  Returns 1 when all of it is
@@ -55,17 +73,18 @@ static int request_send(tbx__call *c)
 {
     size_t total = request_len(c);
     while (c->request_sent < total) {
-        struct iovec iov[3];
+        struct iovec iov[NPARTS];
         int n = 0;
         if (c->request_copy != NULL) {
             size_t at = total - c->request_copy_len;
             iov[n++] = (struct iovec){c->request_copy + (c->request_sent - at),
                                       total - c->request_sent};
         } else {
-            const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
-            size_t len[3] = {sizeof c->request, c->request.name_len, args_inline(c)};
+            const char *part[NPARTS];
+            size_t len[NPARTS];
+            request_parts(c, part, len);
             size_t skip = c->request_sent;
-            for (int i = 0; i < 3; i++) {
+            for (int i = 0; i < NPARTS; i++) {
                 if (skip >= len[i]) {
                     skip -= len[i];
                     continue;
@@ -119,10 +138,11 @@ int tbx__request_start(tbx__call *c)
     char *copy = malloc(left);
     if (copy == NULL)
         return -ENOMEM;
-    const char *part[3] = {(const char *)&c->request, c->name, c->args_buf};
-    size_t len[3] = {sizeof c->request, c->request.name_len, args_inline(c)};
+    const char *part[NPARTS];
+    size_t len[NPARTS];
+    request_parts(c, part, len);
     size_t skip = c->request_sent, k = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NPARTS; i++) {
         size_t from = skip < len[i] ? skip : len[i];
         memcpy(copy + k, part[i] + from, len[i] - from);
         k += len[i] - from;

@@ -53,10 +53,10 @@ static ssize_t recv_header(tbx__request *rq, int fd, int flags)
     return n;
 }
 
-/* Receives into the name and the args. */
+/* Receives into the name (and the label after it) and the args. */
 static ssize_t recv_body(tbx__request *rq, int fd, int flags, uint64_t at, uint64_t args_len)
 {
-    uint64_t name_len = rq->h.name_len;
+    uint64_t name_len = (uint64_t)rq->h.name_len + rq->h.label_len;
     uint64_t args_at = at > name_len ? at - name_len : 0;
     struct iovec iov[2];
     int k = 0;
@@ -81,7 +81,7 @@ int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char
         if (rq->got < hsize) {
             n = recv_header(rq, fd, flags);
         } else {
-            uint64_t at = rq->got - hsize, name_len = rq->h.name_len;
+            uint64_t at = rq->got - hsize, name_len = (uint64_t)rq->h.name_len + rq->h.label_len;
             uint64_t args_at = at > name_len ? at - name_len : 0;
             uint64_t args_len = rq->h.flags & TBX__REQ_ARGS_BULK ? 0 : rq->h.args_len;
             if (at == name_len + args_len)
@@ -111,7 +111,16 @@ int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char
 int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len)
 {
     size_t off = 0;
+    /* The label: printable text, or none (its bytes are another process's). */
+    memcpy(rq->label, rq->name + rq->h.name_len, rq->h.label_len);
+    rq->label[rq->h.label_len] = '\0';
     rq->name[rq->h.name_len] = '\0';
+    for (uint32_t i = 0; i < rq->h.label_len; i++) {
+        if ((unsigned char)rq->label[i] < 0x20 || rq->label[i] == 0x7f) {
+            snprintf(why, why_len, "the call's label is not printable text");
+            return TBX_EPROTO;
+        }
+    }
     rq->fn = tbx_lookup(rq->name);
     if (rq->fn == NULL) {
         snprintf(why, why_len, "function '%s' is not registered in the program serving the call",
@@ -174,4 +183,6 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->limit_cpu_s = rq->h.limit_cpu_s;
     spec->limit_files = rq->h.limit_files;
     spec->allow_core = (rq->h.flags & TBX__REQ_ALLOW_CORE) != 0;
+    spec->label = rq->h.label_len > 0 ? rq->label : NULL;
+    spec->crash_trace = (rq->h.flags & TBX__REQ_CRASH_TRACE) != 0;
 }

@@ -20,7 +20,8 @@ int tbx__streams_open(tbx__call *c)
     c->capture[TBX__BACKTRACE].limit = TBX__BACKTRACE_MAX;
     for (int i = 0; i < TBX__NSTREAMS; i++) {
         int p[2];
-        if (c->capture[i].limit == 0 || (i == TBX__BACKTRACE && !c->opts.backtrace_on_timeout))
+        if (c->capture[i].limit == 0 ||
+            (i == TBX__BACKTRACE && !c->opts.backtrace_on_timeout && !c->opts.backtrace_on_crash))
             continue;
         int rc = tbx__pipe(p, 0);
         if (rc != 0)
@@ -80,6 +81,10 @@ int tbx__stream_read(tbx__capture *k)
         } else {
             k->len += (size_t)n;
             nul |= memchr(dst, 0, (size_t)n) != NULL;
+            tbx_opts *o = &k->call->opts;
+            if (o->on_output != NULL && k != &k->call->capture[TBX__BACKTRACE])
+                o->on_output(o->on_output_arg, k == &k->call->capture[TBX__STDOUT] ? 1 : 2, dst,
+                             (size_t)n);
         }
     }
     return nul;

@@ -45,6 +45,8 @@ int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
         return hdr->len > TBX__MAX_MESSAGE ? TBX_EPROTO : 0;
     case TBX__FRAME_START:
         return hdr->len != 0 ? TBX_EPROTO : 0;
+    case TBX__FRAME_CRASH:
+        return hdr->len != 0 || hdr->fail_code <= 0 || hdr->fail_code >= 65 ? TBX_EPROTO : 0;
     default:
         return TBX_EPROTO;
     }
@@ -166,9 +168,10 @@ int tbx__msgpack_check(const void *buf, size_t len, unsigned max_depth)
 int tbx__request_check(const tbx__request_header *hdr)
 {
     const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE | TBX__REQ_ALLOW_CORE |
-                           TBX__REQ_BACKTRACE | TBX__REQ_ARGS_BULK |
+                           TBX__REQ_BACKTRACE | TBX__REQ_ARGS_BULK | TBX__REQ_CRASH_TRACE |
                            TBX__REQ_NO_CONTAIN;
-    if (hdr->magic != TBX__REQUEST_MAGIC || hdr->reserved != 0 || (hdr->flags & ~known) != 0 ||
+    if (hdr->magic != TBX__REQUEST_MAGIC || hdr->label_len > TBX_MAX_LABEL ||
+        (hdr->flags & ~known) != 0 ||
         hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||
         hdr->args_len > TBX__MAX_ARGS || hdr->max_result == 0)
         return TBX_EPROTO;
@@ -181,10 +184,13 @@ int tbx__control_check(const tbx__control *m, int from_server)
         return TBX_EPROTO;
     if (from_server)
         return m->kind == TBX__CTL_LAUNCHED || m->kind == TBX__CTL_EXITED ||
-                       m->kind == TBX__CTL_ERROR
+                       m->kind == TBX__CTL_ERROR || m->kind == TBX__CTL_TRACED
                    ? 0
                    : TBX_EPROTO;
-    return m->kind == TBX__CTL_KILL && m->code > 0 && m->code < 65 ? 0 : TBX_EPROTO;
+    return (m->kind == TBX__CTL_KILL && m->code > 0 && m->code < 65) ||
+                   (m->kind == TBX__CTL_TRACE && m->code >= 0 && m->code < 65)
+               ? 0
+               : TBX_EPROTO;
 }
 
 void tbx__payload_free(char *payload, char *map)

@@ -26,6 +26,9 @@ enum {
     TBX__FRAME_START = 3,
     TBX__FRAME_ERROR = 4, /* the worker could not serve: fail_code is a
                              TBX_E* code (ENOTREG, EPROTO), payload a message */
+    TBX__FRAME_CRASH = 6,  /* no payload: the child caught fail_code (a
+                              fatal signal, opts.backtrace_on_crash) and
+                              waits, to be traced, then sent it again */
     TBX__FRAME_OK_BULK = 5 /* the result, len bytes, is in the call's bulk
                               memfd, sealed; nothing follows on the pipe */
 };
@@ -49,7 +52,8 @@ int tbx__frame_encode(tbx__frame_header *h, struct iovec iov[2], uint32_t kind, 
 int tbx__frame_error(tbx__frame_header *h, struct iovec iov[2], int32_t code, const char *msg);
 
 /* A request to a worker (spawn): this header, the function's name
- * (name_len bytes, no NUL), then args_len bytes of msgpack args. */
+ * (name_len bytes, no NUL), the call's label (label_len bytes, no NUL, at
+ * most TBX_MAX_LABEL, none when 0), then args_len bytes of msgpack args. */
 #define TBX__REQUEST_MAGIC 0x51584254u /* "TBXQ" */
 #define TBX__MAX_NAME 255
 #define TBX__MAX_ARGS ((uint64_t)1 << 32)
@@ -59,6 +63,7 @@ enum {
     TBX__REQ_ALLOW_CORE = 4,
     TBX__REQ_BACKTRACE = 8, /* a backtrace pipe comes with the call */
     TBX__REQ_NO_CONTAIN = 32, /* opts.contain = 0: no cgroup of its own */
+    TBX__REQ_CRASH_TRACE = 64, /* opts.backtrace_on_crash */
     TBX__REQ_ARGS_BULK = 16 /* the args are not in the request but in a
                                sealed memfd sent with its first bytes
                                (SCM_RIGHTS, bulk.c) */
@@ -68,7 +73,7 @@ typedef struct tbx__request_header {
     uint32_t magic;
     uint32_t flags;
     uint32_t name_len;
-    uint32_t reserved;
+    uint32_t label_len;
     uint64_t args_len;
     uint64_t deadline_ns;  /* absolute CLOCK_MONOTONIC (hard); 0: none */
     uint64_t timeout_ns;   /* soft deadlines: counted from START */
@@ -122,7 +127,14 @@ enum {
                               along */
     TBX__CTL_EXITED = 2,   /* wstatus: the child is reaped, its group gone */
     TBX__CTL_ERROR = 3,    /* code: nothing was launched */
-    TBX__CTL_KILL = 4      /* client -> server: code = the signal */
+    TBX__CTL_KILL = 4,     /* client -> server: code = the signal */
+    TBX__CTL_TRACE = 5,    /* client -> server: trace the child into the
+                              backtrace pipe, from outside if it can, else
+                              by its handler; code: 0, or the signal a
+                              crashed child waits in (traced from outside
+                              only, then sent that signal) */
+    TBX__CTL_TRACED = 6    /* code: the TBX_BACKTRACE_* source of what the
+                              server wrote (or asked for) */
 };
 
 typedef struct tbx__control {
@@ -130,11 +142,14 @@ typedef struct tbx__control {
     uint32_t kind;
     int32_t pid;
     int32_t code; /* wstatus, error code or signal */
+    /* EXITED: what the reaped child cost (wait4's rusage); else 0. */
+    uint64_t user_us, sys_us, max_rss_kb;
 } tbx__control;
 
 
 /* 0 if m is a well-formed control message of a kind the receiver accepts
- * (from_server: LAUNCHED, EXITED, ERROR; else KILL); TBX_EPROTO otherwise. */
+ * (from_server: LAUNCHED, EXITED, ERROR, TRACED; else KILL, TRACE);
+ * TBX_EPROTO otherwise. */
 int tbx__control_check(const tbx__control *m, int from_server);
 
 /* Grows *buf toward total bytes with what has arrived: doubles from 64 KiB,

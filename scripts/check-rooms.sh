@@ -17,10 +17,11 @@ room_of() {
     child.h | child_setup.c | child.c | worker.c | worker_main.c | request_recv.c | registry.c)
         echo child ;;
     loop.h | loop.c | deadline.c) echo loop ;;
+    trace.h | trace.c | trace_unwind.c) echo trace ;;
     launch_*.c) echo launcher ;;
     prepare.c) echo prepare ;;
-    engine.h | engine.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
-        methods.c | own_child.c) echo engine ;;
+    engine.h | engine.c | escalate.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
+        methods.c | own_child.c | diagnose.c) echo engine ;;
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c | \
         forkserver/sha256.c) echo fs_common ;;
@@ -41,7 +42,9 @@ declare -A allowed=(
     [cgroup]="cgroup.h cgroup_impl.h os.h"
     [child]="child.h wire.h cgroup.h"
     [loop]="loop.h os.h"
-    [engine]="engine.h loop.h wire.h cgroup.h"
+    # The tracer runs in the processes that own children: the caller, the server.
+    [trace]="trace.h os.h"
+    [engine]="engine.h loop.h wire.h cgroup.h trace.h"
     # A launcher makes the child: it knows the child's side too.
     [launcher]="engine.h child.h"
     # Refuses a call made by a worker that never served (child.h says which).
@@ -50,10 +53,10 @@ declare -A allowed=(
     [init]="child.h forkserver/forkserver.h"
     [fs_common]="forkserver/forkserver.h forkserver/auth.h wire.h"
     [fs_client]="forkserver/client.h engine.h forkserver/forkserver.h"
-    [fs_server]="forkserver/server.h child.h loop.h forkserver/forkserver.h cgroup.h ../cgroup.h"
+    [fs_server]="forkserver/server.h child.h loop.h forkserver/forkserver.h cgroup.h ../cgroup.h trace.h"
 )
 # Rooms whose processes run no libuv loop (the child, the worker): never <uv.h>.
-no_uv="os wire cgroup child fs_common"
+no_uv="os wire cgroup child fs_common trace"
 
 bad=0
 breach() {

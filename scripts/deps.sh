@@ -15,6 +15,8 @@ packages=(
     libuv1-dev
     libmsgpack-dev
     libcriterion-dev # the test suite
+    libdw-dev        # optional: traces taken from outside the child (elfutils'
+                     # libdwfl); without it timebox builds and asks the child
 )
 
 die() {

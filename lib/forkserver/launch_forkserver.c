@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 /* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
@@ -30,6 +31,15 @@ static void server_gone(tbx__call *c)
     if (c->child.pidfd >= 0)
         (void)tbx__pidfd_send_signal(c->child.pidfd, SIGKILL);
     give_up_on_server(c);
+}
+
+static int ask_trace(tbx__call *c, int sig)
+{
+    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_TRACE, .code = sig};
+    if (c->child.pid <= 0 ||
+        send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof m)
+        return -1;
+    return 0;
 }
 
 static void control_cb(uv_poll_t *h, int status, int events)
@@ -65,9 +75,22 @@ static void control_cb(uv_poll_t *h, int status, int events)
             c->control_fd_in = -1;
             if (c->kill_signal != 0 && c->child.pidfd >= 0)
                 (void)tbx__pidfd_send_signal(c->child.pidfd, c->kill_signal);
+            /* It crashed before we knew it: the server may trace it now. */
+            if (c->crash_signal != 0 && ask_trace(c, c->crash_signal) != 0 && c->child.pidfd >= 0)
+                (void)tbx__pidfd_send_signal(c->child.pidfd, c->crash_signal);
         } else if (m->kind == TBX__CTL_EXITED && c->child.pid > 0) {
+            struct rusage ru = {.ru_utime = {(time_t)(m->user_us / 1000000),
+                                             (suseconds_t)(m->user_us % 1000000)},
+                                .ru_stime = {(time_t)(m->sys_us / 1000000),
+                                             (suseconds_t)(m->sys_us % 1000000)},
+                                .ru_maxrss = (long)m->max_rss_kb};
+            tbx__call_cost(c, &ru);
             tbx__engine_child_ended(c, m->code, 1);
             return;
+        } else if (m->kind == TBX__CTL_TRACED && c->child.pid > 0) {
+            c->backtrace_source = m->code == TBX_BACKTRACE_OUTSIDE   ? TBX_BACKTRACE_OUTSIDE
+                                  : m->code == TBX_BACKTRACE_HANDLER ? TBX_BACKTRACE_HANDLER
+                                                                     : TBX_BACKTRACE_NONE;
         } else if (m->kind == TBX__CTL_ERROR && c->child.pid == 0) {
             /* Nothing launched; a worker-style ERROR frame may explain. */
             if (m->code < 0 && m->code > -4096)
@@ -185,7 +208,7 @@ static void forkserver_signal(tbx__call *c, int sig)
     } else {
         /* The server signals the group (it alone may, since it reaps); the
          * pidfd reaches the child at once. */
-        tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_KILL, 0, sig};
+        tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_KILL, .code = sig};
         (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (c->child.pidfd >= 0)
             (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
@@ -199,12 +222,20 @@ static void forkserver_signal(tbx__call *c, int sig)
     }
 }
 
-/* The backtrace signal goes to the process: the server's child is not ours
- * to tgkill. */
-static void forkserver_backtrace(tbx__call *c)
+/* The server, the child's parent, traces it into the backtrace pipe (from
+ * outside if it can, else by the child's handler) and says which (TRACED). */
+static int forkserver_backtrace(tbx__call *c)
 {
-    if (c->child.pidfd >= 0)
-        (void)tbx__pidfd_send_signal(c->child.pidfd, TBX__BACKTRACE_SIGNAL);
+    return ask_trace(c, 0);
+}
+
+/* The server traces its crashed child, then lets it die of sig.  A crash
+ * can be read before LAUNCHED (the result pipe and the control socket race):
+ * then LAUNCHED asks. */
+static void forkserver_crashed(tbx__call *c, int sig)
+{
+    if (c->child.pid > 0 && ask_trace(c, sig) != 0 && c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
 }
 
 /* A server's child is the server's to end: closing the control socket, as
@@ -225,6 +256,7 @@ const tbx__launcher tbx__launch_forkserver = {
     .exited = forkserver_exited,
     .signal = forkserver_signal,
     .backtrace = forkserver_backtrace,
+    .crashed = forkserver_crashed,
     .abandon = forkserver_abandon,
     .ended = forkserver_ended,
 };

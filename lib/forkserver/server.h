@@ -77,6 +77,9 @@ struct fs_call {
     tbx__control in;          /* a KILL arriving */
     size_t in_got;
     unsigned running : 1, reaped : 1, closing : 1;
+    unsigned traces;           /* TRACE requests served: a trace holds the
+                                  server's loop, so a call gets two at most
+                                  (its deadline's and its crash's) */
 };
 
 #define MAX_STATIC_FDS 64
@@ -112,6 +115,7 @@ void tbx__fs_server_listen_cb(uv_poll_t *h, int status, int events);
 void tbx__fs_server_note_static_fds(fs_server *srv);
 void tbx__fs_server_refuse(fs_call *c, int code, const char *why);
 void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd);
+void tbx__fs_server_send(fs_call *c, const tbx__control *m, int fd); /* any message */
 void tbx__fs_server_start_child(fs_call *c);
 /* server_orphans.c: the server's containment without cgroups.  become:
  * makes the server a child subreaper (0 or -errno).  reap_orphans: reaps

@@ -5,6 +5,7 @@
  * server process.
  */
 #include "forkserver/server.h"
+#include "trace.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -20,12 +21,37 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd)
+void tbx__fs_server_send(fs_call *c, const tbx__control *m, int fd)
 {
-    tbx__control m = {TBX__CONTROL_MAGIC, kind, (int32_t)c->pid, code};
     /* A client that stopped reading loses the message; the server never
      * waits for it. */
-    (void)tbx__send_fds(c->control_fd, &m, sizeof m, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
+    (void)tbx__send_fds(c->control_fd, m, sizeof *m, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
+}
+
+void tbx__fs_server_send_control(fs_call *c, uint32_t kind, int32_t code, int fd)
+{
+    tbx__control m = {TBX__CONTROL_MAGIC, kind, (int32_t)c->pid, code, 0, 0, 0};
+    tbx__fs_server_send(c, &m, fd);
+}
+
+/* TRACE: the child traced from outside, the text and a NUL down its
+ * backtrace pipe (the whole trace fits in a pipe's 64 KiB); where ptrace is
+ * refused, its handler is asked, unless it crashed (sig: it waits in its
+ * crash handler, and nothing more may run in it): it is then sent sig again,
+ * to die of it.  TRACED tells the client which. */
+static void trace_child(fs_call *c, int sig)
+{
+    char *text = NULL;
+    int source = sig != 0 ? TBX_BACKTRACE_NONE : TBX_BACKTRACE_HANDLER;
+    if (c->backtrace_fd >= 0 && tbx__trace(c->pid, c->pid, TBX__TRACE_BUDGET_NS, &text) == 0 &&
+        tbx__write_all(c->backtrace_fd, text, strlen(text) + 1) == 0)
+        source = TBX_BACKTRACE_OUTSIDE;
+    else if (sig == 0 && c->backtrace_fd >= 0)
+        (void)kill(c->pid, TBX__BACKTRACE_SIGNAL);
+    free(text);
+    if (sig != 0)
+        (void)kill(c->pid, sig);
+    tbx__fs_server_send_control(c, TBX__CTL_TRACED, source, -1);
 }
 
 /* Nothing will be launched: the reason goes where the caller reads results,
@@ -85,7 +111,11 @@ static void read_kills(fs_call *c)
         if (c->in_got < sizeof c->in)
             continue;
         c->in_got = 0;
-        if (!c->reaped)
+        if (!c->reaped && c->in.kind == TBX__CTL_TRACE && c->traces++ < 2)
+            trace_child(c, c->in.code);
+        else if (c->in.kind == TBX__CTL_TRACE && c->in.code != 0 && !c->reaped)
+            (void)kill(c->pid, c->in.code); /* a crashed child still dies of its signal */
+        else if (!c->reaped)
             (void)kill(-c->pid, c->in.code);
     }
 }

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,14 +49,19 @@ static void exit_cb(uv_poll_t *h, int status, int events)
     if (c->reaped)
         return;
     (void)kill(-c->pid, SIGKILL); /* before the reap: the group id is held */
-    if (tbx__reap(c->pid, &wstatus, 1) == 0)
+    struct rusage ru;
+    if (tbx__reap_usage(c->pid, &wstatus, 1, &ru) == 0)
         return;
     c->reaped = 1;
     c->srv->children--;
     if (c->client != NULL)
         c->client->children--;
     end_containment(c);
-    tbx__fs_server_send_control(c, TBX__CTL_EXITED, wstatus, -1);
+    tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_EXITED, (int32_t)c->pid, wstatus,
+                      (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec,
+                      (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec,
+                      (uint64_t)ru.ru_maxrss};
+    tbx__fs_server_send(c, &m, -1);
     tbx__fs_server_call_close(c);
 }
 
@@ -254,7 +260,11 @@ void tbx__fs_server_start_child(fs_call *c)
     if (c->client != NULL)
         c->client->children++;
     tbx__request_free(&c->rq); /* the child has its copy */
+    /* The backtrace pipe stays: a trace the server takes goes down it. */
+    int backtrace_fd = c->backtrace_fd;
+    c->backtrace_fd = -1;
     tbx__fs_server_close_child_ends(c);
+    c->backtrace_fd = backtrace_fd;
     c->pidfd = tbx__pidfd_open(pid);
     rc = c->pidfd < 0 ? c->pidfd : uv_poll_init(&srv->loop, &c->exit_poll, c->pidfd);
     if (rc != 0) {

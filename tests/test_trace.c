@@ -1,0 +1,398 @@
+/*
+ * The tracer (lib/trace.c): a trace taken from outside a process with
+ * ptrace and libdwfl names the function each thread is in, with its file
+ * and line, whatever the process does: spin with every signal blocked,
+ * deadlock on a lock, stop, or hang in malloc after a fork from threads.
+ *
+ * The children here are plain forks of the test process (the tracer's own
+ * children, as the caller's are for fork and spawn).  The suite is built
+ * with debug information (RelWithDebInfo), so its functions have a file and
+ * a line.
+ */
+#include "helpers.h"
+
+#include "../lib/os.h"
+#include "../lib/trace.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Generous: the machine running the tests may be loaded; the default
+ * budget is the engine's, and its bound has a test of its own. */
+#define TEST_BUDGET_NS ((uint64_t)5 * 1000 * 1000 * 1000)
+
+static void need_tracer(void)
+{
+    const char *why;
+    if (!tbx__trace_available(&why))
+        cr_skip_test("no tracer: %s", why);
+}
+
+static volatile unsigned long *shared_counter(void)
+{
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(p != MAP_FAILED);
+    return p;
+}
+
+static volatile unsigned long *spin_counter;
+
+/* Forks a child that writes a byte on a pipe once it is ready, then runs
+ * body(arg); returns its pid once the byte has come. */
+static pid_t start_child(void (*body)(int ready_fd, void *arg), void *arg, int raw_fork)
+{
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    pid_t pid = raw_fork ? (pid_t)syscall(SYS_fork) : fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        /* Dies with the test, should an assertion end it early. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(p[0]);
+        body(p[1], arg);
+        _exit(0);
+    }
+    close(p[1]);
+    char c;
+    cr_assert_eq(read(p[0], &c, 1), 1, "the child did not get ready");
+    close(p[0]);
+    return pid;
+}
+
+static void end_child(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %#x", st);
+}
+
+/* Waits until the child spins in spin_with_signals_blocked (past its
+ * ready byte's write). */
+static void wait_spinning(void)
+{
+    for (int i = 0; i < 5000 && *spin_counter == 0; i++)
+        sleep_s(0.001);
+    cr_assert_gt(*spin_counter, 0, "the child never spun");
+}
+
+static char *trace_of(pid_t pid, pid_t fn_tid, uint64_t budget_ns)
+{
+    char *text = NULL;
+    int r = tbx__trace(pid, fn_tid, budget_ns, &text);
+    cr_assert_eq(r, 0, "tbx__trace: %s", strerror(-r));
+    cr_assert(text != NULL);
+    cr_log_info("%s", text);
+    return text;
+}
+
+/* The line of text that names fn, checked to give this file and a line. */
+static void assert_frame(const char *text, const char *fn)
+{
+    char want[128];
+    snprintf(want, sizeof want, " %s+0x", fn);
+    const char *at = strstr(text, want);
+    cr_assert(at != NULL, "no frame in %s:\n%s", fn, text);
+    const char *eol = strchr(at, '\n');
+    const char *file = strstr(at, "test_trace.c:");
+    cr_assert(file != NULL && (eol == NULL || file < eol), "no file and line for %s:\n%s", fn,
+              text);
+    int line = atoi(file + strlen("test_trace.c:"));
+    cr_assert_gt(line, 0, "%s", text);
+}
+
+/* A child asleep on a futex within tries * 2 ms: waiting on a lock (the
+ * malloc loop and the lock test's child never sleep otherwise). */
+static int is_stuck(pid_t pid, int tries)
+{
+    char path[64], wchan[64] = "";
+    snprintf(path, sizeof path, "/proc/%d/wchan", (int)pid);
+    for (int i = 0; i < tries; i++) {
+        sleep_s(0.002);
+        FILE *f = fopen(path, "re");
+        if (f == NULL)
+            return 0;
+        size_t n = fread(wchan, 1, sizeof wchan - 1, f);
+        fclose(f);
+        wchan[n] = '\0';
+        if (proc_state(pid) == 'S' && strstr(wchan, "futex") != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+static void block_all_signals(void)
+{
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+}
+
+/* A call as the last statement may become a jump, leaving no frame of the
+ * caller on the stack; the functions whose frames the tests look for end
+ * with this instead. */
+#define NOT_A_TAIL_CALL() __asm__ volatile("" ::: "memory")
+
+__attribute__((noinline)) static void spin_with_signals_blocked(void)
+{
+    /* Never ends in practice; the test that counts is not infinite for the
+     * compiler, which would otherwise fold the recursion below into it. */
+    while (*spin_counter != ~0UL)
+        (*spin_counter)++;
+}
+
+static void spin_body(int ready_fd, void *arg)
+{
+    TBX__UNUSED(arg);
+    block_all_signals();
+    (void)write(ready_fd, "r", 1);
+    spin_with_signals_blocked();
+}
+
+TBX_PLAIN_TEST(trace, names_the_function_of_a_child_blocking_every_signal)
+{
+    need_tracer();
+    spin_counter = shared_counter();
+    pid_t pid = start_child(spin_body, NULL, 0);
+    wait_spinning();
+    char *text = trace_of(pid, pid, TEST_BUDGET_NS);
+    assert_frame(text, "spin_with_signals_blocked");
+    char head[64];
+    snprintf(head, sizeof head, "thread %d ", (int)pid);
+    cr_assert(strncmp(text, head, strlen(head)) == 0, "%s", text);
+    cr_assert(strstr(text, "(fn):\n") != NULL, "%s", text);
+    free(text);
+    /* Left as it was found: running. */
+    unsigned long before = *spin_counter;
+    sleep_s(0.02);
+    cr_assert_gt(*spin_counter, before, "the child did not run on after the trace");
+    end_child(pid);
+}
+
+static pthread_mutex_t held = PTHREAD_MUTEX_INITIALIZER;
+
+__attribute__((noinline)) static void deadlock_on_held_lock(void)
+{
+    pthread_mutex_lock(&held);
+    pthread_mutex_lock(&held); /* a default mutex: waits for itself forever */
+    NOT_A_TAIL_CALL();
+}
+
+static void lock_body(int ready_fd, void *arg)
+{
+    TBX__UNUSED(arg);
+    block_all_signals();
+    (void)write(ready_fd, "r", 1);
+    deadlock_on_held_lock();
+}
+
+TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_on_a_lock)
+{
+    need_tracer();
+    pid_t pid = start_child(lock_body, NULL, 0);
+    cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+    char *text = trace_of(pid, pid, TEST_BUDGET_NS);
+    assert_frame(text, "deadlock_on_held_lock");
+    free(text);
+    end_child(pid);
+}
+
+static void stop_body(int ready_fd, void *arg)
+{
+    TBX__UNUSED(arg);
+    spin_counter = (volatile unsigned long *)arg;
+    (void)write(ready_fd, "r", 1);
+    spin_with_signals_blocked();
+}
+
+TBX_PLAIN_TEST(trace, traces_a_stopped_child_and_leaves_it_stopped)
+{
+    need_tracer();
+    spin_counter = shared_counter();
+    pid_t pid = start_child(stop_body, (void *)spin_counter, 0);
+    wait_spinning();
+    kill(pid, SIGSTOP);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(st));
+    char *text = trace_of(pid, pid, TEST_BUDGET_NS);
+    assert_frame(text, "spin_with_signals_blocked");
+    free(text);
+    cr_assert_eq(proc_state(pid), 'T', "the child was let run");
+    unsigned long before = *spin_counter;
+    sleep_s(0.02);
+    cr_assert_eq(*spin_counter, before);
+    end_child(pid);
+}
+
+__attribute__((noinline)) static void *wait_in_side_thread(void *arg)
+{
+    TBX__UNUSED(arg);
+    for (;;)
+        pause();
+    return NULL;
+}
+
+static void threads_body(int ready_fd, void *arg)
+{
+    TBX__UNUSED(arg);
+    for (int i = 0; i < 3; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, wait_in_side_thread, NULL) != 0)
+            _exit(1);
+    }
+    block_all_signals();
+    (void)write(ready_fd, "r", 1);
+    spin_with_signals_blocked();
+}
+
+TBX_PLAIN_TEST(trace, lists_every_thread_with_fns_first)
+{
+    need_tracer();
+    spin_counter = shared_counter();
+    pid_t pid = start_child(threads_body, NULL, 0);
+    wait_spinning();
+    char *text = trace_of(pid, pid, TEST_BUDGET_NS);
+    int threads = 0;
+    for (const char *p = text; p != NULL; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        threads += strncmp(p, "thread ", 7) == 0;
+    cr_assert_eq(threads, 4, "%s", text);
+    const char *fn_at = strstr(text, "spin_with_signals_blocked+0x");
+    const char *side_at = strstr(text, "wait_in_side_thread+0x");
+    cr_assert(fn_at != NULL && side_at != NULL && fn_at < side_at, "%s", text);
+    assert_frame(text, "wait_in_side_thread");
+    free(text);
+    end_child(pid);
+}
+
+/* Fork from threads: a thread allocates without pause while the test forks
+ * with the raw system call, which skips glibc's fork handlers (as a fork
+ * from another library or a clone would): a child forked while the thread
+ * held the arena lock waits for it forever inside malloc. */
+static volatile int churning = 1;
+
+static void *churn_malloc(void *arg)
+{
+    TBX__UNUSED(arg);
+    unsigned size = 1;
+    while (churning) {
+        /* Past the thread cache's sizes: each call takes the arena lock. */
+        size = size * 1103515245u + 12345u;
+        void *p = malloc(2048 + (size >> 16) % 60000);
+        free(p);
+    }
+    return NULL;
+}
+
+__attribute__((noinline)) static void allocate_after_fork(void)
+{
+    for (;;) {
+        void *volatile p = malloc(4000);
+        free(p);
+        (*spin_counter)++;
+    }
+    NOT_A_TAIL_CALL();
+}
+
+static void malloc_body(int ready_fd, void *arg)
+{
+    TBX__UNUSED(arg);
+    (void)write(ready_fd, "r", 1);
+    allocate_after_fork();
+}
+
+TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_in_malloc)
+{
+    need_tracer();
+    spin_counter = shared_counter();
+    /* One arena for every thread: the child's malloc takes the lock the
+     * other thread may have held at the fork. */
+    mallopt(M_ARENA_MAX, 1);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, churn_malloc, NULL), 0);
+    pid_t pid = -1;
+    for (int tries = 0; tries < 300 && pid < 0; tries++) {
+        pid_t p = start_child(malloc_body, NULL, 1);
+        if (is_stuck(p, 10))
+            pid = p;
+        else
+            end_child(p);
+    }
+    churning = 0;
+    pthread_join(t, NULL);
+    if (pid < 0)
+        cr_skip_test("no fork caught the arena lock held");
+    char *text = trace_of(pid, pid, TEST_BUDGET_NS);
+    assert_frame(text, "allocate_after_fork");
+    cr_assert(strstr(text, "malloc") != NULL, "%s", text);
+    free(text);
+    end_child(pid);
+}
+
+__attribute__((noinline)) static void recurse_then_spin(int depth)
+{
+    if (depth > 0)
+        recurse_then_spin(depth - 1);
+    else
+        spin_with_signals_blocked();
+    NOT_A_TAIL_CALL();
+}
+
+static void *deep_thread(void *arg)
+{
+    TBX__UNUSED(arg);
+    recurse_then_spin(200);
+    return NULL;
+}
+
+static void deep_body(int ready_fd, void *arg)
+{
+    TBX__UNUSED(arg);
+    for (int i = 0; i < 40; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, deep_thread, NULL) != 0)
+            _exit(1);
+    }
+    (void)write(ready_fd, "r", 1);
+    recurse_then_spin(200);
+}
+
+TBX_PLAIN_TEST(trace, a_trace_is_bounded_in_size)
+{
+    need_tracer();
+    spin_counter = shared_counter();
+    pid_t pid = start_child(deep_body, NULL, 0);
+    wait_spinning();
+    char *text = trace_of(pid, pid, (uint64_t)10 * 1000 * 1000 * 1000);
+    cr_assert_lt(strlen(text), TBX__TRACE_MAX);
+    cr_assert(strstr(text, "... (more frames)") != NULL, "%s", text);
+    cr_assert(strstr(text, "... (trace truncated)\n") != NULL, "%.2000s", text);
+    free(text);
+    end_child(pid);
+}
+
+TBX_PLAIN_TEST(trace, a_process_that_is_gone_is_esrch)
+{
+    need_tracer();
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0)
+        _exit(0);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    char *text = NULL;
+    cr_assert_eq(tbx__trace(pid, pid, TBX__TRACE_BUDGET_NS, &text), -ESRCH);
+    cr_assert_null(text);
+}
