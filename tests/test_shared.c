@@ -632,15 +632,17 @@ TBX_PLAIN_TEST(auth, hmac_sha256_matches_its_reference_values)
     uint8_t mac[32];
     char hex[65];
     for (size_t i = 0; i < sizeof rfc / sizeof rfc[0]; i++) {
-        tbx__hmac_sha256((const uint8_t *)rfc[i].key, rfc[i].key_len,
-                         (const uint8_t *)rfc[i].msg, rfc[i].msg_len, mac);
+        cr_assert_eq(tbx__hmac_sha256((const uint8_t *)rfc[i].key, rfc[i].key_len,
+                                      (const uint8_t *)rfc[i].msg, rfc[i].msg_len, mac),
+                     0);
         hex_of(mac, 32, hex);
         cr_assert_str_eq(hex, rfc[i].want, "RFC 4231 case %zu", i);
     }
     uint8_t long_key[131];
     memset(long_key, 0xaa, sizeof long_key);
     const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
-    tbx__hmac_sha256(long_key, sizeof long_key, (const uint8_t *)m6, strlen(m6), mac);
+    cr_assert_eq(tbx__hmac_sha256(long_key, sizeof long_key, (const uint8_t *)m6, strlen(m6), mac),
+                 0);
     hex_of(mac, 32, hex);
     cr_assert_str_eq(hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
 
@@ -662,10 +664,16 @@ TBX_PLAIN_TEST(auth, hmac_sha256_matches_its_reference_values)
     for (size_t i = 0; i < sizeof msg; i++)
         msg[i] = (uint8_t)(i * 7);
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        tbx__hmac_sha256(key, sizeof key, msg, sizes[i].len, mac);
+        cr_assert_eq(tbx__hmac_sha256(key, sizeof key, msg, sizes[i].len, mac), 0);
         hex_of(mac, 32, hex);
         cr_assert_str_eq(hex, sizes[i].want, "a %zu-byte message", sizes[i].len);
     }
-    cr_assert(tbx__equal_ct("abc", "abc", 3));
-    cr_assert_not(tbx__equal_ct("abc", "abd", 3));
+    /* A proof checks under its own key, role and nonce, and under no other. */
+    uint8_t nonce[TBX__NONCE_LEN], proof[TBX__PROOF_LEN];
+    cr_assert_eq(tbx__auth_nonce(nonce), 0);
+    cr_assert_eq(tbx__auth_prove(key, "timebox client", nonce, proof), 0);
+    cr_assert_eq(tbx__auth_check(key, "timebox client", nonce, proof), 0);
+    cr_assert_eq(tbx__auth_check(key, "timebox server", nonce, proof), TBX_EPROTO);
+    proof[TBX__PROOF_LEN - 1] ^= 1;
+    cr_assert_eq(tbx__auth_check(key, "timebox client", nonce, proof), TBX_EPROTO);
 }
