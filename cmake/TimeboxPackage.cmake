@@ -1,5 +1,5 @@
 # Debian packages with CPack: cmake --build build --target package makes
-#   libtimebox0         the shared library                      (component lib)
+#   libtimebox0         the shared library (libtimebox${TIMEBOX_SOVERSION})                     (component lib)
 #   libtimebox-dev      headers, static library, CMake package,
 #                       pkg-config file, timebox(3)             (component dev)
 #   timebox-forkserver  the daemon, timebox-worker, their man
@@ -28,15 +28,19 @@ set(CPACK_DEBIAN_PACKAGE_SOURCE timebox)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 # Dependencies on the libraries the binaries link, from dpkg-shlibdeps.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+set(CPACK_STRIP_FILES ON)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${CMAKE_CURRENT_BINARY_DIR})
 set(_tbx_same "(= ${CPACK_DEBIAN_PACKAGE_VERSION}-${CPACK_DEBIAN_PACKAGE_RELEASE})")
 
-set(CPACK_DEBIAN_LIB_PACKAGE_NAME libtimebox0)
+set(CPACK_DEBIAN_LIB_PACKAGE_NAME libtimebox${TIMEBOX_SOVERSION})
 set(CPACK_DEBIAN_LIB_PACKAGE_SECTION libs)
 # libsodium is loaded with dlopen (lib/auth.c), which shlibdeps cannot see.
 set(CPACK_DEBIAN_LIB_PACKAGE_DEPENDS "libsodium23")
-set(CPACK_DEBIAN_LIB_PACKAGE_GENERATE_SHLIBS ON)
-set(CPACK_DEBIAN_LIB_PACKAGE_GENERATE_SHLIBS_POLICY ">=")
+# A shlibs file for the packages built against it, and ldconfig triggers.
+set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)
+set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY ">=")
+set(CPACK_DEBIAN_LIB_PACKAGE_CONTROL_EXTRA ${CMAKE_CURRENT_SOURCE_DIR}/packaging/triggers)
+set(CPACK_DEBIAN_LIB_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 set(CPACK_COMPONENT_LIB_DESCRIPTION
   "run a C function in a child process under a deadline
 timebox runs a C function in a child process and gives its result back
@@ -49,7 +53,7 @@ This package holds the shared library.")
 set(CPACK_DEBIAN_DEV_PACKAGE_NAME libtimebox-dev)
 set(CPACK_DEBIAN_DEV_PACKAGE_SECTION libdevel)
 set(CPACK_DEBIAN_DEV_PACKAGE_SHLIBDEPS OFF)
-set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libtimebox0 ${_tbx_same}, libuv1-dev, libmsgpack-dev, pkg-config")
+set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libtimebox${TIMEBOX_SOVERSION} ${_tbx_same}, libuv1-dev, libmsgpack-dev, pkg-config")
 set(CPACK_COMPONENT_DEV_DESCRIPTION
   "run a C function in a child process under a deadline (development files)
 timebox runs a C function in a child process and gives its result back
@@ -60,7 +64,7 @@ pkg-config file and the timebox(3) manual page.")
 
 set(CPACK_DEBIAN_FORKSERVER_PACKAGE_NAME timebox-forkserver)
 set(CPACK_DEBIAN_FORKSERVER_PACKAGE_SECTION admin)
-set(CPACK_DEBIAN_FORKSERVER_PACKAGE_DEPENDS "libtimebox0 ${_tbx_same}")
+set(CPACK_DEBIAN_FORKSERVER_PACKAGE_DEPENDS "libtimebox${TIMEBOX_SOVERSION} ${_tbx_same}")
 set(CPACK_COMPONENT_FORKSERVER_DESCRIPTION
   "shared timebox forkserver daemon and spawn worker
 timebox runs a C function in a child process under a deadline.

@@ -14,6 +14,7 @@ packages=(
     pkg-config
     libuv1-dev
     libmsgpack-dev
+    libsodium-dev    # its header; the shared forkserver's handshake loads libsodium23
     libcriterion-dev # the test suite
 )
 

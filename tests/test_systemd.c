@@ -262,6 +262,7 @@ TBX_PLAIN_TEST(socket_activation, says_it_is_unavailable)
     cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "%s", strerror(errno));
     cr_assert_eq(exit_status(daemon, 10), 1);
     cr_assert(log_says(&u, "socket activation is unavailable"));
+    cr_assert_not(notified(notify, "READY=1", 0.1), "READY=1 without serving");
     close(fd);
     close(notify);
     unit_remove(&u);

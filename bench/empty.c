@@ -1,0 +1,7 @@
+/* An empty program, linked with different libraries by bench/CMakeLists.txt
+ * for link_cost.c.  The libraries are loaded even though nothing is called
+ * (linked with --no-as-needed). */
+int main(void)
+{
+    return 0;
+}
