@@ -363,18 +363,12 @@ TBX_PLAIN_TEST(daemon, serves_and_shuts_down_clean)
     cr_assert_eq(tbx_forkserver_attach(path, NULL, 0), 0); /* key from the file */
     pid_t daemon_pid = tbx_forkserver_pid();
     cr_assert_gt(daemon_pid, 0);
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)14);
     tbx_opts o = test_opts(TBX_FORKSERVER);
     o.timeout_s = 30;
-    tbx_result r;
-    int rc = tbx_call(triple, sb.data, sb.size, &o, &r);
-    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
-    cr_assert_eq(obj_int(&r.value), 42);
-    tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
+    assert_triples(triple, &o);
 
     /* A call in flight when the daemon is told to stop. */
+    msgpack_sbuffer sb;
     tbx_fn *hang = (tbx_fn *)dlsym(plugin, "plugin_pid_then_hang");
     cr_assert_not_null(hang);
     uv_loop_t loop;
