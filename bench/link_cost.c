@@ -10,7 +10,7 @@
  *   empty_uv_msgpack    links libuv and msgpack-c (what libtimebox links):
  *                       the floor the next one is compared with
  *   empty_uv_msgpack_sodium  the same and libsodium
- * This is why lib/auth.c loads libsodium with dlopen where it is used
+ * This is why lib/forkserver/auth.c loads libsodium with dlopen where it is used
  * instead of linking it (README, "Dependencies").
  */
 #define _GNU_SOURCE

@@ -34,7 +34,7 @@ set(_tbx_same "(= ${CPACK_DEBIAN_PACKAGE_VERSION}-${CPACK_DEBIAN_PACKAGE_RELEASE
 
 set(CPACK_DEBIAN_LIB_PACKAGE_NAME libtimebox${TIMEBOX_SOVERSION})
 set(CPACK_DEBIAN_LIB_PACKAGE_SECTION libs)
-# libsodium is loaded with dlopen (lib/auth.c), which shlibdeps cannot see.
+# libsodium is loaded with dlopen (lib/forkserver/auth.c), which shlibdeps cannot see.
 set(CPACK_DEBIAN_LIB_PACKAGE_DEPENDS "libsodium23")
 # A shlibs file for the packages built against it, and ldconfig triggers.
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)
