@@ -21,4 +21,5 @@ endif()
 unset(_tbx_pc_up)
 
 configure_file(${CMAKE_CURRENT_LIST_DIR}/timebox.pc.in ${CMAKE_CURRENT_BINARY_DIR}/timebox.pc @ONLY)
-install(FILES ${CMAKE_CURRENT_BINARY_DIR}/timebox.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/timebox.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig
+  COMPONENT dev)

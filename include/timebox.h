@@ -35,10 +35,25 @@ extern "C" {
 #define TBX_PRINTF(f, a)
 #endif
 
-#define TBX_VERSION_MAJOR 0
-#define TBX_VERSION_MINOR 1
-#define TBX_VERSION_PATCH 0
-#define TBX_VERSION_STRING "0.1.0"
+/* The version of this header.  The library a program runs with may be newer
+ * (never older: see the SOVERSION policy in the README); tbx_version() tells
+ * which it is. */
+#define TBX_VERSION_MAJOR 0 /* changes when the ABI breaks (the soname's number) */
+#define TBX_VERSION_MINOR 1 /* changes when names or fields are added */
+#define TBX_VERSION_PATCH 0 /* changes for fixes only */
+#define TBX_VERSION_STRING "0.1.0" /* "major.minor.patch" */
+/* The header's version as one number, 0xMMmmpp: compare it with
+ * tbx_version(). */
+#define TBX_VERSION_HEX                                                         \
+    ((TBX_VERSION_MAJOR << 16) | (TBX_VERSION_MINOR << 8) | TBX_VERSION_PATCH)
+
+/* The version of the library this program runs with, as TBX_VERSION_HEX
+ * spells it: ((major << 16) | (minor << 8) | patch).  A program built against
+ * 0.1 and run against a 0.2 library sees 0x000200.  Thread-safe. */
+TBX_EXTERN unsigned tbx_version(void);
+
+/* The same version as a string, "major.minor.patch"; static storage. */
+TBX_EXTERN const char *tbx_version_string(void);
 
 /* ------------------------------------------------------------------------
  * Error codes
@@ -57,6 +72,8 @@ extern "C" {
     XX(ECANCELED, -30008, "call cancelled by the caller")                       \
     XX(EINVAL, -30009, "invalid argument")
 
+/* timebox's own error codes, TBX_ETIMEDOUT to TBX_EINVAL, as TBX_ERRNO_MAP
+ * lists them. */
 typedef enum {
 #define TBX__ERR_ENUM(name, value, msg) TBX_##name = (value),
     TBX_ERRNO_MAP(TBX__ERR_ENUM)
@@ -102,13 +119,14 @@ typedef int tbx_fn(const msgpack_object *args, msgpack_packer *result, void *ctx
  * nothing.  Names must be unique within a process.
  */
 typedef struct tbx_registration {
-    const char *name;
-    tbx_fn *fn;
+    const char *name; /* the name it is called by: fn's, as TBX_REGISTER spells it */
+    tbx_fn *fn;       /* the function */
     struct tbx_registration *next; /* private */
 } tbx_registration;
 
 /* Called by TBX_REGISTER's constructor and destructor.  Thread-safe. */
 TBX_EXTERN void tbx_register(tbx_registration *reg);
+/* Undoes tbx_register(reg): TBX_REGISTER's destructor calls it. */
 TBX_EXTERN void tbx_unregister(tbx_registration *reg);
 
 /* The registered function of that name, or NULL.  Thread-safe. */
@@ -117,6 +135,7 @@ TBX_EXTERN tbx_fn *tbx_lookup(const char *name);
 /* The registered name of fn, or NULL if fn is not registered.  Thread-safe. */
 TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
 
+/* Makes fn callable by name, as described above; at file scope. */
 #define TBX_REGISTER(fn)                                                        \
     static tbx_registration tbx__registration_##fn = {#fn, fn, NULL};          \
     __attribute__((constructor(101))) static void tbx__register_##fn(void)     \
@@ -145,7 +164,7 @@ TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
  */
 typedef int tbx_hook_fn(void *arg);
 
-#define TBX_MAX_CHILD_HOOKS 32
+#define TBX_MAX_CHILD_HOOKS 32 /* hooks of each kind a process may add */
 
 /* Adds a hook.  Returns 0, or -ENOSPC past TBX_MAX_CHILD_HOOKS.  Thread-safe;
  * a call already launched does not see a hook added after its launch. */
@@ -208,6 +227,8 @@ typedef enum {
 /* opts.on_output: a chunk of the child's stdout (stream 1) or stderr (2). */
 typedef void tbx_output_fn(void *arg, int stream, const char *data, size_t len);
 
+/* The options of one call: tbx_opts_init() fills in the defaults, then set
+ * what differs. */
 typedef struct tbx_opts {
     double timeout_s;     /* <= 0: no deadline.  Default 0. */
     double grace_s;       /* SIGTERM -> SIGKILL delay.  Default 1 s; < 0 is
@@ -459,9 +480,12 @@ typedef struct tbx_result {
     /* With opts.capture_output: what the child wrote to stdout and stderr,
      * NUL-terminated (the length does not count it); NULL otherwise.  Owned
      * by the result. */
-    const char *stdout_data, *stderr_data;
-    size_t stdout_len, stderr_len;
-    int stdout_truncated, stderr_truncated; /* 1: more was written */
+    const char *stdout_data;
+    const char *stderr_data; /* the same for stderr */
+    size_t stdout_len;       /* bytes in stdout_data */
+    size_t stderr_len;       /* bytes in stderr_data */
+    int stdout_truncated;    /* 1: more was written to stdout than kept */
+    int stderr_truncated;    /* 1: more was written to stderr than kept */
     /* With opts.backtrace_on_timeout and a call that timed out, or
      * opts.backtrace_on_crash and a child that crashed: where fn was, one
      * frame a line; NULL if none came.  Owned by the result.
@@ -487,9 +511,10 @@ typedef struct tbx_result {
      * counts the pages it shares with the caller (resident at the fork).
      * cost_known is 0 when no figures came (a call that launched nothing,
      * a child someone else reaped, a server that died or went silent). */
-    double cpu_user_s, cpu_sys_s;
-    long max_rss_kb;
-    int cost_known;
+    double cpu_user_s; /* CPU seconds in user mode */
+    double cpu_sys_s;  /* CPU seconds in the kernel */
+    long max_rss_kb;   /* peak resident size, KiB */
+    int cost_known;    /* 1: the three figures above came; 0: none did */
     void *priv_[7];       /* private: memory owned by the result */
 } tbx_result;
 
@@ -621,6 +646,7 @@ typedef struct tbx_forkserver_opts {
                                   forked from it starts with none. */
 } tbx_forkserver_opts;
 
+/* Fills opts with the defaults; always call it first. */
 TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);
 
 /* Starts this process's forkserver and waits until it serves (its preload

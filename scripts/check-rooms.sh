@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The room a file is in, by its path under lib/.
 room_of() {
     case $1 in
-    os.h | os_linux.c | fdpass.c | atfork.c | log.c | errors.c) echo os ;;
+    os.h | os_linux.c | fdpass.c | atfork.c | log.c | errors.c | version.c) echo os ;;
     wire.h | wire.c | bulk.c) echo wire ;;
     cgroup.h | cgroup_impl.h | cgroup.c | cgroup_pool.c) echo cgroup ;;
     child.h | child_setup.c | child.c | worker.c | worker_main.c | request_recv.c | registry.c)
@@ -23,11 +23,12 @@ room_of() {
     engine.h | engine.c | escalate.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
         methods.c | own_child.c | diagnose.c) echo engine ;;
     init.c) echo init ;;
-    forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c | \
-        forkserver/sha256.c) echo fs_common ;;
+    forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c)
+        echo fs_common ;;
     forkserver/client.h | forkserver/client.c | forkserver/client_warm.c | \
         forkserver/launch_forkserver.c) echo fs_client ;;
-    forkserver/server.h | forkserver/server*.c | forkserver/main.c) echo fs_server ;;
+    forkserver/server.h | forkserver/server*.c | forkserver/main.c | forkserver/sd_daemon.h | \
+        forkserver/sd_daemon*.c) echo fs_server ;;
     *) echo unknown ;;
     esac
 }
@@ -53,7 +54,8 @@ declare -A allowed=(
     [init]="child.h forkserver/forkserver.h"
     [fs_common]="forkserver/forkserver.h forkserver/auth.h wire.h"
     [fs_client]="forkserver/client.h engine.h forkserver/forkserver.h"
-    [fs_server]="forkserver/server.h child.h loop.h forkserver/forkserver.h cgroup.h ../cgroup.h trace.h"
+    # The daemon's systemd glue (sd_daemon.h) is the daemon's alone.
+    [fs_server]="forkserver/server.h forkserver/sd_daemon.h child.h loop.h forkserver/forkserver.h cgroup.h ../cgroup.h trace.h"
 )
 # Rooms whose processes run no libuv loop (the child, the worker): never <uv.h>.
 no_uv="os wire cgroup child fs_common trace"

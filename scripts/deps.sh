@@ -14,6 +14,7 @@ packages=(
     pkg-config
     libuv1-dev
     libmsgpack-dev
+    libsodium-dev    # its header; the shared forkserver's handshake loads libsodium23
     libcriterion-dev # the test suite
     libdw-dev        # optional: traces taken from outside the child (elfutils'
                      # libdwfl); without it timebox builds and asks the child

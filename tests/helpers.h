@@ -90,6 +90,10 @@ void stop_forkserver(void);
 /* Options with the defaults and the given method. */
 tbx_opts test_opts(tbx_method method);
 
+/* Calls triple (the test plugin's plugin_triple) on 14 with opts and asserts
+ * that it returns 42. */
+void assert_triples(tbx_fn *triple, const tbx_opts *opts);
+
 /* ------------------------------------------------------------- arguments
  * pack(sb, fmt, ...) initialises sb and packs into it, by fmt:
  *   i int64   u uint64   d double   s string (const char *)   n nil

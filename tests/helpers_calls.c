@@ -354,3 +354,15 @@ int fn_pattern(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     return 0;
 }
 TBX_REGISTER(fn_pattern);
+
+void assert_triples(tbx_fn *triple, const tbx_opts *opts)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)14);
+    tbx_result r;
+    int rc = tbx_call(triple, sb.data, sb.size, opts, &r);
+    msgpack_sbuffer_destroy(&sb);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(obj_int(&r.value), 42);
+    tbx_result_free(&r);
+}

@@ -363,18 +363,12 @@ TBX_PLAIN_TEST(daemon, serves_and_shuts_down_clean)
     cr_assert_eq(tbx_forkserver_attach(path, NULL, 0), 0); /* key from the file */
     pid_t daemon_pid = tbx_forkserver_pid();
     cr_assert_gt(daemon_pid, 0);
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)14);
     tbx_opts o = test_opts(TBX_FORKSERVER);
     o.timeout_s = 30;
-    tbx_result r;
-    int rc = tbx_call(triple, sb.data, sb.size, &o, &r);
-    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
-    cr_assert_eq(obj_int(&r.value), 42);
-    tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
+    assert_triples(triple, &o);
 
     /* A call in flight when the daemon is told to stop. */
+    msgpack_sbuffer sb;
     tbx_fn *hang = (tbx_fn *)dlsym(plugin, "plugin_pid_then_hang");
     cr_assert_not_null(hang);
     uv_loop_t loop;
@@ -632,15 +626,17 @@ TBX_PLAIN_TEST(auth, hmac_sha256_matches_its_reference_values)
     uint8_t mac[32];
     char hex[65];
     for (size_t i = 0; i < sizeof rfc / sizeof rfc[0]; i++) {
-        tbx__hmac_sha256((const uint8_t *)rfc[i].key, rfc[i].key_len,
-                         (const uint8_t *)rfc[i].msg, rfc[i].msg_len, mac);
+        cr_assert_eq(tbx__hmac_sha256((const uint8_t *)rfc[i].key, rfc[i].key_len,
+                                      (const uint8_t *)rfc[i].msg, rfc[i].msg_len, mac),
+                     0);
         hex_of(mac, 32, hex);
         cr_assert_str_eq(hex, rfc[i].want, "RFC 4231 case %zu", i);
     }
     uint8_t long_key[131];
     memset(long_key, 0xaa, sizeof long_key);
     const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
-    tbx__hmac_sha256(long_key, sizeof long_key, (const uint8_t *)m6, strlen(m6), mac);
+    cr_assert_eq(tbx__hmac_sha256(long_key, sizeof long_key, (const uint8_t *)m6, strlen(m6), mac),
+                 0);
     hex_of(mac, 32, hex);
     cr_assert_str_eq(hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
 
@@ -662,10 +658,16 @@ TBX_PLAIN_TEST(auth, hmac_sha256_matches_its_reference_values)
     for (size_t i = 0; i < sizeof msg; i++)
         msg[i] = (uint8_t)(i * 7);
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        tbx__hmac_sha256(key, sizeof key, msg, sizes[i].len, mac);
+        cr_assert_eq(tbx__hmac_sha256(key, sizeof key, msg, sizes[i].len, mac), 0);
         hex_of(mac, 32, hex);
         cr_assert_str_eq(hex, sizes[i].want, "a %zu-byte message", sizes[i].len);
     }
-    cr_assert(tbx__equal_ct("abc", "abc", 3));
-    cr_assert_not(tbx__equal_ct("abc", "abd", 3));
+    /* A proof checks under its own key, role and nonce, and under no other. */
+    uint8_t nonce[TBX__NONCE_LEN], proof[TBX__PROOF_LEN];
+    cr_assert_eq(tbx__auth_nonce(nonce), 0);
+    cr_assert_eq(tbx__auth_prove(key, "timebox client", nonce, proof), 0);
+    cr_assert_eq(tbx__auth_check(key, "timebox client", nonce, proof), 0);
+    cr_assert_eq(tbx__auth_check(key, "timebox server", nonce, proof), TBX_EPROTO);
+    proof[TBX__PROOF_LEN - 1] ^= 1;
+    cr_assert_eq(tbx__auth_check(key, "timebox client", nonce, proof), TBX_EPROTO);
 }

@@ -16,6 +16,7 @@
 extern "C" {
 #endif
 
+/* An asynchronous call: the caller's storage, defined below. */
 typedef struct tbx_req tbx_req;
 
 /* Runs exactly once per accepted call, on the loop's thread, after the child

@@ -43,19 +43,27 @@ typedef struct tbx__keymsg {
     uint8_t key[TBX__KEY_LEN];
 } tbx__keymsg;
 
+/* auth.c.  random: len bytes from getrandom (keys).  The rest is
+ * libsodium's, loaded on first use; each returns -ELIBACC when it cannot be.
+ * nonce: a fresh handshake nonce.  hmac_sha256: HMAC-SHA256 of msg under key
+ * (any length, RFC 2104).  prove: role's proof for nonce under key.  check:
+ * 0 if proof is role's proof for nonce under key, compared in constant time;
+ * TBX_EPROTO otherwise. */
 int tbx__random(void *buf, size_t len);
-/* sha256.c: HMAC-SHA256 of msg under key (RFC 2104), and 1 if a and b hold
- * the same n bytes, in time that does not depend on where they differ. */
-void tbx__hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t msg_len,
-                      uint8_t out[32]);
-int tbx__equal_ct(const void *a, const void *b, size_t n);
-void tbx__auth_prove(const uint8_t key[TBX__KEY_LEN], const char *role,
-                     const uint8_t nonce[TBX__NONCE_LEN], uint8_t out[TBX__PROOF_LEN]);
-/* 0 if proof is role's proof for nonce under key, compared in constant
- * time; TBX_EPROTO otherwise. */
+int tbx__auth_nonce(uint8_t nonce[TBX__NONCE_LEN]);
+int tbx__hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t msg_len,
+                     uint8_t out[32]);
+int tbx__auth_prove(const uint8_t key[TBX__KEY_LEN], const char *role,
+                    const uint8_t nonce[TBX__NONCE_LEN], uint8_t out[TBX__PROOF_LEN]);
 int tbx__auth_check(const uint8_t key[TBX__KEY_LEN], const char *role,
                     const uint8_t nonce[TBX__NONCE_LEN], const uint8_t proof[TBX__PROOF_LEN]);
 int tbx__key_parse(const char *hex, uint8_t key[TBX__KEY_LEN]);
 void tbx__key_format(const uint8_t key[TBX__KEY_LEN], char hex[2 * TBX__KEY_LEN + 1]);
+/* A key file: 64 hex digits and a newline.  read: private_only also wants a
+ * regular file of ours that no one else may read (-EPERM otherwise).  write:
+ * mode 0600 from birth, never over an existing file (-EEXIST).  0, -errno
+ * or TBX_EINVAL (not a key). */
+int tbx__key_read(const char *file, uint8_t key[TBX__KEY_LEN], int private_only);
+int tbx__key_write(const char *file, const uint8_t key[TBX__KEY_LEN]);
 
 #endif /* TBX_FORKSERVER_AUTH_H */

@@ -292,17 +292,9 @@ static int load_key(const char *path, const void *key, size_t key_len, uint8_t o
     const char *hex = getenv(KEY_ENV);
     if (hex != NULL)
         return tbx__key_parse(hex, out);
-    char file[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], buf[2 * TBX__KEY_LEN + 2];
+    char file[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
     snprintf(file, sizeof file, "%s.key", path);
-    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = tbx__read(fd, buf, sizeof buf - 1);
-    tbx__close(fd);
-    if (n < 2 * TBX__KEY_LEN)
-        return TBX_EINVAL;
-    buf[2 * TBX__KEY_LEN] = '\0';
-    return tbx__key_parse(buf, out);
+    return tbx__key_read(file, out, 0);
 }
 
 static int attach_locked(const char *path, const void *key, size_t key_len)

@@ -31,6 +31,11 @@ typedef struct tbx__fs_config {
     uid_t allow[TBX__MAX_ALLOW]; /* besides the server's own uid */
     size_t nallow;
     const char *preload;      /* shared objects, newline-separated, or NULL */
+    int listen_fd;            /* >= 0: a listening socket passed in (socket
+                                 activation), served instead of one made at
+                                 listen_path; it and its key outlive us */
+    void (*notify)(const char *state); /* told READY=1 once serving and
+                                 STOPPING=1 at shutdown; NULL: no one */
     int ready_fd;             /* gets an int32 (0 or why not) once serving */
     int write_key;            /* write the key to "<listen_path>.key" */
     int verbose;              /* log each refused client to stderr */

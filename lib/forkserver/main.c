@@ -5,12 +5,17 @@
  */
 #include "cgroup.h"
 #include "forkserver/forkserver.h"
+#include "forkserver/sd_daemon.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -41,6 +46,11 @@ static const char usage[] =
     "                         starts outlives it, setsid or not (default: the\n"
     "                         server's own cgroup when it may write there, as root\n"
     "                         or under systemd's Delegate=yes; TIMEBOX_CGROUP too)\n"
+    "  --make-key             only write PATH.key (a new key, mode 0600, owned by the\n"
+    "                         socket's owner when run as root) if it is missing,\n"
+    "                         and exit: a socket unit does this so that clients\n"
+    "                         find the key before the first of them starts the\n"
+    "                         daemon\n"
     "  --foreground           stay in the foreground (default: detach once serving)\n"
     "  --quiet                do not log refused clients\n"
     "  --help                 this text\n"
@@ -48,7 +58,14 @@ static const char usage[] =
     "Clients attach with tbx_forkserver_attach(PATH, NULL, 0), or by setting\n"
     "TIMEBOX_FORKSERVER_SOCKET=PATH before their first TBX_FORKSERVER call.\n"
     "SIGTERM stops it: its children are killed, its socket and key removed.\n"
-    "It logs to stderr.\n";
+    "It logs to stderr.\n"
+    "\n"
+    "Socket activation (timebox-forkserver@.socket): it serves the listening\n"
+    "SOCK_SEQPACKET socket systemd passes; --socket may then be left out, and\n"
+    "--foreground is implied.  Such a socket, and its PATH.key, belong to the\n"
+    "service manager and outlive the daemon: an existing key of ours is reused,\n"
+    "neither is removed.  It tells systemd READY=1 once serving (Type=notify)\n"
+    "and STOPPING=1 when it stops.\n";
 
 static unsigned parse_count(const char *opt, const char *v)
 {
@@ -63,6 +80,59 @@ static unsigned parse_count(const char *opt, const char *v)
 
 static char preload[8192];
 static size_t preload_len;
+
+static int key_only; /* --make-key */
+
+/* The socket systemd passed, if any, and its path (its key file is beside
+ * it).  0, or 1 after saying why it cannot be served. */
+static int take_passed_socket(tbx__fs_config *cfg)
+{
+    static char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    struct sockaddr_un sa;
+    socklen_t len = sizeof sa;
+    const size_t off = offsetof(struct sockaddr_un, sun_path);
+    int fd;
+    if (tbx__sd_listen_fd(&fd) != 0)
+        return 1;
+    cfg->listen_fd = fd;
+    if (fd < 0)
+        return 0;
+    memset(&sa, 0, sizeof sa);
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0 || len <= off + 1 ||
+        sa.sun_path[0] == '\0') {
+        fprintf(stderr, "timebox-forkserver: the passed socket has no path, so no place "
+                        "for its key\n");
+        return 1;
+    }
+    memcpy(path, sa.sun_path, len - off);
+    if (cfg->listen_path != NULL && strcmp(cfg->listen_path, path) != 0) {
+        fprintf(stderr, "timebox-forkserver: --socket %s, but the passed socket is %s\n",
+                cfg->listen_path, path);
+        return 1;
+    }
+    cfg->listen_path = path;
+    return 0;
+}
+
+/* --make-key.  An existing key is kept: clients may hold it. */
+static int make_key(const char *socket_path)
+{
+    char file[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+    uint8_t key[TBX__KEY_LEN];
+    struct stat st;
+    snprintf(file, sizeof file, "%s.key", socket_path);
+    int rc = tbx__random(key, sizeof key);
+    if (rc == 0)
+        rc = tbx__key_write(file, key);
+    if (rc == -EEXIST)
+        return 0;
+    if (rc == 0 && geteuid() == 0 && stat(socket_path, &st) == 0 &&
+        chown(file, st.st_uid, st.st_gid) != 0)
+        rc = -errno;
+    if (rc != 0)
+        fprintf(stderr, "timebox-forkserver: %s: %s\n", file, tbx_strerror(rc));
+    return rc == 0 ? 0 : 1;
+}
 
 static int add_preload(tbx__fs_config *cfg, const char *v)
 {
@@ -112,7 +182,7 @@ static int set_cgroup(const char *v)
 static int option(tbx__fs_config *cfg, int *foreground, const char *a, const char *v)
 {
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-        fputs(usage, stdout);
+        printf("%s\n%s.\n", usage, tbx__sd_support);
         return 0;
     } else if (strcmp(a, "--socket") == 0) {
         cfg->listen_path = v;
@@ -133,6 +203,8 @@ static int option(tbx__fs_config *cfg, int *foreground, const char *a, const cha
         cfg->request_timeout_ns = (uint64_t)(s * 1e9);
     } else if (strcmp(a, "--cgroup") == 0) {
         return set_cgroup(v);
+    } else if (strcmp(a, "--make-key") == 0) {
+        key_only = 1;
     } else if (strcmp(a, "--foreground") == 0) {
         *foreground = 1;
     } else if (strcmp(a, "--quiet") == 0) {
@@ -162,6 +234,11 @@ static int parse(tbx__fs_config *cfg, int *foreground, int argc, char **argv)
             return rc;
         i += takes;
     }
+    if (key_only && cfg->listen_path != NULL)
+        return make_key(cfg->listen_path);
+    if (!key_only && take_passed_socket(cfg) != 0)
+        return 1;
+    *foreground |= cfg->listen_fd >= 0; /* its supervisor waits on this pid */
     if (cfg->listen_path == NULL) {
         fprintf(stderr, "timebox-forkserver: --socket PATH is required\n\n%s", usage);
         return 2;
@@ -176,6 +253,8 @@ int main(int argc, char **argv)
 
     cfg.conn = -1;
     cfg.ready_fd = -1;
+    cfg.listen_fd = -1;
+    cfg.notify = tbx__sd_notify;
     cfg.verbose = 1;
     int rc = parse(&cfg, &foreground, argc, argv);
     if (rc >= 0)

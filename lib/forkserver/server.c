@@ -23,6 +23,8 @@
 
 void tbx__fs_server_shutdown(fs_server *srv)
 {
+    if (srv->cfg->notify != NULL)
+        srv->cfg->notify("STOPPING=1");
     for (fs_call *c = srv->calls; c != NULL; c = c->next) {
         if (c->running && !c->reaped)
             tbx__kill_reap(c->pid);
@@ -31,7 +33,7 @@ void tbx__fs_server_shutdown(fs_server *srv)
     tbx__cgroup_cleanup();
     if (srv->subreaper)
         tbx__fs_server_reap_orphans(NULL, 0);
-    if (srv->cfg->listen_path != NULL) {
+    if (srv->cfg->listen_path != NULL && srv->cfg->listen_fd < 0) {
         (void)unlink(srv->cfg->listen_path);
         if (srv->cfg->write_key) {
             char key_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
@@ -67,20 +69,16 @@ static int load_preloads(const char *preload)
 }
 
 /* The daemon's key, beside its socket in the directory only we can enter,
- * and mode 0600 from birth. */
-static int write_key(const tbx__fs_config *cfg)
+ * and mode 0600 from birth.  A passed socket outlives us, and so does its key
+ * (a client may have read it before we started): one of ours is kept. */
+static int write_key(tbx__fs_config *cfg)
 {
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], hex[2 * TBX__KEY_LEN + 2];
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
     snprintf(path, sizeof path, "%s.key", cfg->listen_path);
+    if (cfg->listen_fd >= 0 && tbx__key_read(path, cfg->key, 1) == 0)
+        return 0;
     (void)unlink(path);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return -errno;
-    tbx__key_format(cfg->key, hex);
-    hex[2 * TBX__KEY_LEN] = '\n';
-    int rc = tbx__write_all(fd, hex, 2 * TBX__KEY_LEN + 1);
-    tbx__close(fd);
-    return rc;
+    return tbx__key_write(path, cfg->key);
 }
 
 static void report_ready(const tbx__fs_config *cfg, int rc)
@@ -97,6 +95,8 @@ static void report_ready(const tbx__fs_config *cfg, int rc)
     }
     if (rc != 0)
         _exit(1);
+    if (cfg->notify != NULL)
+        cfg->notify("READY=1");
 }
 
 void tbx__fs_server_run(tbx__fs_config *cfg)
@@ -117,7 +117,9 @@ void tbx__fs_server_run(tbx__fs_config *cfg)
         rc = TBX_EFAILED;
     if (rc == 0 && uv_loop_init(&srv.loop) != 0)
         rc = -ENOMEM;
-    if (rc == 0 && cfg->listen_path != NULL) {
+    if (rc == 0 && cfg->listen_fd >= 0) {
+        srv.listen_fd = cfg->listen_fd;
+    } else if (rc == 0 && cfg->listen_path != NULL) {
         srv.listen_fd = tbx__fs_server_listen(cfg->listen_path, cfg->nallow > 0);
         if (srv.listen_fd < 0)
             rc = srv.listen_fd;
@@ -183,6 +185,7 @@ void tbx__fs_server_maybe_serve(void)
     const char *preload = getenv(TBX__FS_PRELOAD_VAR);
     cfg.preload = preload != NULL ? strdup(preload) : NULL;
     cfg.ready_fd = -1;
+    cfg.listen_fd = -1;
     cfg.verbose = 1;
     tbx__keymsg km;
     int nfds = 0;

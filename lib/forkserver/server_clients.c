@@ -68,8 +68,8 @@ static void handshake(fs_client *k)
         return;
     }
     proof.magic = TBX__AUTH_MAGIC;
-    tbx__auth_prove(k->srv->cfg->key, "timebox server", resp.nonce, proof.proof);
-    if (tbx__send_fds(k->fd, &proof, sizeof proof, NULL, 0, MSG_DONTWAIT) != (ssize_t)sizeof proof) {
+    if (tbx__auth_prove(k->srv->cfg->key, "timebox server", resp.nonce, proof.proof) != 0 ||
+        tbx__send_fds(k->fd, &proof, sizeof proof, NULL, 0, MSG_DONTWAIT) != (ssize_t)sizeof proof) {
         client_close(k);
         return;
     }
@@ -183,7 +183,7 @@ void tbx__fs_server_listen_cb(uv_poll_t *h, int status, int events)
             continue;
         k->uid = cred.uid;
         tbx__challenge ch = {TBX__AUTH_MAGIC, {0}};
-        if (tbx__random(k->nonce, sizeof k->nonce) != 0 ||
+        if (tbx__auth_nonce(k->nonce) != 0 ||
             tbx__deadline_start(&k->deadline, &srv->loop,
                                 tbx__now_ns() + srv->request_timeout_ns) != 0) {
             client_close(k);

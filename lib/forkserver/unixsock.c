@@ -141,8 +141,9 @@ int tbx__fs_client_connect(const char *path, const uint8_t key[TBX__KEY_LEN], do
         rc = TBX_EPROTO;
     if (rc == 0) {
         resp.magic = TBX__AUTH_MAGIC;
-        tbx__auth_prove(key, "timebox client", ch.nonce, resp.proof);
-        rc = tbx__random(resp.nonce, sizeof resp.nonce);
+        rc = tbx__auth_prove(key, "timebox client", ch.nonce, resp.proof);
+        if (rc == 0)
+            rc = tbx__auth_nonce(resp.nonce);
     }
     if (rc == 0) {
         ssize_t n = tbx__send_fds(fd, &resp, sizeof resp, NULL, 0, 0);

@@ -58,6 +58,9 @@ int main(int argc, char **argv)
     ok = ok && rc == 0 && async_status == 0;
 
     msgpack_sbuffer_destroy(&buf);
-    printf("consumer (timebox %s): %s\n", TBX_VERSION_STRING, ok ? "ok" : "FAILED");
+    /* The library it runs with is at least the header it was built with. */
+    ok = ok && tbx_version() >= TBX_VERSION_HEX;
+    printf("consumer (timebox %s, built with %s): %s\n", tbx_version_string(),
+           TBX_VERSION_STRING, ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
 }
