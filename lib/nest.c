@@ -11,7 +11,7 @@
  * counts the inner child's start-up (a hard deadline): a soft one would
  * start later than the budget allows.
  */
-#include "internal.h"
+#include "engine.h"
 
 #include <math.h>
 

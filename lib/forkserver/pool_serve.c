@@ -21,10 +21,12 @@
  *   - after max_calls calls it says SPENT and exits.
  * Child hooks run once, when the process starts, not per call.
  *
- * Runs in a forkserver child: single-threaded, its descriptors already
- * closed but its own.
+ * Runs in a forkserver child, set up as every server child is
+ * (tbx__child_setup: its group, its parent's death, the server's signal
+ * dispositions put back, its descriptors closed but its own):
+ * single-threaded.
  */
-#include "internal.h"
+#include "child.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -194,13 +196,17 @@ static uint32_t call_end(void *arg)
     return word;
 }
 
-/* A request that names no registered function, or args that do not unpack:
- * the caller's mistake, not the process's; it answers and serves on. */
-static void answer_error(int res_fd, int code, const char *why)
+/* An ERROR frame.  done: a request that names no registered function, or
+ * args that do not unpack, is the caller's mistake, not the process's: it
+ * answers (DONE) and serves on.  Otherwise (a malformed request) it exits
+ * after the frame. */
+static void answer_error(int res_fd, int code, const char *why, int done)
 {
-    size_t len = strlen(why);
-    tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_ERROR, code, TBX__POOL_DONE, len};
-    if (tbx__write_all(res_fd, &h, sizeof h) != 0 || tbx__write_all(res_fd, why, len) != 0)
+    tbx__frame_header h;
+    struct iovec iov[2];
+    int n = tbx__frame_error(&h, iov, code, why);
+    h.pool = done ? TBX__POOL_DONE : 0;
+    if (tbx__writev_all(res_fd, iov, n) != 0 || !done)
         _exit(126);
 }
 
@@ -210,7 +216,7 @@ static void serve_one(pool_state *ps, tbx__request *rq)
     char why[TBX__MAX_MESSAGE + 1];
     int rc = tbx__request_resolve(rq, why, sizeof why);
     if (rc != 0) {
-        answer_error(ps->res_fd, rc, why);
+        answer_error(ps->res_fd, rc, why, 1);
         return;
     }
     tbx__request_spec(rq, ps->res_fd, &spec);
@@ -226,11 +232,9 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
 {
     pool_state ps = {req_fd, res_fd, -1, -1, max_calls, 0, 0, 0, -1, 0, 0};
     proc_status st;
+    char why[TBX__MAX_MESSAGE + 1];
     /* The call's orphans come to us, to be killed at its end. */
     (void)prctl(PR_SET_CHILD_SUBREAPER, 1);
-    (void)setpgid(0, 0);
-    (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-    tbx__child_forget_parent();
     if (tbx__run_child_hooks() != 0)
         _exit(125); /* the calls will see it exit before it served */
     ps.status_fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
@@ -243,9 +247,13 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
     ps.threads = st.threads;
     for (;;) {
         tbx__request rq;
-        memset(&rq, 0, sizeof rq);
-        if (tbx__worker_read_request(req_fd, res_fd, &rq, 1) == 1)
+        tbx__request_init(&rq);
+        int rc = tbx__request_read(&rq, req_fd, 0, "the pooled process", why, sizeof why);
+        if (rc == -1 && rq.got == 0)
             _exit(0); /* the client let it go */
+        if (rc != 1)
+            answer_error(res_fd, rc < -1 ? rc : TBX_EPROTO,
+                         rc < -1 ? why : "the pooled process's request was cut short", 0);
         ps.word = 0;
         serve_one(&ps, &rq);
         tbx__request_free(&rq);
