@@ -71,9 +71,9 @@ for m in $methods; do
         }
         END {
             printf "RESULT scenario=http name=%s req_s=%.0f p50_ms=%.2f p75_ms=%.2f p90_ms=%.2f " \
-                "p99_ms=%.2f requests=%s ok=%s timeout=%s other=%s children_left=%s host_rc=%s\n",
-                m, rps, p50, p75, p90, p99, f["requests"], f["ok"], f["timeout"], f["other"],
-                f["children_left"], hrc
+                "p99_ms=%.2f requests=%s ok=%s timeout=%s late=%s other=%s children_left=%s " \
+                "host_rc=%s\n", m, rps, p50, p75, p90, p99, f["requests"], f["ok"], f["timeout"],
+                f["late"], f["other"], f["children_left"], hrc
         }' "$tmp/wrk.out" "$tmp/host.out"
 done
 exit $status

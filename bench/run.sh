@@ -148,14 +148,14 @@ commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || ec
         echo "HTTP host (bench/http.sh: wrk, 127.0.0.1, one deadlined call per request, one in"
         echo "20 hanging and cut at its deadline); latencies in milliseconds:"
         echo
-        echo "| method | req/s | p50 | p90 | p99 | requests | ok | timeout | other | children left |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| method | req/s | p50 | p90 | p99 | requests | ok | timeout | of them quick calls | other | children left |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         awk '/^RESULT scenario=http / {
             delete f
             for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f["name"], f["req_s"],
-                f["p50_ms"], f["p90_ms"], f["p99_ms"], f["requests"], f["ok"], f["timeout"],
-                f["other"], f["children_left"]
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f["name"],
+                f["req_s"], f["p50_ms"], f["p90_ms"], f["p99_ms"], f["requests"], f["ok"],
+                f["timeout"], f["late"], f["other"], f["children_left"]
         }' "$results/http.log"
     fi
     if [ -n "$(logs peers.log)" ]; then
