@@ -55,6 +55,7 @@ run containment containment "${CONTAIN_N:-1000}"
 [ ! -x "$build/bench/bench_trace_cost" ] ||
     run trace_cost trace_cost "${TRACE_COST_N:-100}"
 run pool_latency pool_latency "${POOL_N:-2000}"
+run fds_in_flight fds_in_flight 100
 [ "${SKIP_PAYLOAD:-0}" = 1 ] ||
     run payload payload "${PAYLOAD_N:-50}" "${PAYLOAD_MAX_MIB:-256}"
 [ "${SKIP_ASYNC:-0}" = 1 ] ||
