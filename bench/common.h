@@ -102,6 +102,8 @@ bench_floor_server bench_server_floor_start(void);
 double bench_server_floor_us(const bench_floor_server *s);
 bench_floor_server bench_persistent_floor_start(void);
 double bench_persistent_floor_us(const bench_floor_server *s);
+/* A pre-forked child answers one request and is reaped, in microseconds. */
+double bench_prefork_floor_us(void);
 void bench_floor_stop(bench_floor_server *s);
 
 #endif

@@ -119,26 +119,53 @@ double bench_server_floor_us(const bench_floor_server *s)
     return (double)(bench_now_ns() - t0) / 1e3;
 }
 
-bench_floor_server bench_persistent_floor_start(void)
+/* Forks a child that answers each request byte on a fresh pipe with 16
+ * bytes on another (once: the first, then it exits); *req is the request
+ * pipe's write end, *res the answer pipe's read end. */
+static pid_t fork_answerer(int *req, int *res, int once)
 {
-    int req[2], res[2];
-    if (pipe2(req, O_CLOEXEC) != 0 || pipe2(res, O_CLOEXEC) != 0)
+    int q[2], a[2];
+    if (pipe2(q, O_CLOEXEC) != 0 || pipe2(a, O_CLOEXEC) != 0)
         bench_die("pipe2");
     pid_t pid = fork();
     if (pid < 0)
         bench_die("fork");
     if (pid == 0) {
         char b;
-        close(req[1]); /* so that the caller's close is our EOF */
-        close(res[0]);
-        while (read(req[0], &b, 1) == 1)
-            if (write(res[1], reply, sizeof reply) != sizeof reply)
-                _exit(1);
+        close(q[1]); /* so that the caller's close is our EOF */
+        close(a[0]);
+        while (read(q[0], &b, 1) == 1)
+            if (write(a[1], reply, sizeof reply) != sizeof reply || once)
+                _exit(0);
         _exit(0);
     }
-    close(req[0]);
-    close(res[1]);
-    return (bench_floor_server){pid, req[1], res[0]};
+    close(q[0]);
+    close(a[1]);
+    *req = q[1];
+    *res = a[0];
+    return pid;
+}
+
+bench_floor_server bench_persistent_floor_start(void)
+{
+    bench_floor_server s = {0, -1, -1};
+    s.pid = fork_answerer(&s.fd, &s.fd2, 0);
+    return s;
+}
+
+double bench_prefork_floor_us(void)
+{
+    int req, res;
+    pid_t pid = fork_answerer(&req, &res, 1);
+    usleep(200); /* it is idle and waiting, as a warm child is */
+    uint64_t t0 = bench_now_ns();
+    if (write(req, "x", 1) != 1)
+        bench_die("write");
+    bench_read16_reap(res, pid);
+    double us = (double)(bench_now_ns() - t0) / 1e3;
+    close(req);
+    close(res);
+    return us;
 }
 
 double bench_persistent_floor_us(const bench_floor_server *s)
