@@ -22,12 +22,15 @@ room_of() {
     prepare.c) echo prepare ;;
     engine.h | engine.c | escalate.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
         methods.c | own_child.c | diagnose.c) echo engine ;;
+    engine.h | engine.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
+        methods.c | own_child.c | nest.c) echo engine ;;
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c | \
         forkserver/sha256.c) echo fs_common ;;
     forkserver/client.h | forkserver/client.c | forkserver/client_warm.c | \
-        forkserver/launch_forkserver.c) echo fs_client ;;
-    forkserver/server.h | forkserver/server*.c | forkserver/main.c) echo fs_server ;;
+        forkserver/launch_forkserver.c | forkserver/launch_pool.c) echo fs_client ;;
+    forkserver/server.h | forkserver/server*.c | forkserver/pool_serve.c | forkserver/main.c)
+        echo fs_server ;;
     *) echo unknown ;;
     esac
 }
