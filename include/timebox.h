@@ -221,7 +221,8 @@ typedef enum {
                                replaced when it drifted: result.pool_fate says
                                so.  Child hooks run once per process, not per
                                call.  fn must be registered; capture_output,
-                               backtrace_on_timeout and ctx are TBX_EINVAL. */
+                               backtrace_on_timeout, backtrace_on_crash and
+                               ctx are TBX_EINVAL. */
     TBX_AUTO                /* chosen per call: TBX_FORK for a caller with one
                                thread and a resident size under
                                TBX_AUTO_FORK_MAX_RSS; otherwise TBX_POOL when

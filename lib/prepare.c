@@ -53,7 +53,8 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
 static int check_accepted(tbx__call *c, size_t args_len)
 {
     const tbx__launcher *l = c->launcher;
-    int streams = c->opts.capture_output != 0 || c->opts.backtrace_on_timeout;
+    int streams = c->opts.capture_output != 0 || c->opts.backtrace_on_timeout ||
+                  c->opts.backtrace_on_crash;
     if ((c->opts.ctx != NULL && !(l->accepts & TBX__ACCEPTS_CTX)) ||
         (streams && !(l->accepts & TBX__ACCEPTS_STREAMS)) ||
         (l->max_args != 0 && args_len > l->max_args))

@@ -21,9 +21,7 @@ room_of() {
     launch_*.c) echo launcher ;;
     prepare.c) echo prepare ;;
     engine.h | engine.c | escalate.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
-        methods.c | own_child.c | diagnose.c) echo engine ;;
-    engine.h | engine.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
-        methods.c | own_child.c | nest.c) echo engine ;;
+        methods.c | own_child.c | diagnose.c | nest.c) echo engine ;;
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c | \
         forkserver/sha256.c) echo fs_common ;;

@@ -29,6 +29,7 @@
 typedef struct pool_slot {
     struct pool_slot *next;
     pid_t pid;  /* 0 until a call has read the server's LAUNCHED */
+    int containment; /* what holds it (TBX_CONTAIN_*), from LAUNCHED */
     int control, request, result;
 } pool_slot;
 
@@ -118,7 +119,7 @@ static pool_slot *order(int *rc)
         free(w);
         return NULL;
     }
-    *w = (pool_slot){NULL, 0, ctl[0], req[0], res[0]};
+    *w = (pool_slot){NULL, 0, 0, ctl[0], req[0], res[0]};
     return w;
 }
 
@@ -184,6 +185,7 @@ static int pool_launch(tbx__call *c, tbx__child *child)
      * child; an idle process costs its three descriptors. */
     child->pid = w->pid;
     child->pidfd = -1;
+    c->containment = w->containment; /* a fresh one's comes with LAUNCHED */
     child->control_fd = w->control;
     child->request_fd = w->request;
     child->result_fd = w->result;
@@ -231,6 +233,10 @@ static int await_launched(tbx__call *c)
             c->control.pid <= 0)
             return -1;
         c->child.pid = c->control.pid;
+        c->containment = c->control.code >= TBX_CONTAIN_PGROUP &&
+                                 c->control.code <= TBX_CONTAIN_CGROUP
+                             ? c->control.code
+                             : TBX_CONTAIN_PGROUP;
         c->child.pidfd = c->control_fd_in;
         c->control_fd_in = -1;
     }
@@ -256,6 +262,8 @@ static void pool_release(tbx__call *c)
          * ordered now that the call is over (not while it ran, competing
          * with it for a CPU), if the idle ones are short. */
         free(w);
+        tbx__close(c->child.request_fd); /* tbx__request_end left it open */
+        c->child.request_fd = -1;
         pthread_mutex_lock(&pool_lock);
         int short_of = nidle < target();
         pthread_mutex_unlock(&pool_lock);
@@ -265,6 +273,7 @@ static void pool_release(tbx__call *c)
         return;
     }
     w->pid = c->child.pid;
+    w->containment = c->containment;
     c->child.control_fd = c->child.request_fd = c->child.result_fd = -1;
     give_back(w);
 }
@@ -298,11 +307,19 @@ static int pool_exited(tbx__call *c)
     return c->child.pidfd >= 0 && tbx__pidfd_exited(c->child.pidfd);
 }
 
-/* A pooled process's request socket stays open between calls: signals
- * always go through the server, which kills the process's group. */
-static void pool_backtrace(tbx__call *c)
+/* Backtraces are refused for a pooled call (no backtrace pipe): none
+ * will come. */
+static int pool_backtrace(tbx__call *c)
 {
-    TBX__UNUSED(c); /* refused: backtrace_on_timeout is not accepted */
+    TBX__UNUSED(c);
+    return -1;
+}
+
+/* backtrace_on_crash is refused too: a crash ends the process, whose
+ * server lets it die of its signal. */
+static void pool_crashed(tbx__call *c, int sig)
+{
+    tbx__fs_client_kill(c, sig);
 }
 
 static void pool_abandon(tbx__call *c)
@@ -322,6 +339,7 @@ const tbx__launcher tbx__launch_pool = {
     .exited = pool_exited,
     .signal = tbx__fs_client_kill,
     .backtrace = pool_backtrace,
+    .crashed = pool_crashed,
     .abandon = pool_abandon,
     .ended = pool_ended,
     .frame_done = pool_frame_done,
