@@ -222,7 +222,9 @@ typedef enum {
                                so.  Child hooks run once per process, not per
                                call.  fn must be registered; capture_output,
                                backtrace_on_timeout, backtrace_on_crash and
-                               ctx are TBX_EINVAL. */
+                               ctx are TBX_EINVAL; opts.contain does not apply
+                               (a process is contained when it is forked); no
+                               per-call cost (cost_known 0). */
     TBX_AUTO                /* chosen per call: TBX_FORK for a caller with one
                                thread and a resident size under
                                TBX_AUTO_FORK_MAX_RSS; otherwise TBX_POOL when
@@ -520,7 +522,8 @@ typedef struct tbx_result {
      * figures include its exec and start-up; a fork child's peak size
      * counts the pages it shares with the caller (resident at the fork).
      * cost_known is 0 when no figures came (a call that launched nothing,
-     * a child someone else reaped, a server that died or went silent). */
+     * a child someone else reaped, a server that died or went silent, a
+     * pooled call: its process is not reaped per call). */
     double cpu_user_s, cpu_sys_s;
     long max_rss_kb;
     int cost_known;
