@@ -237,12 +237,21 @@ double bench_fork_floor_us(void)
     return (double)(bench_now_ns() - t0) / 1e3;
 }
 
-static int bench_answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
+int bench_answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
 {
     (void)args, (void)ctx;
     return msgpack_pack_int(result, 42);
 }
 TBX_REGISTER(bench_answer);
+
+int bench_hang(const msgpack_object *args, msgpack_packer *result, void *ctx)
+{
+    (void)args, (void)result, (void)ctx;
+    for (;;)
+        pause();
+    return 0;
+}
+TBX_REGISTER(bench_hang);
 
 double bench_trivial_call_us(const tbx_opts *opts)
 {

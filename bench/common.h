@@ -63,6 +63,13 @@ void bench_interleave(bench_series *s, const char *const *names, int kinds, size
 /* Parses a positive count from argv[i] if present, else returns def. */
 size_t bench_arg_count(int argc, char **argv, int i, size_t def);
 
+/* Registered functions: one that returns 42 (answer), one that never
+ * returns (hang). */
+struct msgpack_object;
+struct msgpack_packer;
+int bench_answer(const struct msgpack_object *args, struct msgpack_packer *result, void *ctx);
+int bench_hang(const struct msgpack_object *args, struct msgpack_packer *result, void *ctx);
+
 /* One trivial call (a registered function returning 42) with opts; dies
  * unless it returns 42.  Returns its time in microseconds. */
 struct tbx_opts;
@@ -82,5 +89,21 @@ double bench_fork_floor_us(void);
 /* Reads the 16 bytes a floor child writes to fd, then reaps pid (which
  * must exit 0); dies otherwise. */
 void bench_read16_reap(int fd, pid_t pid);
+
+/* floors.c: a server forked before the caller grows, forking a child per
+ * request that answers the caller straight (the forkserver's floor), and a
+ * persistent process answering 16 bytes over a pipe (the pool's).  Start
+ * them before the caller allocates its ballast. */
+typedef struct bench_floor_server {
+    pid_t pid;
+    int fd, fd2; /* the server's socket (fd2 -1); or the request and reply pipes */
+} bench_floor_server;
+bench_floor_server bench_server_floor_start(void);
+double bench_server_floor_us(const bench_floor_server *s);
+bench_floor_server bench_persistent_floor_start(void);
+double bench_persistent_floor_us(const bench_floor_server *s);
+/* A pre-forked child answers one request and is reaped, in microseconds. */
+double bench_prefork_floor_us(void);
+void bench_floor_stop(bench_floor_server *s);
 
 #endif

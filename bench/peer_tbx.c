@@ -5,15 +5,16 @@
  *   peer_tbx [calls [deadline_calls]]      (default 200, 5)
  *   peer_tbx serve
  *
- * serve: one trivial call per line on stdin ("fork", "forkserver" or
- * "spawn"), its time in microseconds as a line on stdout, until EOF or
+ * serve: one trivial call per line on stdin ("fork", "forkserver", "spawn"
+ * or "pool"), its time in microseconds as a line on stdout, until EOF or
  * "quit" (the Python side's fork children share the pipe: EOF may never
  * come); so that
  * peer_bench.py can put timebox's calls in the same rotation as the Python
  * tools' (the VM's speed drifts within a run; ratios of interleaved samples
  * do not).
  *
- * Series, per method (fork, forkserver, spawn), interleaved (rotating order):
+ * Series, per method (fork, forkserver, spawn, pool with one pooled
+ * process), interleaved (rotating order):
  *   <m>_trivial  a function returning 42, timeout 10 s (after 10 of warm-up)
  *   <m>_hang     a function that sleeps forever, timeout 0.1 s (grace 1 s,
  *                the default): the time until tbx_call returns
@@ -33,22 +34,6 @@
 
 #include <timebox.h>
 
-static int answer(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)ctx;
-    return msgpack_pack_int(result, 42);
-}
-TBX_REGISTER(answer);
-
-static int hang(const msgpack_object *args, msgpack_packer *result, void *ctx)
-{
-    (void)args, (void)result, (void)ctx;
-    for (;;)
-        pause();
-    return 0;
-}
-TBX_REGISTER(hang);
-
 static int ignore_term(const msgpack_object *args, msgpack_packer *result, void *ctx)
 {
     (void)args, (void)result, (void)ctx;
@@ -59,9 +44,22 @@ static int ignore_term(const msgpack_object *args, msgpack_packer *result, void 
 }
 TBX_REGISTER(ignore_term);
 
-enum { FORK, FORKSERVER, SPAWN, METHODS };
-static const char *mnames[METHODS] = {"fork", "forkserver", "spawn"};
-static const tbx_method methods[METHODS] = {TBX_FORK, TBX_FORKSERVER, TBX_SPAWN};
+enum { FORK, FORKSERVER, SPAWN, POOL, METHODS };
+static const char *mnames[METHODS] = {"fork", "forkserver", "spawn", "pool"};
+static const tbx_method methods[METHODS] = {TBX_FORK, TBX_FORKSERVER, TBX_SPAWN, TBX_POOL};
+
+/* The forkserver, with one pooled process (a worker kept for all calls, as
+ * pebble's reused pool keeps one). */
+static int start_server(void)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.pool_size = 1;
+    if (tbx_forkserver_start(&fo) == 0)
+        return 0;
+    perror("tbx_forkserver_start");
+    return 1;
+}
 static const unsigned char args_nil[1] = {0xc0};
 
 static double call(tbx_fn *fn, double timeout_s, tbx_method m, int want)
@@ -96,7 +94,7 @@ static int serve(void)
             fprintf(stderr, "peer_tbx serve: no method %s\n", line);
             return 2;
         }
-        printf("%.2f\n", call(answer, 10, methods[k], 0));
+        printf("%.2f\n", call(bench_answer, 10, methods[k], 0));
         fflush(stdout);
     }
     tbx_forkserver_stop();
@@ -106,19 +104,12 @@ static int serve(void)
 int main(int argc, char **argv)
 {
     tbx_init(argc, argv);
-    if (argc > 1 && strcmp(argv[1], "serve") == 0) {
-        if (tbx_forkserver_start(NULL) != 0) {
-            perror("tbx_forkserver_start");
-            return 1;
-        }
-        return serve();
-    }
+    if (argc > 1 && strcmp(argv[1], "serve") == 0)
+        return start_server() != 0 ? 1 : serve();
     size_t n = bench_arg_count(argc, argv, 1, 200);
     size_t nd = bench_arg_count(argc, argv, 2, 5);
-    if (tbx_forkserver_start(NULL) != 0) {
-        perror("tbx_forkserver_start");
+    if (start_server() != 0)
         return 1;
-    }
 
     bench_series triv[METHODS], hg[METHODS], ig[METHODS];
     char tn[METHODS][32], hn[METHODS][32], in[METHODS][32];
@@ -133,7 +124,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < 10 + n; i++)
         for (int j = 0; j < METHODS; j++) {
             int k = (int)((i + (size_t)j) % METHODS);
-            double us = call(answer, 10, methods[k], 0);
+            double us = call(bench_answer, 10, methods[k], 0);
             if (i >= 10)
                 bench_series_add(&triv[k], us);
         }
@@ -141,7 +132,7 @@ int main(int argc, char **argv)
         for (int j = 0; j < 2 * METHODS; j++) {
             int x = (int)((i + (size_t)j) % (2 * METHODS)), k = x / 2;
             if (x % 2 == 0)
-                bench_series_add(&hg[k], call(hang, 0.1, methods[k], TBX_ETIMEDOUT));
+                bench_series_add(&hg[k], call(bench_hang, 0.1, methods[k], TBX_ETIMEDOUT));
             else
                 bench_series_add(&ig[k], call(ignore_term, 0.1, methods[k], TBX_ETIMEDOUT));
         }

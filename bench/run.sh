@@ -9,8 +9,9 @@
 # milliseconds); PAYLOAD_N (50 runs per size, fewer at large sizes) and
 # PAYLOAD_MAX_MIB (256); ASYNC_N (2000 calls per series) and ASYNC_SPAWN_N
 # (400); LIBDW_LINK_N (2000); TRACE_COST_N (100); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
-# PEERS_DEADLINE_N (see peers.sh).  SKIP_PAYLOAD=1, SKIP_ASYNC=1,
-# SKIP_CALLER_COST=1, SKIP_PEERS=1 and SKIP_PLOTS=1 leave a part out (the
+# PEERS_DEADLINE_N (see peers.sh); POOL_N (2000); HTTP_* (see http.sh).
+# SKIP_PAYLOAD=1, SKIP_ASYNC=1, SKIP_CALLER_COST=1, SKIP_PEERS=1,
+# SKIP_HTTP=1 and SKIP_PLOTS=1 leave a part out (the
 # whole run takes about 5 minutes on a 2-vCPU VM).  BENCH_COMMIT names the
 # commit in summary.md when bench/ is not in a git checkout (git archive).
 # Appends one row per series to bench/results/<scenario>.csv, keeps each
@@ -53,6 +54,8 @@ run containment containment "${CONTAIN_N:-1000}"
     run libdw_link libdw_link "${LIBDW_LINK_N:-2000}"
 [ ! -x "$build/bench/bench_trace_cost" ] ||
     run trace_cost trace_cost "${TRACE_COST_N:-100}"
+run pool_latency pool_latency "${POOL_N:-2000}"
+run fds_in_flight fds_in_flight 100
 [ "${SKIP_PAYLOAD:-0}" = 1 ] ||
     run payload payload "${PAYLOAD_N:-50}" "${PAYLOAD_MAX_MIB:-256}"
 [ "${SKIP_ASYNC:-0}" = 1 ] ||
@@ -60,6 +63,7 @@ run containment containment "${CONTAIN_N:-1000}"
 [ "${SKIP_CALLER_COST:-0}" = 1 ] ||
     run caller_cost caller_cost "${CALLER_COST_N:-5}" "${CALLER_COST_MIB:-1024}"
 [ "${SKIP_PEERS:-0}" = 1 ] || sh "$here/peers.sh" "$build"
+[ "${SKIP_HTTP:-0}" = 1 ] || sh "$here/http.sh" "$build" | tee "$results/http.log"
 [ "${SKIP_PLOTS:-0}" = 1 ] || sh "$here/plot.sh" "$results"
 
 # Logs of this run only: a part left out keeps no stale log in the summary.
@@ -82,7 +86,7 @@ commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || ec
     echo "|---|---|---:|---:|---:|---:|---:|"
     cat $(logs fork_latency.log deadline_lateness.log method_latency_rss0.log \
         method_latency_rss256.log method_latency_rss1024.log method_latency_rss4096.log \
-        warm_latency.log containment.log libdw_link.log trace_cost.log \
+        warm_latency.log containment.log libdw_link.log trace_cost.log pool_latency.log \
         caller_cost.log async_throughput.log) |
         awk '/^RESULT / {
             delete f
@@ -140,19 +144,34 @@ commit=${BENCH_COMMIT:-$(git -C "$here" rev-parse --short HEAD 2>/dev/null || ec
                 f["calls"], f["failed"], f["calls_per_s"], f["x_floor"]
         }' "$results/async_throughput.log"
     fi
+    if [ -n "$(logs http.log)" ]; then
+        echo
+        echo "HTTP host (bench/http.sh: wrk, 127.0.0.1, one deadlined call per request, one in"
+        echo "20 hanging and cut at its deadline); latencies in milliseconds:"
+        echo
+        echo "| method | req/s | p50 | p90 | p99 | requests | ok | timeout | of them quick calls | other | children left |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        awk '/^RESULT scenario=http / {
+            delete f
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f["name"],
+                f["req_s"], f["p50_ms"], f["p90_ms"], f["p99_ms"], f["requests"], f["ok"],
+                f["timeout"], f["late"], f["other"], f["children_left"]
+        }' "$results/http.log"
+    fi
     if [ -n "$(logs peers.log)" ]; then
         echo
         echo "Peers, one trivial call (timeout 10 s); x tbx_<m> = median / timebox's median"
         echo "by that method in the same run:"
         echo
-        echo "| series | n | median | p99 | x tbx_fork | x tbx_forkserver | x tbx_spawn |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
+        echo "| series | n | median | p99 | x tbx_fork | x tbx_forkserver | x tbx_spawn | x tbx_pool |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
         awk '/^RESULT scenario=peers / {
             delete f
             for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-            printf "| %s | %s | %.1f | %.1f | %s | %s | %s |\n", f["name"], f["n"],
+            printf "| %s | %s | %.1f | %.1f | %s | %s | %s | %s |\n", f["name"], f["n"],
                 f["median_us"], f["p99_us"], f["x_tbx_fork"], f["x_tbx_forkserver"],
-                f["x_tbx_spawn"]
+                f["x_tbx_spawn"], f["x_tbx_pool"]
         }' "$results/peers.log"
         echo
         echo "Peers, deadline 0.1 s on a function that never returns (hang) or ignores"

@@ -26,37 +26,6 @@
 
 #define WARMUP 100
 
-static void answer_back(int in, int out)
-{
-    char b;
-    if (read(in, &b, 1) != 1)
-        _exit(1);
-    _exit(write(out, "0123456789abcdef", 16) == 16 ? 0 : 1);
-}
-
-static double run_prefork_floor(void)
-{
-    int req[2], res[2];
-    if (pipe2(req, O_CLOEXEC) != 0 || pipe2(res, O_CLOEXEC) != 0)
-        bench_die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        bench_die("fork");
-    if (pid == 0)
-        answer_back(req[0], res[1]);
-    close(req[0]);
-    close(res[1]);
-    usleep(200); /* it is idle and waiting, as a warm child is */
-    uint64_t t0 = bench_now_ns();
-    if (write(req[1], "x", 1) != 1)
-        bench_die("write");
-    bench_read16_reap(res[0], pid);
-    double us = (double)(bench_now_ns() - t0) / 1e3;
-    close(req[1]);
-    close(res[0]);
-    return us;
-}
-
 /* A call, then time for its warm child's replacement to be forked, as
  * between real calls. */
 static double run_tbx(const tbx_opts *o)
@@ -88,7 +57,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < WARMUP + n; i++) {
         for (int j = 0; j < KINDS; j++) {
             int k = (int)((i + (size_t)j) % KINDS);
-            double us = k == PREFORK ? run_prefork_floor() : k == FORK ? bench_fork_floor_us() : run_tbx(&o);
+            double us = k == PREFORK ? bench_prefork_floor_us() : k == FORK ? bench_fork_floor_us() : run_tbx(&o);
             if (i >= WARMUP)
                 bench_series_add(&s[k], us);
         }

@@ -132,7 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             return 0; /* EOF inside a header: "cut short" */
         memcpy(&hdr, p, sizeof hdr);
         p += sizeof hdr;
-        int rc = tbx__frame_check(&hdr, max);
+        int rc = tbx__frame_check(&hdr, max, (data[0] >> 6) & 1);
         if (rc != 0)
             return 0; /* rejected: the child is killed, nothing more read */
         if (hdr.kind == TBX__FRAME_START) {

@@ -216,16 +216,52 @@ typedef enum {
                                the caller's size and threads; fn must be
                                registered, and the program must call
                                tbx_init() first in main(). */
-    TBX_SPAWN               /* posix_spawn a fresh program: this one (via
+    TBX_SPAWN,              /* posix_spawn a fresh program: this one (via
                                /proc/self/exe) or opts.executable.  Its cost
                                does not grow with the caller's memory, and it
                                is safe in a multi-threaded caller.  The program
                                must call tbx_init() first in main(), and fn
                                must be registered (TBX_REGISTER). */
+    TBX_POOL,               /* run in a pooled process: forked by the
+                               forkserver from its clean, preloaded state, it
+                               serves calls one after another (sized by
+                               tbx_forkserver_opts.pool_size, replaced after
+                               pool_max_calls).  A call costs about a pipe
+                               round trip.  The per-call promises hold (the
+                               deadline: an overrunning process is killed and
+                               replaced; cancel; max_result; signal
+                               dispositions back to the defaults; the call's
+                               descendants killed at its end), but calls share
+                               the process: what fn leaves in memory, the
+                               next call in that process sees.  After each
+                               call the process checks itself against a
+                               fingerprint taken when it started (open
+                               descriptors, threads, resident size) and is
+                               replaced when it drifted: result.pool_fate says
+                               so.  Child hooks run once per process, not per
+                               call.  fn must be registered; capture_output,
+                               backtrace_on_timeout, backtrace_on_crash and
+                               ctx are TBX_EINVAL; opts.contain does not apply
+                               (a process is contained when it is forked); no
+                               per-call cost (cost_known 0). */
+    TBX_AUTO                /* chosen per call: TBX_FORK for a caller with one
+                               thread and a resident size under
+                               TBX_AUTO_FORK_MAX_RSS; otherwise TBX_POOL when
+                               the forkserver was started with pool_size > 0,
+                               else TBX_FORKSERVER.  result.method says which
+                               ran.  fn must be registered (any of the three
+                               may run it), unless the caller qualifies for
+                               fork. */
 } tbx_method;
 
 /* opts.on_output: a chunk of the child's stdout (stream 1) or stderr (2). */
 typedef void tbx_output_fn(void *arg, int stream, const char *data, size_t len);
+/* TBX_AUTO's threshold: a single-threaded caller with a resident size under
+ * this forks.  Measured by bench/method_latency: a fork's cost grows by about
+ * 19 us per MiB of the caller's resident size, and crosses a forkserver
+ * call's (0.23 ms on the development VM) at about 4-5 MiB; a small C program
+ * linked with timebox is 3 MiB. */
+#define TBX_AUTO_FORK_MAX_RSS ((size_t)6 << 20)
 
 /* The options of one call: tbx_opts_init() fills in the defaults, then set
  * what differs. */
@@ -510,13 +546,31 @@ typedef struct tbx_result {
      * figures include its exec and start-up; a fork child's peak size
      * counts the pages it shares with the caller (resident at the fork).
      * cost_known is 0 when no figures came (a call that launched nothing,
-     * a child someone else reaped, a server that died or went silent). */
+     * a child someone else reaped, a server that died or went silent, a
+     * pooled call: its process is not reaped per call). */
     double cpu_user_s; /* CPU seconds in user mode */
     double cpu_sys_s;  /* CPU seconds in the kernel */
     long max_rss_kb;   /* peak resident size, KiB */
     int cost_known;    /* 1: the three figures above came; 0: none did */
+    tbx_method method;    /* the method that ran the call (TBX_AUTO and
+                             TBX_METHOD_DEFAULT resolved) */
+    int pool_fate;        /* TBX_POOL: what became of the pooled process
+                             (TBX_POOL_KEPT, ...); 0 for other methods */
     void *priv_[7];       /* private: memory owned by the result */
 } tbx_result;
+
+/* result.pool_fate: whether the pooled process that ran the call serves on. */
+enum {
+    TBX_POOL_KEPT = 0,    /* it serves the next call */
+    TBX_POOL_DRIFTED = 1, /* it no longer matched its fingerprint (more
+                             descriptors or threads than when it started, or
+                             a resident size grown past the bound): replaced */
+    TBX_POOL_SPENT = 2,   /* it had served pool_max_calls calls: replaced */
+    TBX_POOL_RETIRED = 3, /* the call set resource limits, which cannot be
+                             undone: replaced */
+    TBX_POOL_ENDED = 4    /* it was killed (deadline, cancel, oversize
+                             result) or died: replaced */
+};
 
 /* Frees what the result owns and resets it to an empty result.  NULL-safe,
  * idempotent.  Thread-safe for distinct results. */
@@ -644,6 +698,20 @@ typedef struct tbx_forkserver_opts {
                                   (and their caller's death).  0 (default):
                                   none.  This process's calls only; a process
                                   forked from it starts with none. */
+    unsigned pool_size;        /* TBX_POOL: pooled processes kept idle for
+                                  this process's calls (more are forked while
+                                  more calls run at once; the extra ones exit
+                                  when their call ends).  0 (default): the
+                                  number of online CPUs.  Set (non-zero),
+                                  they are forked by tbx_forkserver_start
+                                  (which applies pool_size and
+                                  pool_max_calls even when the server already
+                                  runs) and TBX_AUTO may choose the pool;
+                                  otherwise the pool fills as TBX_POOL calls
+                                  come. */
+    unsigned pool_max_calls;   /* TBX_POOL: calls one pooled process serves
+                                  before it is replaced; 0 (default): no
+                                  limit */
 } tbx_forkserver_opts;
 
 /* Fills opts with the defaults; always call it first. */
@@ -761,7 +829,16 @@ TBX_EXTERN int tbx_fail(msgpack_packer *result, int code, const char *fmt, ...)
 
 /* Seconds until this call's deadline, as seen by the function; 0 once it has
  * passed; HUGE_VAL when the call has no deadline or when called outside a
- * timebox child.  Async-signal-safe. */
+ * timebox child.  Async-signal-safe.
+ *
+ * Nested calls inherit it: a call made inside fn (by any method) ends, its
+ * grace period included, before the call it runs in reaches its deadline,
+ * so that fn gets the inner call's TBX_ETIMEDOUT back in time to return a
+ * result of its own.  Its budget is tbx_remaining() less a margin for fn to
+ * react (a tenth of it, at most 50 ms); its grace_s is cut to half that
+ * budget if longer; its timeout_s is capped at the budget less the grace,
+ * unless it asked for less; and its deadline counts its child's start-up
+ * (hard_timeout is forced to 1). */
 TBX_EXTERN double tbx_remaining(void);
 
 /* This call's label (opts.label), or NULL when it has none or when called

@@ -192,33 +192,36 @@ double tbx_remaining(void)
     return now >= self.deadline_ns ? 0.0 : (double)(self.deadline_ns - now) / 1e9;
 }
 
-/* One frame, header and payload, in as few writes as the pipe allows. */
-static int write_frame(int fd, uint32_t kind, int32_t code, const void *p, size_t len)
+/* One frame, header and payload, in as few writes as the pipe allows.
+ * pool: the header's pool word (TBX__POOL_*; 0 outside a pooled process). */
+static int write_frame(int fd, uint32_t kind, int32_t code, uint32_t pool, const void *p,
+                       size_t len)
 {
     tbx__frame_header h;
     struct iovec iov[2];
     int n = tbx__frame_encode(&h, iov, kind, code, p, len);
+    h.pool = pool;
     return tbx__writev_all(fd, iov, n) == 0 ? 0 : -1;
 }
 
 /* A result in the bulk memfd: the last of it written, the memfd sealed, and
  * only its header down the pipe.  A memfd that will not seal (something has
  * it mapped writable) is read back and goes down the pipe after all. */
-static int send_bulk(int fd, result_buf *rb)
+static int send_bulk(int fd, result_buf *rb, uint32_t pool)
 {
     size_t staged = rb->len - rb->bulk_len;
     if (pwrite_all(rb->bulk_fd, rb->data, staged, rb->bulk_len) != 0)
         return -1;
     if (fcntl(rb->bulk_fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) ==
         0) {
-        tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK_BULK, 0, 0, rb->len};
+        tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK_BULK, 0, pool, rb->len};
         return tbx__write_all(fd, &h, sizeof h);
     }
     void *p = mmap(NULL, rb->len, PROT_READ, MAP_SHARED, rb->bulk_fd, 0);
     if (p == MAP_FAILED)
         return -1;
     (void)fcntl(fd, F_SETPIPE_SZ, (int)TBX__BIG_PAYLOAD);
-    return write_frame(fd, TBX__FRAME_OK, 0, p, rb->len);
+    return write_frame(fd, TBX__FRAME_OK, 0, pool, p, rb->len);
 }
 
 
@@ -244,11 +247,42 @@ static void flush_stdio(void)
 
 void tbx__child_main(const tbx__child_spec *spec)
 {
-    result_buf rb;
-    msgpack_packer pk;
-    int rc;
-
     tbx__child_setup(spec);
+    _exit(tbx__child_run(spec, 1, NULL, NULL) == 0 ? 0 : 126);
+}
+
+/* fn's result, or why there is none, in rb. */
+static void run_fn(const tbx__child_spec *spec, result_buf *rb, int hooks)
+{
+    msgpack_packer pk;
+    int rc = hooks ? tbx__run_child_hooks() : 0;
+    if (rc != 0) {
+        rb->msg_len = (size_t)snprintf(rb->msg, sizeof rb->msg, "a child hook failed with %d", rc);
+        rb->failed = 1;
+        rb->fail_code = rc;
+        return;
+    }
+    if (spec->send_start && write_frame(spec->result_fd, TBX__FRAME_START, 0, 0, NULL, 0) != 0)
+        _exit(126);
+    msgpack_packer_init(&pk, rb, result_write);
+    rc = spec->fn(spec->args, &pk, spec->ctx);
+    if (rc != 0 && !rb->failed) {
+        rb->msg_len = (size_t)snprintf(rb->msg, sizeof rb->msg,
+                                       "the function returned %d without tbx_fail", rc);
+        rb->failed = 1;
+        rb->fail_code = rc;
+    } else if (rb->out_of_memory && !rb->failed) {
+        rb->msg_len = (size_t)snprintf(rb->msg, sizeof rb->msg,
+                                       "out of memory packing a %zu-byte result", rb->len);
+        rb->failed = 1;
+        rb->fail_code = -ENOMEM;
+    }
+}
+
+int tbx__child_run(const tbx__child_spec *spec, int hooks, tbx__child_end_fn *end, void *end_arg)
+{
+    result_buf rb;
+    int rc;
 
     self.in_child = 1;
     self.label = spec->label;
@@ -266,42 +300,25 @@ void tbx__child_main(const tbx__child_spec *spec)
     rb.cap = sizeof rb.inline_data;
     rb.max = spec->max_result;
     rb.msg_len = 0;
-
-    rc = tbx__run_child_hooks();
-    if (rc != 0) {
-        rb.msg_len = (size_t)snprintf(rb.msg, sizeof rb.msg, "a child hook failed with %d", rc);
-        rb.failed = 1;
-        rb.fail_code = rc;
-    } else {
-        if (spec->send_start && write_frame(spec->result_fd, TBX__FRAME_START, 0, NULL, 0) != 0)
-            _exit(126);
-        msgpack_packer_init(&pk, &rb, result_write);
-        rc = spec->fn(spec->args, &pk, spec->ctx);
-        if (rc != 0 && !rb.failed) {
-            rb.msg_len = (size_t)snprintf(rb.msg, sizeof rb.msg,
-                                          "the function returned %d without tbx_fail", rc);
-            rb.failed = 1;
-            rb.fail_code = rc;
-        } else if (rb.out_of_memory && !rb.failed) {
-            rb.msg_len = (size_t)snprintf(rb.msg, sizeof rb.msg,
-                                          "out of memory packing a %zu-byte result", rb.len);
-            rb.failed = 1;
-            rb.fail_code = -ENOMEM;
-        }
-    }
+    run_fn(spec, &rb, hooks);
     flush_stdio();
+    uint32_t pool = end != NULL ? end(end_arg) : 0;
     if (rb.failed)
-        rc = write_frame(spec->result_fd, TBX__FRAME_FAIL, rb.fail_code, rb.msg, rb.msg_len);
+        rc = write_frame(spec->result_fd, TBX__FRAME_FAIL, rb.fail_code, pool, rb.msg, rb.msg_len);
     else if (rb.len > rb.max) { /* the header alone: the parent refuses it */
-        tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK, 0, 0, rb.len};
+        tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK, 0, pool, rb.len};
         rc = tbx__write_all(spec->result_fd, &h, sizeof h);
     } else if (rb.in_bulk) {
-        rc = send_bulk(spec->result_fd, &rb);
+        rc = send_bulk(spec->result_fd, &rb, pool);
     } else {
         /* A big result crosses in 1 MiB writes, not 64 KiB ones. */
         if (rb.len >= TBX__BIG_PAYLOAD)
             (void)fcntl(spec->result_fd, F_SETPIPE_SZ, (int)TBX__BIG_PAYLOAD);
-        rc = write_frame(spec->result_fd, TBX__FRAME_OK, 0, rb.data, rb.len);
+        rc = write_frame(spec->result_fd, TBX__FRAME_OK, 0, pool, rb.data, rb.len);
     }
-    _exit(rc == 0 ? 0 : 126);
+    if (rb.data != rb.inline_data)
+        (void)munmap(rb.data, rb.cap);
+    self.in_child = 0;
+    self.deadline_ns = 0;
+    return rc;
 }

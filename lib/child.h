@@ -67,6 +67,22 @@ void tbx__child_setup(const tbx__child_spec *spec);
 
 /* Runs the call in this (child) process and _exits.  Never returns. */
 __attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);
+/* The call itself, in a process already set up for it: the child hooks
+ * (hooks: 1), fn, then end(end_arg) (if set: its value goes in the frame's
+ * pool word), then the frame.  Returns 0, or -1 if the frame could not be
+ * written.  A pooled process runs one per call. */
+typedef uint32_t tbx__child_end_fn(void *arg);
+int tbx__child_run(const tbx__child_spec *spec, int hooks, tbx__child_end_fn *end,
+                   void *end_arg);
+/* child_setup.c: the call's resource limits (spec->limit_*, and no core
+ * unless allowed), as tbx__child_setup sets them. */
+void tbx__child_apply_limits(const tbx__child_spec *spec);
+
+/* forkserver/pool_serve.c: a pooled process (forked by the forkserver)
+ * serves the requests that come on req_fd one after another, each result to
+ * res_fd, until req_fd closes, it drifts from its fingerprint, or it has
+ * served max_calls (0: no limit).  Never returns. */
+__attribute__((noreturn)) void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls);
 
 /* The worker side of spawn: if this process was started as a worker, serve
  * the request and _exit; otherwise return. */

@@ -83,7 +83,7 @@ static void place_output(const tbx__child_spec *spec)
 
 /* The call's resource limits, before any of the caller's code runs here.
  * CPU: SIGXCPU at the limit, SIGKILL a second later (the hard limit). */
-static void apply_limits(const tbx__child_spec *spec)
+void tbx__child_apply_limits(const tbx__child_spec *spec)
 {
     struct rlimit rl;
     if (!spec->allow_core) {
@@ -202,7 +202,7 @@ void tbx__child_setup(const tbx__child_spec *spec)
     place_output(spec);
     if (spec->close_inherited != NULL)
         spec->close_inherited(spec->close_arg);
-    apply_limits(spec);
+    tbx__child_apply_limits(spec);
     join_cgroup(spec);
     install_backtrace(spec);
     install_crash_handler(spec);

@@ -59,6 +59,8 @@ static void frame_complete(tbx__call *c)
     c->frame_done = 1;
     mark_done(c);
     stop_reading(c);
+    if (c->launcher->frame_done != NULL)
+        c->launcher->frame_done(c);
 }
 
 /* A big result goes straight into one mapping of its size: the size is
@@ -81,7 +83,7 @@ static void map_payload(tbx__call *c)
 /* The header is complete: check it and start on its payload. */
 static void on_header(tbx__call *c)
 {
-    int rc = tbx__frame_check(&c->hdr, c->opts.max_result);
+    int rc = tbx__frame_check(&c->hdr, c->opts.max_result, c->child.pooled);
     if (rc != 0) {
         reject(c, rc);
         return;
@@ -284,6 +286,10 @@ void tbx__engine_close_handles(tbx__call *c)
     }
     tbx__streams_close_child_ends(c);
     tbx__request_end(c);
+    if (c->launcher != NULL && c->launcher->release != NULL)
+        c->launcher->release(c); /* what outlives the call, set to -1 */
+    tbx__close(c->child.request_fd);
+    c->child.request_fd = -1;
     tbx__close(c->child.result_fd);
     tbx__close(c->child.pidfd);
     tbx__close(c->child.control_fd);

@@ -63,8 +63,12 @@ typedef struct tbx__child {
     int request_fd; /* -1, or our end of a socket the request goes down */
     int control_fd; /* forkserver: the call's control socket; -1 otherwise */
     int bulk_fd;   /* -1, or a memfd a big result comes back in (bulk.c) */
-    int worker;    /* 1: a fresh program that must say START before fn */
+    int worker;    /* 1: a child that says START before fn (tbx__says_start) */
     int warm;      /* 1: a warm child, taken from the pool */
+    int pooled;    /* 1: a pooled process (TBX_POOL), which outlives the call:
+                      its result frames carry its word on the call (wire.h),
+                      and its request socket stays open */
+    void *slot;    /* pooled: its launcher's record of the process */
 } tbx__child;
 
 /* The launcher interface: one per start method, each in its own file, each
@@ -98,8 +102,14 @@ typedef struct tbx__child {
  *   ended      optional: runs once the call is over (its child reaped, its
  *              handles closed), just before the caller hears: work that must
  *              not compete with the call's own child for the CPU (replacing a
- *              warm child) goes there. */
-enum { TBX__ACCEPTS_CTX = 1, TBX__ACCEPTS_UNREGISTERED = 2 };
+ *              warm child) goes there.
+ *   frame_done optional: the result frame is whole (a child that outlives
+ *              its call ends the call there: tbx__engine_child_ended).
+ *   release    optional: as the call closes, before its descriptors do:
+ *              takes back those that outlive the call (setting them to -1).
+ *   ready      optional: 1 if the method is set up in this process (a
+ *              method chosen per call may prefer it then). */
+enum { TBX__ACCEPTS_CTX = 1, TBX__ACCEPTS_UNREGISTERED = 2, TBX__ACCEPTS_STREAMS = 4 };
 
 typedef struct tbx__launcher tbx__launcher;
 struct tbx__launcher {
@@ -116,6 +126,9 @@ struct tbx__launcher {
     void (*crashed)(tbx__call *call, int sig);
     void (*abandon)(tbx__call *call);
     void (*ended)(tbx__call *call);
+    void (*frame_done)(tbx__call *call);
+    void (*release)(tbx__call *call);
+    int (*ready)(void);
 };
 
 /* The launcher of a method, or NULL for one this build does not provide
@@ -279,6 +292,7 @@ struct tbx__call {
     int kill_signal;
     int wstatus;
     int sys_error;             /* a -errno met while watching */
+    uint32_t pool_word;        /* pooled: the result frame's TBX__POOL_* */
     tbx_result result;         /* async: handed to the callback */
 };
 
@@ -314,6 +328,16 @@ void tbx__cancel_close(tbx__call *call);
 int tbx__request_build(tbx__call *call);
 int tbx__request_start(tbx__call *call);
 void tbx__request_end(tbx__call *call);
+/* 1 if the whole request has been sent. */
+int tbx__request_whole(const tbx__call *call);
+/* 1 if a worker, server or pooled child says START before fn for this call:
+ * with a soft deadline (it starts then) or a backtrace asked for (the
+ * handler is in by then). */
+int tbx__says_start(const tbx__call *call);
+
+/* nest.c: inside a call with a deadline, caps a nested call's options so
+ * that it ends, grace included, before the outer deadline. */
+void tbx__nest_cap(tbx_opts *opts);
 
 /* streams.c: the pipes for the child's stdout, stderr and backtrace. */
 int tbx__streams_open(tbx__call *call);

@@ -124,7 +124,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
 
 const tbx__launcher tbx__launch_fork = {
     .name = "fork",
-    .accepts = TBX__ACCEPTS_CTX | TBX__ACCEPTS_UNREGISTERED,
+    .accepts = TBX__ACCEPTS_CTX | TBX__ACCEPTS_UNREGISTERED | TBX__ACCEPTS_STREAMS,
     .prepare = tbx__engine_unpack_args, /* the child reads them in memory */
     .launch = fork_launch,
     TBX__OWN_CHILD,

@@ -274,7 +274,7 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
     child->result_fd = res[0];
     child->request_fd = sv[0];
     child->bulk_fd = bulk;
-    child->worker = 1;
+    child->worker = 1; /* always START: its absence names a missing tbx_init */
     child->pidfd = tbx__pidfd_open(pid);
     if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
         child->pidfd = -1; /* as for fork: the engine polls, and finds it gone */
@@ -294,6 +294,7 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
 /* A fresh program finds fn by name, and a pointer cannot cross an exec. */
 const tbx__launcher tbx__launch_spawn = {
     .name = "spawn",
+    .accepts = TBX__ACCEPTS_STREAMS,
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = spawn_launch,

@@ -11,11 +11,15 @@
 extern const tbx__launcher tbx__launch_fork;       /* launch_fork.c */
 extern const tbx__launcher tbx__launch_forkserver; /* forkserver/launch_forkserver.c */
 extern const tbx__launcher tbx__launch_spawn;      /* launch_spawn.c */
+extern const tbx__launcher tbx__launch_pool;       /* forkserver/launch_pool.c */
+extern const tbx__launcher tbx__launch_auto;       /* launch_auto.c */
 
 static const tbx__launcher *const methods[] = {
     [TBX_FORK] = &tbx__launch_fork,
     [TBX_FORKSERVER] = &tbx__launch_forkserver,
     [TBX_SPAWN] = &tbx__launch_spawn,
+    [TBX_POOL] = &tbx__launch_pool,
+    [TBX_AUTO] = &tbx__launch_auto,
 };
 
 static atomic_int default_method = TBX_FORK;

@@ -42,6 +42,7 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
         return TBX_EINVAL;
     if (c->opts.max_result == 0)
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
+    tbx__nest_cap(&c->opts);
     if (c->opts.method == TBX_METHOD_DEFAULT)
         c->opts.method = tbx__default_method();
     return tbx__label_take(c);
@@ -52,7 +53,10 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
 static int check_accepted(tbx__call *c, size_t args_len)
 {
     const tbx__launcher *l = c->launcher;
+    int streams = c->opts.capture_output != 0 || c->opts.backtrace_on_timeout ||
+                  c->opts.backtrace_on_crash;
     if ((c->opts.ctx != NULL && !(l->accepts & TBX__ACCEPTS_CTX)) ||
+        (streams && !(l->accepts & TBX__ACCEPTS_STREAMS)) ||
         (l->max_args != 0 && args_len > l->max_args))
         return TBX_EINVAL;
     if (l->accepts & TBX__ACCEPTS_UNREGISTERED) {
@@ -87,6 +91,8 @@ static void reset_child(tbx__call *c)
         c->capture[i].fd = c->capture[i].child_fd = -1;
     c->child.worker = 0;
     c->child.warm = 0;
+    c->child.pooled = 0;
+    c->child.slot = NULL;
 }
 
 int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,

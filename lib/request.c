@@ -103,14 +103,28 @@ static int request_send(tbx__call *c)
     return 1;
 }
 
+int tbx__says_start(const tbx__call *c)
+{
+    return (c->request.flags & (TBX__REQ_SOFT_DEADLINE | TBX__REQ_BACKTRACE)) != 0;
+}
+
+int tbx__request_whole(const tbx__call *c)
+{
+    return c->request_sent == request_len(c);
+}
+
 void tbx__request_end(tbx__call *c)
 {
     if (c->writing) {
         uv_close((uv_handle_t *)&c->request_poll, c->close_cb);
         c->writing = 0;
     }
-    tbx__close(c->child.request_fd);
-    c->child.request_fd = -1;
+    /* A pooled process's request socket serves its next calls: its
+     * launcher's release keeps it, or the call's end closes it. */
+    if (!c->child.pooled) {
+        tbx__close(c->child.request_fd);
+        c->child.request_fd = -1;
+    }
     free(c->request_copy);
     c->request_copy = NULL;
 }

@@ -169,7 +169,10 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->result_fd = result_fd;
     spec->reset_signals = (rq->h.flags & TBX__REQ_RESET_SIGNALS) != 0;
     spec->soft_deadline = (rq->h.flags & TBX__REQ_SOFT_DEADLINE) != 0;
-    spec->send_start = 1; /* the caller learns that fn is starting */
+    /* The caller learns that fn is starting when it needs to: a soft
+     * deadline starts then, and a backtrace may be asked for only once the
+     * handler is in.  A hard deadline needs no word (one wake-up less). */
+    spec->send_start = (rq->h.flags & (TBX__REQ_SOFT_DEADLINE | TBX__REQ_BACKTRACE)) != 0;
     spec->timeout_s = (double)rq->h.timeout_ns / 1e9;
     spec->deadline_ns = rq->h.deadline_ns;
     spec->max_result = (size_t)rq->h.max_result;

@@ -132,6 +132,7 @@ int tbx__verdict(tbx__call *c, tbx_result *r)
 void tbx__result_fill(tbx__call *c, tbx_result *r)
 {
     r->pid = c->child.pid;
+    r->method = c->opts.method; /* resolved, for a method chosen per call */
     r->kill_signal = c->kill_signal;
     if (c->wstatus != -1 && WIFEXITED(c->wstatus))
         r->exit_code = WEXITSTATUS(c->wstatus);

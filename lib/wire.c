@@ -16,7 +16,7 @@ int tbx__frame_encode(tbx__frame_header *h, struct iovec iov[2], uint32_t kind, 
     h->magic = TBX__FRAME_MAGIC;
     h->kind = kind;
     h->fail_code = code;
-    h->reserved = 0;
+    h->pool = 0;
     h->len = len;
     iov[0].iov_base = h;
     iov[0].iov_len = sizeof *h;
@@ -31,9 +31,12 @@ int tbx__frame_error(tbx__frame_header *h, struct iovec iov[2], int32_t code, co
     return tbx__frame_encode(h, iov, TBX__FRAME_ERROR, code, msg, len);
 }
 
-int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len)
+int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len, int pooled)
 {
-    if (hdr->magic != TBX__FRAME_MAGIC || hdr->reserved != 0)
+    int result = hdr->kind != TBX__FRAME_START;
+    uint32_t want = pooled && result && hdr->kind != TBX__FRAME_ERROR ? TBX__POOL_DONE : 0;
+    uint32_t allowed = pooled && result ? TBX__POOL_MASK : 0;
+    if (hdr->magic != TBX__FRAME_MAGIC || (hdr->pool & want) != want || (hdr->pool & ~allowed) != 0)
         return TBX_EPROTO;
     switch (hdr->kind) {
     case TBX__FRAME_OK:

@@ -37,13 +37,32 @@ typedef struct tbx__frame_header {
     uint32_t magic;
     uint32_t kind;
     int32_t fail_code;
-    uint32_t reserved;
+    uint32_t pool;  /* 0, or from a pooled process (TBX_POOL) the result
+                       frame's TBX__POOL_* bits: the call is over there */
     uint64_t len;
 } tbx__frame_header;
 
+/* A pooled process's word on the call it just served, in its result frame:
+ * DONE is always set (the call's descendants are dead, its state undone);
+ * DRIFT: it no longer matches the fingerprint it took when it started (more
+ * descriptors or threads, or a resident size grown past the bound) and
+ * exits, to be replaced; SPENT: it served pool_max_calls calls and exits;
+ * RETIRE: it exits for another reason (limits it cannot undo). */
+enum {
+    TBX__POOL_DONE = 1,
+    TBX__POOL_DRIFT = 2,
+    TBX__POOL_SPENT = 4,
+    TBX__POOL_RETIRE = 8,
+    TBX__POOL_MASK = 15
+};
+
 /* 0 if hdr is a well-formed header whose payload fits in max_len bytes;
- * TBX_ETOOBIG if only its length is over; TBX_EPROTO otherwise. */
-int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len);
+ * TBX_ETOOBIG if only its length is over; TBX_EPROTO otherwise.  pooled:
+ * it comes from a pooled process, whose result frames carry TBX__POOL_DONE
+ * and may carry the other TBX__POOL_* bits (an ERROR frame may come
+ * without: a pooled process refusing a malformed request exits after it);
+ * no other frame has a pool word. */
+int tbx__frame_check(const tbx__frame_header *hdr, uint64_t max_len, int pooled);
 /* The encoders: a frame as iov (the header in *h, then len bytes at p);
  * an ERROR frame with code and msg, clipped to TBX__MAX_MESSAGE.  Return
  * how many pieces of iov to write (1 or 2). */
@@ -100,6 +119,11 @@ int tbx__request_check(const tbx__request_header *hdr);
  *   WARM: the same as CALL, and the read end of a request socket: the server forks
  *         at once a child that waits for its request there, from the caller
  *         itself, whenever a call takes it (a warm child, see the header).
+ *   POOL: control, result and request, as WARM (no flags): the child forked
+ *         at once is a pooled process (forkserver/pool_serve.c) that serves
+ *         request after request there, each result down the same pipe, until
+ *         the client closes the request socket or it retires; the control
+ *         socket says LAUNCHED once, and EXITED when it is gone.
  * The control socket (SOCK_STREAM) carries tbx__control messages from the
  * server (LAUNCHED with a pidfd by SCM_RIGHTS, then EXITED; or ERROR), and
  * KILL messages to it.  The client closing its end means it is gone: the
@@ -107,7 +131,7 @@ int tbx__request_check(const tbx__request_header *hdr);
 #define TBX__HELLO_MAGIC 0x43584254u   /* "TBXC" */
 #define TBX__CONTROL_MAGIC 0x4b584254u /* "TBXK" */
 
-enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2 };
+enum { TBX__HELLO_CALL = 1, TBX__HELLO_WARM = 2, TBX__HELLO_POOL = 3 };
 /* CALL's flags (WARM's: BULK only).  BULK: the call's bulk memfd comes
  * last. */
 enum { TBX__HELLO_CAPTURE = 1, TBX__HELLO_BACKTRACE = 2, TBX__HELLO_BULK = 4 };
@@ -119,7 +143,8 @@ typedef struct tbx__hello {
                        reason it will not serve */
     uint32_t flags; /* CALL: which fds follow control and result: stdout
                        and stderr (CAPTURE), then the backtrace's */
-    uint32_t reserved;
+    uint32_t max_calls; /* POOL: calls before the process is replaced (0:
+                           no limit); 0 for the other kinds */
 } tbx__hello;
 
 enum {

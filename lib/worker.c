@@ -58,6 +58,8 @@ void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int bulk_fd, in
     tbx__request_spec(&rq, res_fd, &spec);
     if (signals_clean)
         spec.reset_signals = 0; /* the forkserver already put them back */
+    else
+        spec.send_start = 1; /* a spawned program: its START says tbx_init ran */
     if (rq.h.flags & TBX__REQ_BACKTRACE)
         spec.backtrace_fd = backtrace_fd;
     spec.bulk_fd = bulk_fd;

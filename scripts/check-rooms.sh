@@ -21,14 +21,14 @@ room_of() {
     launch_*.c) echo launcher ;;
     prepare.c) echo prepare ;;
     engine.h | engine.c | escalate.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
-        methods.c | own_child.c | diagnose.c) echo engine ;;
+        methods.c | own_child.c | diagnose.c | nest.c) echo engine ;;
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c)
         echo fs_common ;;
     forkserver/client.h | forkserver/client.c | forkserver/client_warm.c | \
-        forkserver/launch_forkserver.c) echo fs_client ;;
-    forkserver/server.h | forkserver/server*.c | forkserver/main.c | forkserver/sd_daemon.h | \
-        forkserver/sd_daemon*.c) echo fs_server ;;
+        forkserver/launch_forkserver.c | forkserver/launch_pool.c) echo fs_client ;;
+    forkserver/server.h | forkserver/server*.c | forkserver/pool_serve.c | forkserver/main.c | \
+        forkserver/sd_daemon.h | forkserver/sd_daemon*.c) echo fs_server ;;
     *) echo unknown ;;
     esac
 }

@@ -38,6 +38,7 @@ static const tbx_method tbx_test_methods[] = {
     TBX_FORK,
     TBX_SPAWN,
     TBX_FORKSERVER,
+    TBX_POOL,
 };
 #define TBX_TEST_NMETHODS (sizeof tbx_test_methods / sizeof tbx_test_methods[0])
 

@@ -124,6 +124,14 @@ static void start_up(tbx_method m)
 {
     if (m == TBX_FORKSERVER)
         cr_assert_eq(tbx_forkserver_start(NULL), 0);
+    if (m == TBX_POOL) {
+        /* One pooled process, which each call takes and gives back (or,
+         * when the call failed, replaces). */
+        tbx_forkserver_opts fo;
+        tbx_forkserver_opts_init(&fo);
+        fo.pool_size = 1;
+        cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    }
 }
 
 TBX_TEST_T(alloc, every_blocking_call_site_fails_cleanly, 300.0)

@@ -352,8 +352,10 @@ TBX_TEST(child, a_program_fn_runs_inherits_no_call_descriptor)
     pack(&sb, "n");
     tbx_opts o = test_opts(*method);
     o.timeout_s = 60;
-    o.capture_output = 1;          /* with the stdout, stderr pipes */
-    o.backtrace_on_timeout = 1;    /* and the backtrace pipe */
+    /* With the stdout, stderr and backtrace pipes (not for a pooled call,
+     * which has none). */
+    o.capture_output = *method != TBX_POOL;
+    o.backtrace_on_timeout = *method != TBX_POOL;
     tbx_result r;
     int rc = tbx_call(fn_inheritable_fds, sb.data, sb.size, &o, &r);
     cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);

@@ -239,7 +239,9 @@ TBX_REGISTER(fn_bulk_unusable);
 TBX_TEST(ok, result_goes_down_the_pipe_when_the_memfd_cannot_take_it)
 {
     uint64_t n = 600000;
-    for (uint64_t how = 0; how < 2; how++) {
+    /* A pooled process has no bulk memfd to spoil: its big results always
+     * come down the pipe (how 1 still holds). */
+    for (uint64_t how = *method == TBX_POOL ? 1 : 0; how < 2; how++) {
         msgpack_sbuffer sb;
         pack(&sb, "a uu", 2, n, how);
         tbx_opts o = test_opts(*method);

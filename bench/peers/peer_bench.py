@@ -186,6 +186,10 @@ def td_deadline(fn):
 
 # ---- statistics and output ----
 
+# timebox's methods, each timed in the same rotation (pool: one pooled process
+# kept for all calls, as pebble_reused keeps one worker).
+TBX_METHODS = ("fork", "forkserver", "spawn", "pool")
+
 class TimeboxServe:
     """bench_peer_tbx serve: one trivial call per request, timed there."""
 
@@ -255,7 +259,7 @@ def main():
         series["timeout_decorator"] = (max(10, n // 2), td_call)
 
     if serve:
-        for m in ("fork", "forkserver", "spawn"):
+        for m in TBX_METHODS:
             series["timebox_" + m] = (n, lambda m=m: serve.call(m))
 
     names = list(series)
@@ -278,25 +282,25 @@ def main():
 
     if serve:
         serve.close()
-        ref = [(m, stats(samples["timebox_" + m])[1]) for m in ("fork", "forkserver", "spawn")]
+        ref = [(m, stats(samples["timebox_" + m])[1]) for m in TBX_METHODS]
         names = [k for k in names if not k.startswith("timebox_")]
         how = "interleaved with these"
     else:
-        ref = [("fork", tbx.get("fork_trivial")), ("forkserver", tbx.get("forkserver_trivial")),
-               ("spawn", tbx.get("spawn_trivial"))]
+        ref = [(m, tbx.get(m + "_trivial")) for m in TBX_METHODS]
         how = "from bench_peer_tbx, run just before"
     print("\npeers: one trivial call (returns 42, timeout 10 s), microseconds;"
           " x tbx_<m> = median / timebox's median by that method (%s)" % how)
-    print("%-20s %5s %10s %10s %10s %10s %10s" % ("series", "n", "median", "p99",
-                                                  "x tbx_fork", "x tbx_fs", "x tbx_spawn"))
+    print("%-20s %5s %10s %10s %10s %10s %10s %10s" % ("series", "n", "median", "p99",
+                                                       "x tbx_fork", "x tbx_fs", "x tbx_spawn",
+                                                       "x tbx_pool"))
     for m, med in ref:
         if med:
-            print("%-20s %5s %10.1f %10s %10s %10s %10s" % ("timebox_" + m, "-", med, "-",
-                                                            "", "", ""))
+            print("%-20s %5s %10.1f %10s %10s %10s %10s %10s" % ("timebox_" + m, "-", med, "-",
+                                                                 "", "", "", ""))
     for k in names:
         cnt, med, p99 = stats(samples[k])
         xs = ["%9.1fx" % (med / r) if r else "-" for _, r in ref]
-        print("%-20s %5d %10.1f %10.1f %10s %10s %10s" % (k, cnt, med, p99, *xs))
+        print("%-20s %5d %10.1f %10.1f %10s %10s %10s %10s" % (k, cnt, med, p99, *xs))
     print()
     for k in names:
         cnt, med, p99 = stats(samples[k])
@@ -356,7 +360,7 @@ def main():
             rows.append(("timeout_decorator_%s" % kind, took,
                          "children alive at return %d/%d, 2 s later %d/%d (then killed by"
                          " the bench)" % (at_return, nd, later, nd)))
-        for m in ("fork", "forkserver", "spawn"):
+        for m in TBX_METHODS:
             v = tbx.get("%s_%s" % (m, kind))
             if v:
                 rows.append(("timebox_%s_%s" % (m, kind),

@@ -49,7 +49,9 @@ struct tbx_req {
  * request goes down (until it is sent), the forkserver its control socket
  * and the request's; captured output, a backtrace pipe and big args (a
  * sealed memfd) add one each.  A loop with deadlines shares one timer
- * descriptor among all its calls.
+ * descriptor among all its calls.  A pooled call (TBX_POOL) holds its
+ * process's three (control, request, result).  For 1,000 calls in flight,
+ * raise the soft RLIMIT_NOFILE to its hard limit (README, Async API).
  */
 TBX_EXTERN int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn,
                               const void *args, size_t args_len,

@@ -73,6 +73,7 @@ static void atfork_child(void)
 {
     pthread_rwlock_init(&fs_lock, NULL);
     tbx__fs_client_warm_forget();
+    tbx__fs_client_pool_forget();
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -156,6 +157,7 @@ static int remember(const tbx_forkserver_opts *o)
     free(fs_executable);
     free_argv(fs_argv);
     tbx__fs_client_warm_set(o->warm_children);
+    tbx__fs_client_pool_set(o->pool_size, o->pool_max_calls);
     fs_env_limits = lim;
     fs_env_preload = preload;
     fs_env_listen = listen;
@@ -196,6 +198,7 @@ static void stop_locked(void)
     if (fs_conn < 0)
         return;
     tbx__fs_client_warm_drop(); /* their children die with the connection's server */
+    tbx__fs_client_pool_drop();
     tbx__close(fs_conn);
     fs_conn = -1;
     if (fs_owner != getpid()) {
@@ -352,10 +355,16 @@ int tbx_forkserver_start(const tbx_forkserver_opts *opts)
             rc = remember(opts);
         if (rc == 0)
             rc = start_locked();
+    } else if (opts != NULL) {
+        /* The pool is this process's, not the server's: its options apply
+         * to a running server too. */
+        tbx__fs_client_pool_set(opts->pool_size, opts->pool_max_calls);
     }
     pthread_rwlock_unlock(&fs_lock);
     if (rc == 0)
         tbx__fs_client_warm_fill();
+    if (rc == 0)
+        tbx__fs_client_pool_fill();
     return rc;
 }
 
@@ -379,9 +388,10 @@ pid_t tbx_forkserver_pid(void)
 
 /* Hands a call's fds to the server (see forkserver.h and wire.h for which, by kind and
  * flags), starting it if none runs, and restarting it once if it died. */
-int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds)
+int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, uint32_t max_calls, const int *fds,
+                             int nfds)
 {
-    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, 0};
+    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, max_calls};
     for (int attempt = 0;; attempt++) {
         int rc = 0, conn;
         pid_t server;
@@ -435,4 +445,6 @@ static void forget_for_call(void)
     pthread_rwlock_init(&fs_lock, NULL);
     tbx__fs_client_warm_forget();
     tbx__fs_client_warm_set(0); /* a child's calls are cold, unless it asks */
+    tbx__fs_client_pool_forget();
+    tbx__fs_client_pool_set(0, 0);
 }

@@ -11,7 +11,21 @@
 /* fs_client.c, for the forkserver launcher: hands a call's fds to the
  * server (starting or restarting it; 0 or -errno); takes a warm child into
  * *child (1) if one waits (else 0); tops the warm pool up. */
-int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds);
+int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, uint32_t max_calls, const int *fds,
+                             int nfds);
+/* launch_forkserver.c, shared with the pool's launcher (launch_pool.c),
+ * whose processes are server children too: the watch on the control socket
+ * (LAUNCHED, EXITED, a server gone), and a signal asked of the server (with
+ * the wait for its word after SIGKILL). */
+int tbx__fs_client_watch(tbx__call *call, uv_handle_t **h);
+void tbx__fs_client_kill(tbx__call *call, int sig);
+/* launch_pool.c, for client.c: the pool's options (from a start), its idle
+ * processes made up to pool_size (fill) or all let go (drop, with the
+ * connection), and a fork child's fresh start (forget). */
+void tbx__fs_client_pool_set(unsigned size, unsigned max_calls);
+void tbx__fs_client_pool_fill(void);
+void tbx__fs_client_pool_drop(void);
+void tbx__fs_client_pool_forget(void);
 int tbx__fs_client_take_warm(tbx__child *child);
 void tbx__fs_client_warm_fill(void);
 /* client_warm.c, for client.c: the pool's target (from the start's options),

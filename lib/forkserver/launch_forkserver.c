@@ -127,8 +127,10 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     int backtrace = c->capture[TBX__BACKTRACE].child_fd >= 0;
     /* A warm child already waits for its request: the engine writes it
      * straight to it, and LAUNCHED, long since sent, is read as usual. */
-    if (!capture && !backtrace && tbx__fs_client_take_warm(child))
+    if (!capture && !backtrace && tbx__fs_client_take_warm(child)) {
+        child->worker = tbx__says_start(c);
         return 0;
+    }
     if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
     int bulk = -1;
@@ -149,7 +151,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         rc = tbx__fs_client_hand_over(TBX__HELLO_CALL,
                        (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0) |
                            (bulk >= 0 ? TBX__HELLO_BULK : 0),
-                       fds, n);
+                       0, fds, n);
     }
     tbx__close(ctl[1]);
     tbx__close(res[1]);
@@ -171,7 +173,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     child->control_fd = ctl[0];
     child->request_fd = req;
     child->bulk_fd = bulk;
-    child->worker = 1;
+    child->worker = tbx__says_start(c);
     return 0;
 }
 
@@ -186,7 +188,7 @@ static void forkserver_ended(tbx__call *c)
 }
 
 
-static int forkserver_watch(tbx__call *c, uv_handle_t **h)
+int tbx__fs_client_watch(tbx__call *c, uv_handle_t **h)
 {
     int rc = tbx__engine_watch_fd(c, &c->control_poll, c->child.control_fd, h);
     return rc != 0 ? rc : uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
@@ -197,25 +199,32 @@ static int forkserver_exited(tbx__call *c)
     return c->child.pidfd >= 0 && tbx__pidfd_exited(c->child.pidfd);
 }
 
-static void forkserver_signal(tbx__call *c, int sig)
+void tbx__fs_client_kill(tbx__call *c, int sig)
 {
-    if (c->child.request_fd >= 0) {
-        /* The request is still on its way, and a KILL would land in the
-         * middle of it: the server hears our end close instead, drops the
-         * call, and closes its end. */
-        tbx__request_end(c);
-        (void)shutdown(c->child.control_fd, SHUT_WR);
-    } else {
-        /* The server signals the group (it alone may, since it reaps); the
-         * pidfd reaches the child at once. */
-        tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_KILL, .code = sig};
-        (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (c->child.pidfd >= 0)
-            (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
-    }
+    /* The server signals the group (it alone may, since it reaps); the
+     * pidfd reaches the child at once. */
+    tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_KILL, .code = sig};
+    (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (c->child.pidfd >= 0)
+        (void)tbx__pidfd_send_signal(c->child.pidfd, sig);
     /* The child ends when the server says so.  A server that is alive but
      * stuck must not hang the call: a little after SIGKILL it is given up on
      * (server_silent_cb). */
+    if (sig == SIGKILL) {
+        c->deadline.cb = server_silent_cb;
+        (void)tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__SERVER_SLACK_NS);
+    }
+}
+
+static void forkserver_signal(tbx__call *c, int sig)
+{
+    if (c->child.request_fd < 0)
+        return tbx__fs_client_kill(c, sig);
+    /* The request is still on its way, and a KILL would land in the middle
+     * of it: the server hears our end close instead, drops the call, and
+     * closes its end (server_silent_cb as for a KILL). */
+    tbx__request_end(c);
+    (void)shutdown(c->child.control_fd, SHUT_WR);
     if (sig == SIGKILL) {
         c->deadline.cb = server_silent_cb;
         (void)tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__SERVER_SLACK_NS);
@@ -249,10 +258,11 @@ static void forkserver_abandon(tbx__call *c)
  * cannot cross into another process. */
 const tbx__launcher tbx__launch_forkserver = {
     .name = "forkserver",
+    .accepts = TBX__ACCEPTS_STREAMS,
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = forkserver_launch,
-    .watch = forkserver_watch,
+    .watch = tbx__fs_client_watch,
     .exited = forkserver_exited,
     .signal = forkserver_signal,
     .backtrace = forkserver_backtrace,

@@ -146,6 +146,11 @@ void tbx__fs_server_run(tbx__fs_config *cfg)
         if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL)
             sigaddset(&srv.handled, sig);
     }
+    /* The loop's timer descriptor stays for the server's life: a deadline
+     * this far off never fires, and without it every call would make the
+     * timerfd again (the last deadline to go closes it). */
+    tbx__deadline_init(&srv.keep_timer, NULL);
+    (void)tbx__deadline_start(&srv.keep_timer, &srv.loop, UINT64_MAX / 2);
     tbx__fs_server_note_static_fds(&srv);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     tbx__fs_server_shutdown(&srv);

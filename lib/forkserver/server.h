@@ -64,7 +64,8 @@ struct fs_call {
     fs_server *srv;
     fs_client *client;        /* NULL once its connection has closed */
     int control_fd, result_fd, pidfd;
-    int request_fd;           /* warm: where its child reads the request */
+    int request_fd;           /* warm, pool: where its child reads requests */
+    unsigned pool_calls;      /* pool: calls before it retires; 0: none */
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
@@ -80,6 +81,7 @@ struct fs_call {
     unsigned traces;           /* TRACE requests served: a trace holds the
                                   server's loop, so a call gets two at most
                                   (its deadline's and its crash's) */
+    unsigned pool : 1;        /* its child is a pooled process */
 };
 
 #define MAX_STATIC_FDS 64
@@ -100,12 +102,13 @@ struct fs_server {
     unsigned children, max_children;
     uint64_t request_timeout_ns;
     int subreaper;             /* no cgroups: orphans come to us */
+    tbx__deadline keep_timer;  /* never fires: keeps the loop's timerfd */
 };
 
 
 void tbx__fs_server_backstop_cb(tbx__deadline *d);
 void tbx__fs_server_call_close(fs_call *c);
-void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t flags,
+void tbx__fs_server_call_new(fs_server *srv, fs_client *client, const tbx__hello *hello,
                      const int fds[TBX__HELLO_MAX_FDS]);
 fs_client *tbx__fs_server_client_new(fs_server *srv, int fd, int creator);
 void tbx__fs_server_close_child_ends(fs_call *c);

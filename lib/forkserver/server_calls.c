@@ -170,18 +170,21 @@ int tbx__fs_server_hello_fds(uint32_t kind, uint32_t flags)
     int bulk = flags & TBX__HELLO_BULK ? 1 : 0;
     if (kind == TBX__HELLO_WARM && (flags & ~(uint32_t)TBX__HELLO_BULK) == 0)
         return 3 + bulk;
+    if (kind == TBX__HELLO_POOL && flags == 0)
+        return 3;
     if (kind != TBX__HELLO_CALL ||
         (flags & ~(uint32_t)(TBX__HELLO_CAPTURE | TBX__HELLO_BACKTRACE | TBX__HELLO_BULK)) != 0)
         return -1;
     return 2 + (flags & TBX__HELLO_CAPTURE ? 2 : 0) + (flags & TBX__HELLO_BACKTRACE ? 1 : 0) + bulk;
 }
 
-/* fds: control, result, then for a warm call its request socket; for a
+/* fds: control, result, then for a warm or pool call its request socket; for a
  * call with flags, its stdout and stderr (CAPTURE), its backtrace pipe
  * (BACKTRACE) and its bulk memfd (BULK), in that order. */
-void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, uint32_t flags,
+void tbx__fs_server_call_new(fs_server *srv, fs_client *client, const tbx__hello *hello,
                      const int fds[TBX__HELLO_MAX_FDS])
 {
+    uint32_t kind = hello->kind, flags = hello->flags;
     fs_call *c = calloc(1, sizeof *c);
     /* A bulk fd is written by our child: only a fresh memfd is taken, not
      * some other file the client would have us write to. */
@@ -194,8 +197,10 @@ void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, u
         return;
     }
     int control_fd = fds[0], result_fd = fds[1], at = 2;
-    int request_fd = kind == TBX__HELLO_WARM ? fds[at++] : -1;
+    int request_fd = kind != TBX__HELLO_CALL ? fds[at++] : -1;
     c->request_fd = request_fd;
+    c->pool = kind == TBX__HELLO_POOL;
+    c->pool_calls = hello->max_calls;
     c->out_fd = c->err_fd = c->backtrace_fd = -1;
     if (flags & TBX__HELLO_CAPTURE) {
         c->out_fd = fds[at++];
@@ -221,7 +226,7 @@ void tbx__fs_server_call_new(fs_server *srv, fs_client *client, uint32_t kind, u
     tbx__deadline_init(&c->deadline, tbx__fs_server_backstop_cb);
     uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
     if (request_fd >= 0) {
-        tbx__fs_server_start_child(c); /* warm: its child waits for the caller's request */
+        tbx__fs_server_start_child(c); /* warm, pool: its child waits for the caller's requests */
         return;
     }
     (void)tbx__deadline_start(&c->deadline, &srv->loop, tbx__now_ns() + srv->request_timeout_ns);

@@ -201,11 +201,13 @@ static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask
 __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
 {
     tbx__child_spec spec;
-    if (c->request_fd >= 0) { /* warm: the request comes from the caller */
+    if (c->request_fd >= 0) { /* warm, pool: the requests come from the caller */
         memset(&spec, 0, sizeof spec);
         server_steps(&spec, c, mask);
         spec.backtrace_fd = spec.bulk_fd = -1;
         tbx__child_setup(&spec);
+        if (c->pool)
+            tbx__pool_serve(c->request_fd, c->result_fd, c->pool_calls);
         tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
     }
     tbx__request_spec(&c->rq, c->result_fd, &spec);

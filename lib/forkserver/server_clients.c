@@ -105,12 +105,12 @@ static void client_cb(uv_poll_t *h, int status, int events)
         }
         int want = tbx__fs_server_hello_fds(hello.kind, hello.flags);
         if ((size_t)n != sizeof hello || hello.magic != TBX__HELLO_MAGIC ||
-            hello.reserved != 0 || nfds != want) {
+            (hello.max_calls != 0 && hello.kind != TBX__HELLO_POOL) || nfds != want) {
             while (nfds > 0)
                 tbx__close(fds[--nfds]);
             continue;
         }
-        tbx__fs_server_call_new(srv, k, hello.kind, hello.flags, fds);
+        tbx__fs_server_call_new(srv, k, &hello, fds);
         if (k->closing)
             return;
     }

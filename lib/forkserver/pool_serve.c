@@ -1,0 +1,263 @@
+/*
+ * A pooled process (TBX_POOL): forked by the forkserver from its clean,
+ * preloaded state, it serves calls one after another on the request socket
+ * its client handed over, each result going down the client's result pipe.
+ *
+ * What one call may leave behind is undone before the next, or the process
+ * goes:
+ *   - the call's descendants are killed and reaped before its result frame
+ *     is written (the process is their subreaper, so a grandchild whose
+ *     parent died, or one that moved to another session or group, is still
+ *     found among its children);
+ *   - signal dispositions the call changed are put back to the defaults
+ *     (read from /proc/self/status: only the ones it changed), the mask
+ *     emptied;
+ *   - its fingerprint, taken when it started (open descriptors, threads,
+ *     resident size), is checked: a process with more descriptors or threads
+ *     than then, or whose resident size grew past the bound, says DRIFT in
+ *     the frame and exits, to be replaced;
+ *   - resource limits cannot be raised back: a call that set some says
+ *     RETIRE and the process exits after it;
+ *   - after max_calls calls it says SPENT and exits.
+ * Child hooks run once, when the process starts, not per call.
+ *
+ * Runs in a forkserver child, set up as every server child is
+ * (tbx__child_setup: its group, its parent's death, the server's signal
+ * dispositions put back, its descriptors closed but its own):
+ * single-threaded.
+ */
+#include "child.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* How far the resident size may grow past its size at the first call's end
+ * before the process counts as drifted: room for the allocator's caches. */
+#define RSS_SLACK_KIB (64u << 10)
+
+typedef struct pool_state {
+    int req_fd, res_fd;
+    int status_fd, fd_dir;  /* /proc/self/status and /proc/self/fd, kept
+                               open: read again per call, not reopened */
+    unsigned max_calls, calls;
+    int fds, threads;      /* the fingerprint: when it started */
+    long rss_kib;          /* after its first call; -1 until then */
+    int limited;           /* this call set resource limits */
+    uint32_t word;         /* the last call's pool word */
+} pool_state;
+
+typedef struct proc_status {
+    int threads;
+    long rss_kib;
+    uint64_t caught, ignored, blocked;
+} proc_status;
+
+/* Threads, resident size, signal dispositions and mask from
+ * /proc/self/status (read afresh from its start: one system call); -1 if it
+ * cannot be read. */
+static int read_status(int fd, proc_status *st)
+{
+    char buf[4096];
+    ssize_t n;
+    do
+        n = pread(fd, buf, sizeof buf - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    const char *p;
+    memset(st, 0, sizeof *st);
+    st->threads = (p = strstr(buf, "\nThreads:")) != NULL ? atoi(p + 9) : -1;
+    st->rss_kib = (p = strstr(buf, "\nVmRSS:")) != NULL ? atol(p + 7) : -1;
+    if ((p = strstr(buf, "\nSigIgn:")) != NULL)
+        st->ignored = strtoull(p + 8, NULL, 16);
+    if ((p = strstr(buf, "\nSigCgt:")) != NULL)
+        st->caught = strtoull(p + 8, NULL, 16);
+    if ((p = strstr(buf, "\nSigBlk:")) != NULL)
+        st->blocked = strtoull(p + 8, NULL, 16);
+    return st->threads > 0 && st->rss_kib >= 0 ? 0 : -1;
+}
+
+/* Open descriptors, from /proc/self/fd read afresh from its start. */
+static int count_fds(int dir)
+{
+    char buf[8192];
+    int n = 0;
+    if (lseek(dir, 0, SEEK_SET) != 0)
+        return -1;
+    for (;;) {
+        long got = syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -1;
+        if (got == 0)
+            return n;
+        for (long at = 0; at < got;) {
+            struct dirent64 *e = (struct dirent64 *)(buf + at);
+            n += e->d_name[0] != '.';
+            at += e->d_reclen;
+        }
+    }
+}
+
+/* This process's children, from every thread's children list; up to max. */
+static int list_children(pid_t *pids, int max)
+{
+    char path[64];
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL && n < max) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/children", e->d_name);
+        FILE *f = fopen(path, "re");
+        int pid;
+        while (f != NULL && n < max && fscanf(f, "%d", &pid) == 1)
+            pids[n++] = pid;
+        if (f != NULL)
+            fclose(f);
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* Kills and reaps every descendant of this process.  As a subreaper it
+ * inherits the orphans of each child it kills, so it goes round until none
+ * is left.  Every pid waited for is a child of ours, the call's. */
+static void kill_descendants(void)
+{
+    siginfo_t si;
+    /* Any child at all?  A probe that reaps nothing (WNOWAIT); ECHILD is the
+     * common answer and costs one system call.  Every child of this process
+     * is one of the call's: none is anyone else's to wait for. */
+    si.si_pid = 0;
+    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 && errno == ECHILD)
+        return;
+    for (;;) {
+        pid_t pids[256];
+        int n = list_children(pids, 256);
+        if (n == 0)
+            return;
+        for (int i = 0; i < n; i++) {
+            (void)kill(-pids[i], SIGKILL); /* its group, if it leads one */
+            (void)kill(pids[i], SIGKILL);
+        }
+        for (int i = 0; i < n; i++)
+            (void)tbx__reap(pids[i], NULL, 0);
+    }
+}
+
+/* Puts back the default disposition of every signal the call caught or
+ * ignored, and empties the mask. */
+static void reset_signals(const proc_status *st)
+{
+    uint64_t changed = st->caught | st->ignored;
+    sigset_t empty;
+    for (int sig = 1; sig < NSIG && sig <= 64; sig++)
+        if ((changed >> (sig - 1)) & 1)
+            (void)signal(sig, SIG_DFL);
+    sigemptyset(&empty);
+    if (st->blocked != 0)
+        (void)sigprocmask(SIG_SETMASK, &empty, NULL);
+}
+
+/* After fn, before its frame: the call's end here.  The frame's pool word. */
+static uint32_t call_end(void *arg)
+{
+    pool_state *ps = arg;
+    proc_status st;
+    uint32_t word = TBX__POOL_DONE;
+    kill_descendants();
+    int fds = count_fds(ps->fd_dir);
+    if (read_status(ps->status_fd, &st) != 0 || fds < 0)
+        return word | TBX__POOL_DRIFT;
+    reset_signals(&st);
+    if (ps->rss_kib < 0)
+        ps->rss_kib = st.rss_kib; /* the first call sets the bar */
+    if (fds > ps->fds || st.threads > ps->threads || st.rss_kib > ps->rss_kib + RSS_SLACK_KIB)
+        word |= TBX__POOL_DRIFT;
+    if (ps->limited)
+        word |= TBX__POOL_RETIRE;
+    if (ps->max_calls != 0 && ++ps->calls >= ps->max_calls)
+        word |= TBX__POOL_SPENT;
+    ps->word = word;
+    return word;
+}
+
+/* An ERROR frame.  done: a request that names no registered function, or
+ * args that do not unpack, is the caller's mistake, not the process's: it
+ * answers (DONE) and serves on.  Otherwise (a malformed request) it exits
+ * after the frame. */
+static void answer_error(int res_fd, int code, const char *why, int done)
+{
+    tbx__frame_header h;
+    struct iovec iov[2];
+    int n = tbx__frame_error(&h, iov, code, why);
+    h.pool = done ? TBX__POOL_DONE : 0;
+    if (tbx__writev_all(res_fd, iov, n) != 0 || !done)
+        _exit(126);
+}
+
+static void serve_one(pool_state *ps, tbx__request *rq)
+{
+    tbx__child_spec spec;
+    char why[TBX__MAX_MESSAGE + 1];
+    int rc = tbx__request_resolve(rq, why, sizeof why);
+    if (rc != 0) {
+        answer_error(ps->res_fd, rc, why, 1);
+        return;
+    }
+    tbx__request_spec(rq, ps->res_fd, &spec);
+    spec.parent_pid = 0; /* the server's death kills us (PDEATHSIG) */
+    ps->limited = rq->h.limit_memory != 0 || rq->h.limit_cpu_s != 0 || rq->h.limit_files != 0;
+    if (ps->limited)
+        tbx__child_apply_limits(&spec);
+    if (tbx__child_run(&spec, 0, call_end, ps) != 0)
+        _exit(126);
+}
+
+void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
+{
+    pool_state ps = {req_fd, res_fd, -1, -1, max_calls, 0, 0, 0, -1, 0, 0};
+    proc_status st;
+    char why[TBX__MAX_MESSAGE + 1];
+    /* The call's orphans come to us, to be killed at its end. */
+    (void)prctl(PR_SET_CHILD_SUBREAPER, 1);
+    if (tbx__run_child_hooks() != 0)
+        _exit(125); /* the calls will see it exit before it served */
+    ps.status_fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    ps.fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (ps.status_fd < 0 || ps.fd_dir < 0)
+        _exit(125);
+    ps.fds = count_fds(ps.fd_dir);
+    if (read_status(ps.status_fd, &st) != 0 || ps.fds < 0)
+        _exit(125);
+    ps.threads = st.threads;
+    for (;;) {
+        tbx__request rq;
+        tbx__request_init(&rq);
+        int rc = tbx__request_read(&rq, req_fd, 0, "the pooled process", why, sizeof why);
+        if (rc == -1 && rq.got == 0)
+            _exit(0); /* the client let it go */
+        if (rc != 1)
+            answer_error(res_fd, rc < -1 ? rc : TBX_EPROTO,
+                         rc < -1 ? why : "the pooled process's request was cut short", 0);
+        ps.word = 0;
+        serve_one(&ps, &rq);
+        tbx__request_free(&rq);
+        if (ps.word & (TBX__POOL_DRIFT | TBX__POOL_SPENT | TBX__POOL_RETIRE))
+            _exit(0); /* as its last frame said */
+    }
+}

@@ -1,0 +1,407 @@
+/*
+ * TBX_POOL's own promises, beyond the per-call ones every parameterized test
+ * checks under it: a process serves calls one after another; what a call
+ * leaves (descendants, signal handlers) is undone or the process replaced,
+ * and the result says so; a deadline kills it and the next call gets a fresh
+ * one; options it cannot honour are refused.  And TBX_AUTO's choice, and
+ * result.method for every method.
+ */
+#include "helpers.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const unsigned char nil[1] = {0xc0};
+
+static void start_pool(unsigned size, unsigned max_calls)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.pool_size = size;
+    fo.pool_max_calls = max_calls;
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+}
+
+static tbx_opts pool_opts(void)
+{
+    tbx_opts o = test_opts(TBX_POOL);
+    o.timeout_s = 30;
+    return o;
+}
+
+/* Packs this process's pid. */
+static int fn_pid(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_pid);
+
+/* Runs fn with no args by pool; asserts it succeeded and returns its pid
+ * after checking the fate. */
+static pid_t pool_call(tbx_fn *fn, int want_fate)
+{
+    tbx_opts o = pool_opts();
+    tbx_result r;
+    int rc = tbx_call(fn, nil, sizeof nil, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message ? r.message : "");
+    cr_assert_eq(r.method, TBX_POOL);
+    cr_assert_eq(r.pool_fate, want_fate, "fate %d, expected %d", r.pool_fate, want_fate);
+    pid_t pid = r.pid;
+    cr_assert_gt(pid, 0);
+    tbx_result_free(&r);
+    return pid;
+}
+
+TBX_PLAIN_TEST(pool, one_process_serves_calls_one_after_another)
+{
+    start_pool(1, 0);
+    pid_t first = pool_call(fn_pid, TBX_POOL_KEPT);
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(pool_call(fn_pid, TBX_POOL_KEPT), first);
+}
+
+/* A descriptor left open is drift: the process says so and is replaced. */
+static int fn_leak_fd(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    if (open("/dev/null", O_RDONLY | O_CLOEXEC) < 0)
+        return tbx_fail(pk, 1, "open");
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_leak_fd);
+
+/* A process serves a call, then fn (which leaves something behind) and says
+ * it drifted; the next call gets another process. */
+static void check_drift(tbx_fn *fn)
+{
+    start_pool(1, 0);
+    pid_t before = pool_call(fn_pid, TBX_POOL_KEPT);
+    cr_assert_eq(pool_call(fn, TBX_POOL_DRIFTED), before);
+    cr_assert_neq(pool_call(fn_pid, TBX_POOL_KEPT), before);
+}
+
+TBX_PLAIN_TEST(pool, a_leaked_descriptor_is_drift_and_replaced)
+{
+    check_drift(fn_leak_fd);
+}
+
+/* A thread left running is drift too. */
+static void *sleeper(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
+static int fn_leak_thread(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    pthread_t t;
+    if (pthread_create(&t, NULL, sleeper, NULL) != 0)
+        return tbx_fail(pk, 1, "pthread_create");
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_leak_thread);
+
+TBX_PLAIN_TEST(pool, a_leaked_thread_is_drift_and_replaced)
+{
+    check_drift(fn_leak_thread);
+}
+
+/* Resident memory grown far past its size after the first call is drift. */
+static char *volatile leaked; /* kept, so that the compiler keeps the writes */
+
+static int fn_leak_memory(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    size_t len = (size_t)256 << 20;
+    char *p = malloc(len);
+    if (p == NULL)
+        return tbx_fail(pk, 1, "malloc");
+    memset(p, 1, len); /* resident, and never freed */
+    leaked = p;
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_leak_memory);
+
+TBX_PLAIN_TEST(pool, grown_memory_is_drift_and_replaced)
+{
+    check_drift(fn_leak_memory);
+}
+
+TBX_PLAIN_TEST(pool, max_calls_replaces_the_process)
+{
+    start_pool(1, 3);
+    pid_t first = pool_call(fn_pid, TBX_POOL_KEPT);
+    cr_assert_eq(pool_call(fn_pid, TBX_POOL_KEPT), first);
+    cr_assert_eq(pool_call(fn_pid, TBX_POOL_SPENT), first);
+    cr_assert_neq(pool_call(fn_pid, TBX_POOL_KEPT), first);
+}
+
+/* args: path.  Forks a child that leaves for a session of its own and
+ * sleeps, writes its pid to path, and returns: the call's end must kill it
+ * all the same. */
+static int fn_leave_descendant(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    char path[256];
+    snprintf(path, sizeof path, "%.*s", (int)args->via.str.size, args->via.str.ptr);
+    pid_t g = fork();
+    if (g < 0)
+        return tbx_fail(pk, 1, "fork");
+    if (g == 0) {
+        setsid();
+        child_sleep(60);
+        _exit(0);
+    }
+    char buf[32];
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int n = snprintf(buf, sizeof buf, "%d", (int)g);
+    if (fd < 0 || write(fd, buf, (size_t)n) != n)
+        return tbx_fail(pk, 2, "write");
+    close(fd);
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_leave_descendant);
+
+TBX_PLAIN_TEST(pool, a_calls_descendants_die_at_its_end)
+{
+    start_pool(1, 0);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tbx-pool-%d", (int)getpid());
+    msgpack_sbuffer sb;
+    pack(&sb, "s", path);
+    tbx_opts o = pool_opts();
+    tbx_result r;
+    int rc = tbx_call(fn_leave_descendant, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message ? r.message : "");
+    cr_assert_eq(r.pool_fate, TBX_POOL_KEPT);
+    pid_t g = read_pid_file(path, 1);
+    /* Dead and reaped by the pooled process before the result was sent. */
+    cr_assert(kill(g, 0) != 0 && errno == ESRCH, "descendant %d outlived its call", (int)g);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+    unlink(path);
+}
+
+/* A handler a call installs is gone for the next call. */
+static void on_usr1(int sig)
+{
+    (void)sig;
+}
+
+static int fn_install_handler(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    signal(SIGUSR1, on_usr1);
+    signal(SIGUSR2, SIG_IGN);
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_install_handler);
+
+static int fn_handlers(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    struct sigaction a, b;
+    sigaction(SIGUSR1, NULL, &a);
+    sigaction(SIGUSR2, NULL, &b);
+    return msgpack_pack_int(pk, a.sa_handler == SIG_DFL && b.sa_handler == SIG_DFL);
+}
+TBX_REGISTER(fn_handlers);
+
+TBX_PLAIN_TEST(pool, signal_handlers_are_reset_between_calls)
+{
+    start_pool(1, 0);
+    pid_t p = pool_call(fn_install_handler, TBX_POOL_KEPT);
+    tbx_opts o = pool_opts();
+    tbx_result r;
+    cr_assert_eq(tbx_call(fn_handlers, nil, sizeof nil, &o, &r), 0);
+    cr_assert_eq(r.pid, p, "the same process");
+    cr_assert_eq(obj_int(&r.value), 1, "a handler survived the call that set it");
+    tbx_result_free(&r);
+}
+
+/* A call that overruns is killed with its process; the next call gets a
+ * fresh one and succeeds. */
+TBX_PLAIN_TEST(pool, a_timeout_kills_and_replaces_the_process)
+{
+    start_pool(1, 0);
+    pid_t before = pool_call(fn_pid, TBX_POOL_KEPT);
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)60000);
+    tbx_opts o = pool_opts();
+    o.timeout_s = 0.2;
+    o.grace_s = 0.1;
+    tbx_result r;
+    int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, &r);
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%s", tbx_err_name(rc));
+    cr_assert_eq(r.pool_fate, TBX_POOL_ENDED);
+    cr_assert_lt(r.elapsed_s, 2.0);
+    tbx_result_free(&r);
+    msgpack_sbuffer_destroy(&sb);
+    cr_assert(wait_gone(before, 5), "the overrunning process %d lives on", (int)before);
+    cr_assert_neq(pool_call(fn_pid, TBX_POOL_KEPT), before);
+}
+
+TBX_PLAIN_TEST(pool, options_it_cannot_honour_are_einval)
+{
+    tbx_opts o = pool_opts();
+    tbx_result r;
+    o.capture_output = 1024;
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), TBX_EINVAL);
+    tbx_result_free(&r);
+    o = pool_opts();
+    o.backtrace_on_timeout = 1;
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), TBX_EINVAL);
+    tbx_result_free(&r);
+    int x;
+    o = pool_opts();
+    o.ctx = &x;
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), TBX_EINVAL);
+    tbx_result_free(&r);
+}
+
+/* A frame without the pooled process's word on the call is refused. */
+
+/* 1 if pid holds a descriptor of the pipe target names ("pipe:[N]"). */
+static int holds_pipe(pid_t pid, const char *target)
+{
+    char dir[64], path[128], t[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+    while (d != NULL && !found && (e = readdir(d)) != NULL) {
+        snprintf(path, sizeof path, "%s/%.32s", dir, e->d_name);
+        ssize_t n = readlink(path, t, sizeof t - 1);
+        t[n < 0 ? 0 : n] = '\0';
+        found = strcmp(t, target) == 0;
+    }
+    if (d != NULL)
+        closedir(d);
+    return found;
+}
+
+/* args: the caller's pid.  Writes a valid OK frame with no pool word to the
+ * result pipe (the one write end it shares with the caller: not the pipes
+ * the pooled process shares with its server), then waits to be killed. */
+static int fn_raw_frame(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)pk, (void)ctx;
+    struct {
+        uint32_t magic, kind;
+        int32_t code;
+        uint32_t pool;
+        uint64_t len;
+    } h = {0x31584254u, 1, 0, 0, 1};
+    for (int fd = 3; fd < 64; fd++) {
+        char target[64];
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || (fl & O_ACCMODE) != O_WRONLY)
+            continue;
+        fd_target(fd, target, sizeof target);
+        if (strncmp(target, "pipe:", 5) != 0 || !holds_pipe((pid_t)args->via.u64, target))
+            continue;
+        if (write(fd, &h, sizeof h) != sizeof h || write(fd, "\xc0", 1) != 1)
+            _exit(2);
+        child_sleep(60);
+    }
+    _exit(77);
+}
+TBX_REGISTER(fn_raw_frame);
+
+TBX_PLAIN_TEST(pool, a_frame_without_its_word_is_eproto)
+{
+    start_pool(1, 0);
+    tbx_opts o = pool_opts();
+    tbx_result r;
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)getpid());
+    int rc = tbx_call(fn_raw_frame, sb.data, sb.size, &o, &r);
+    msgpack_sbuffer_destroy(&sb);
+    cr_assert_eq(rc, TBX_EPROTO, "%s (exit %d)", tbx_err_name(rc), r.exit_code);
+    cr_assert_eq(r.pool_fate, TBX_POOL_ENDED);
+    tbx_result_free(&r);
+}
+
+/* ------------------------------------------------------------- TBX_AUTO */
+
+/* In a process of one thread (Criterion's test process has more): the
+ * method that ran, as the exit status. */
+TBX_PLAIN_TEST(auto_method, small_single_threaded_caller_forks)
+{
+    pid_t helper = fork();
+    cr_assert_geq(helper, 0);
+    if (helper == 0) {
+        long pages = 0, resident = 0;
+        FILE *f = fopen("/proc/self/statm", "re");
+        if (f == NULL || fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            _exit(101);
+        fclose(f);
+        if ((size_t)resident * (size_t)sysconf(_SC_PAGESIZE) >= TBX_AUTO_FORK_MAX_RSS)
+            _exit(102); /* not small here (a sanitizer's shadow memory) */
+        tbx_opts o = test_opts(TBX_AUTO);
+        tbx_result r;
+        int rc = tbx_call(fn_pid, nil, sizeof nil, &o, &r);
+        _exit(rc != 0 ? 100 : (int)r.method);
+    }
+    int st;
+    cr_assert_eq(waitpid(helper, &st, 0), helper);
+    cr_assert(WIFEXITED(st), "helper status %#x", st);
+    if (WEXITSTATUS(st) == 102)
+        cr_skip_test("this test process is not small (a sanitizer build)");
+    cr_assert_eq(WEXITSTATUS(st), TBX_FORK, "method %d", WEXITSTATUS(st));
+}
+
+TBX_PLAIN_TEST(auto_method, threaded_caller_takes_the_pool_or_the_forkserver)
+{
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, sleeper, NULL), 0);
+    tbx_opts o = test_opts(TBX_AUTO);
+    tbx_result r;
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), 0);
+    cr_assert_eq(r.method, TBX_FORKSERVER, "method %d", r.method);
+    tbx_result_free(&r);
+    start_pool(2, 0);
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), 0);
+    cr_assert_eq(r.method, TBX_POOL, "method %d", r.method);
+    tbx_result_free(&r);
+    pthread_cancel(t);
+    pthread_join(t, NULL);
+}
+
+TBX_PLAIN_TEST(auto_method, big_caller_does_not_fork)
+{
+    size_t len = TBX_AUTO_FORK_MAX_RSS + ((size_t)16 << 20);
+    char *p = malloc(len);
+    cr_assert_not_null(p);
+    memset(p, 1, len);
+    tbx_opts o = test_opts(TBX_AUTO);
+    tbx_result r;
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), 0);
+    cr_assert_eq(r.method, TBX_FORKSERVER, "method %d", r.method);
+    tbx_result_free(&r);
+    free(p);
+}
+
+/* result.method names the method that ran, for each. */
+TBX_TEST(method, result_says_which_method_ran)
+{
+    tbx_opts o = test_opts(*method);
+    tbx_result r;
+    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), 0);
+    cr_assert_eq(r.method, *method);
+    cr_assert_eq(r.pool_fate, TBX_POOL_KEPT);
+    tbx_result_free(&r);
+}
