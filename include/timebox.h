@@ -354,6 +354,10 @@ typedef struct tbx_opts {
                              group only, as where there are no cgroups (to
                              measure what containment costs, or for a fn that
                              must leave a process behind on purpose) */
+    int cap_exempt;       /* 1: the call ignores tbx_set_max_children: it
+                             neither waits for a slot nor takes one (a
+                             health check, a call that must not queue
+                             behind the device the cap guards).  Default 0. */
 } tbx_opts;
 
 /* Fills *opts with the defaults above.  Always call it first: fields added in
@@ -379,7 +383,13 @@ TBX_EXTERN int tbx_set_spawn_executable(const char *executable, char *const *arg
  * be cancelled.  A cap of 1 runs one call at a time: the lock a program
  * that drives one piece of hardware needs.  0 (default): no cap.  Calls
  * already running are not counted against a cap set later: set it at
- * start-up.  Thread-safe; returns 0. */
+ * start-up.  A call with opts.cap_exempt takes no slot and never waits.
+ *
+ * A blocking call (tbx_call) that could only get a slot from calls on loops
+ * that its own thread runs (async calls in flight or queued on them) would
+ * wait for ever, since those loops cannot run while it waits: it fails at
+ * once with -EDEADLK instead, with or without a deadline, and no child.
+ * Thread-safe; returns 0. */
 TBX_EXTERN int tbx_set_max_children(unsigned max);
 
 /* ------------------------------------------------------------------------
@@ -533,6 +543,8 @@ enum {
  *                  bytes after it, or a result that is not exactly one
  *                  msgpack object
  *   TBX_EINVAL     bad arguments or options
+ *   -EDEADLK       every slot of tbx_set_max_children is held by calls
+ *                  on this thread's own loops (see there); nothing ran
  *   -errno         a system call failed: -EAGAIN (fork, process limit),
  *                  -EMFILE, -ENOMEM; nothing is left open or running
  *

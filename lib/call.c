@@ -72,15 +72,20 @@ static int call_blocking(tbx_fn *fn, const char *name, const void *args, size_t 
     if (rc != 0)
         return refuse(out, rc);
     c.done_cb = blocking_done_cb;
-    if (tbx__slots_capped()) {
+    if (tbx__slots_capped() && !c.opts.cap_exempt) {
         /* Waiting for a slot counts toward a hard deadline. */
         uint64_t until = c.opts.hard_timeout && c.opts.timeout_s > 0
                              ? c.start_ns + tbx__seconds_to_ns(c.opts.timeout_s)
                              : 0;
         rc = tbx__slot_wait(until);
         if (rc != 0) {
-            tbx__engine_refuse(&c, rc, "deadline passed while the call waited for a free slot "
-                                       "(tbx_set_max_children)");
+            tbx__engine_refuse(&c, rc,
+                               rc == -EDEADLK
+                                   ? "every slot (tbx_set_max_children) is held by calls on "
+                                     "this thread's own loop, which cannot run while this "
+                                     "call waits"
+                                   : "deadline passed while the call waited for a free slot "
+                                     "(tbx_set_max_children)");
             return rc;
         }
         c.has_slot = 1;

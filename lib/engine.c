@@ -235,7 +235,7 @@ static void finalize(tbx__call *c)
     /* The next call waiting for a slot starts while this one reports. */
     if (c->has_slot) {
         c->has_slot = 0;
-        tbx__slot_release(1);
+        tbx__slot_release_call(c);
     }
     r->queued_s = (double)(c->t_launch - c->start_ns) / 1e9;
     r->startup_s = (double)(c->t_started - c->t_launch) / 1e9;
