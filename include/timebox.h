@@ -665,6 +665,11 @@ TBX_EXTERN pid_t tbx_forkserver_pid(void);
  *     after the bind, the two checks below keeping everyone else out;
  *     never in the abstract namespace; a path too long for sun_path is
  *     -ENAMETOOLONG, never truncated;
+ *   - one server per path: a socket on which a server still answers is
+ *     -EADDRINUSE (only one that nobody answers on, left by a server that
+ *     died, is replaced), and a server removes, when it ends, only the
+ *     socket and key it made (the same inode), never those of a server
+ *     started on the path since;
  *   - each connection's peer uid (SO_PEERCRED) is checked before a byte of
  *     payload is read: the server's own uid, or opts.allow_uids;
  *   - each connection proves, both ways, that it knows a 32-byte secret key
