@@ -209,7 +209,10 @@ typedef enum {
 typedef void tbx_output_fn(void *arg, int stream, const char *data, size_t len);
 
 typedef struct tbx_opts {
-    double timeout_s;     /* <= 0: no deadline.  Default 0. */
+    double timeout_s;     /* 0 (default): no deadline.  < 0: a deadline
+                             already past, so the call times out at once
+                             (a caller computing "deadline - now" gets a
+                             timeout, never a call without a deadline). */
     double grace_s;       /* SIGTERM -> SIGKILL delay.  Default 1 s; < 0 is
                              TBX_EINVAL, 0 sends SIGKILL at the deadline. */
     tbx_method method;    /* Default TBX_METHOD_DEFAULT. */

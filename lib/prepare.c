@@ -40,6 +40,10 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
         c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s ||
         (c->opts.on_output != NULL && c->opts.capture_output == 0))
         return TBX_EINVAL;
+    /* A deadline already past (a caller computing "deadline - now") is one
+     * that has come, not none: the smallest timeout there is. */
+    if (c->opts.timeout_s < 0)
+        c->opts.timeout_s = 1e-9;
     if (c->opts.max_result == 0)
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     if (c->opts.method == TBX_METHOD_DEFAULT)
