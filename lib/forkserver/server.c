@@ -196,6 +196,10 @@ void tbx__fs_server_maybe_serve(void)
     char tail;
     if (v == NULL || sscanf(v, "%d%c", &cfg.conn, &tail) != 1)
         return;
+    /* Placed by spawn without close-on-exec: a program a preload hook or the
+     * server runs (system(), exec) must not inherit the creator's
+     * connection. */
+    (void)fcntl(cfg.conn, F_SETFD, FD_CLOEXEC);
     if (limits != NULL && sscanf(limits, "%u:%llu:%u", &cfg.max_children, &timeout_ms,
                                  &cfg.max_per_client) != 3)
         cfg.max_children = 0, timeout_ms = 0, cfg.max_per_client = 0;
