@@ -99,12 +99,18 @@ typedef int tbx_fn(const msgpack_object *args, msgpack_packer *result, void *ctx
  * library that holds the macro is loaded (at priority 101, before ordinary
  * constructors, so a tbx_init() called from a constructor sees every
  * function), and is undone when a shared library is unloaded; it allocates
- * nothing.  Names must be unique within a process.
+ * nothing.  Names must be unique within a process: two functions registered
+ * under one name (two `static handler`s in two files) cannot be told apart
+ * by a fresh program, so a spawn or forkserver call of either is refused
+ * with TBX_ENOTREG and a message naming both places (file:line).  Fork
+ * calls by pointer and is not affected.
  */
 typedef struct tbx_registration {
     const char *name;
     tbx_fn *fn;
     struct tbx_registration *next; /* private */
+    const char *file;              /* where TBX_REGISTER is, for messages */
+    int line;
 } tbx_registration;
 
 /* Called by TBX_REGISTER's constructor and destructor.  Thread-safe. */
@@ -118,7 +124,7 @@ TBX_EXTERN tbx_fn *tbx_lookup(const char *name);
 TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
 
 #define TBX_REGISTER(fn)                                                        \
-    static tbx_registration tbx__registration_##fn = {#fn, fn, NULL};          \
+    static tbx_registration tbx__registration_##fn = {#fn, fn, NULL, __FILE__, __LINE__}; \
     __attribute__((constructor(101))) static void tbx__register_##fn(void)     \
     {                                                                           \
         tbx_register(&tbx__registration_##fn);                                 \

@@ -35,7 +35,8 @@ void tbx_result_free(tbx_result *r)
 static int refuse(tbx_result *out, int rc)
 {
     out->status = rc;
-    out->message = tbx_strerror(rc);
+    if (out->message == NULL) /* a message saying more may be there */
+        out->message = tbx_strerror(rc);
     return rc;
 }
 
@@ -69,8 +70,12 @@ static int call_blocking(tbx_fn *fn, const char *name, const void *args, size_t 
     int rc = setup(&c, loop, fn, name, args, args_len, opts, out);
     if (rc == 0 && loop == NULL)
         rc = -ENOMEM;
-    if (rc != 0)
-        return refuse(out, rc);
+    if (rc != 0) {
+        rc = refuse(out, rc);
+        if (out == &scratch) /* nobody reads it: a message made for it goes */
+            tbx_result_free(&scratch);
+        return rc;
+    }
     c.done_cb = blocking_done_cb;
     if (tbx__slots_capped() && !c.opts.cap_exempt) {
         /* Waiting for a slot counts toward a hard deadline. */
@@ -141,6 +146,7 @@ static int call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const char *nam
         return -ENOMEM;
     int rc = setup(c, loop, fn, name, args, args_len, opts, &c->result);
     if (rc != 0) {
+        tbx_result_free(&c->result); /* a message prepare may have made */
         free(c);
         return rc;
     }

@@ -13,6 +13,10 @@
 #include <signal.h>
 
 /* ------------------------------------------------------------- registry */
+/* The registered name a fresh program finds fn by: 0 with *name set, or
+ * TBX_ENOTREG when fn is not registered, or when another function is
+ * registered under its name (then *why, malloc'd, names both places). */
+int tbx__name_for_call(tbx_fn *fn, const char **name, char **why);
 typedef struct tbx__hook {
     tbx_hook_fn *fn;      /* a child hook, or NULL */
     tbx_preload_fn *pre;  /* a preload hook, or NULL */

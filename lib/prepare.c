@@ -67,10 +67,16 @@ static int check_accepted(tbx__call *c, size_t args_len)
         return 0;
     }
     /* A fresh program finds fn by name. */
-    if (c->name == NULL)
-        c->name = tbx_name_of(c->fn);
-    if (c->name == NULL)
-        return TBX_ENOTREG;
+    if (c->name == NULL) {
+        char *why;
+        int rc = tbx__name_for_call(c->fn, &c->name, &why);
+        if (why != NULL) {
+            c->out->priv_[2] = why; /* freed with the result */
+            c->out->message = why;
+        }
+        if (rc != 0)
+            return rc;
+    }
     size_t name_len = strlen(c->name);
     if (name_len == 0 || name_len > TBX__MAX_NAME)
         return TBX_ENOTREG;

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -67,6 +68,34 @@ const char *tbx_name_of(tbx_fn *fn)
     }
     pthread_mutex_unlock(&registry_lock);
     return name;
+}
+
+int tbx__name_for_call(tbx_fn *fn, const char **name, char **why)
+{
+    const tbx_registration *mine = NULL, *other = NULL;
+    *why = NULL;
+    pthread_mutex_lock(&registry_lock);
+    for (tbx_registration *r = registry_head; r != NULL && mine == NULL; r = r->next)
+        if (r->fn == fn)
+            mine = r;
+    for (tbx_registration *r = registry_head; mine != NULL && r != NULL; r = r->next)
+        if (r->fn != fn && strcmp(r->name, mine->name) == 0)
+            other = r;
+    int rc = mine == NULL ? TBX_ENOTREG : 0;
+    if (other != NULL) {
+        /* The child finds fn by name: it could run either one. */
+        rc = TBX_ENOTREG;
+        if (asprintf(why,
+                     "two functions are registered under the name '%s', at %s:%d and at "
+                     "%s:%d: a child that finds it by name cannot tell them apart (rename "
+                     "one, or call it with TBX_FORK)",
+                     mine->name, mine->file != NULL ? mine->file : "?", mine->line,
+                     other->file != NULL ? other->file : "?", other->line) < 0)
+            *why = NULL;
+    }
+    *name = mine != NULL ? mine->name : NULL;
+    pthread_mutex_unlock(&registry_lock);
+    return rc;
 }
 
 /* Hooks: fixed tables, so a child never allocates to run them.  Writers take
