@@ -76,10 +76,13 @@ __attribute__((noreturn)) void tbx__child_main(const tbx__child_spec *spec);
  * the request and _exit; otherwise return. */
 void tbx__worker_maybe_serve(void);
 /* Reads one request from req_fd and runs it, writing to res_fd; _exits.
+ * parent_pid: the process it dies with (a server child: the server, taken
+ * before the fork; a spawned worker: its caller, from TIMEBOX_WORKER).
  * signals_clean: the dispositions are already the defaults (a forkserver
  * child), so reset_signals has nothing left to do. */
-__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd,
-                                                 int bulk_fd, int signals_clean);
+__attribute__((noreturn)) void tbx__worker_serve(pid_t parent_pid, int req_fd, int res_fd,
+                                                 int backtrace_fd, int bulk_fd,
+                                                 int signals_clean);
 /* 1 if this process was started as a worker but never called tbx_init. */
 int tbx__worker_unserved(void);
 

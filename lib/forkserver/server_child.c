@@ -185,8 +185,9 @@ static void close_inherited(void *arg)
  * are not the caller's: they go back to default, which also makes every
  * reset_signals request already met, at the cost of the few the server
  * changed rather than all 62. */
-static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask)
+static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask, pid_t server)
 {
+    spec->parent_pid = server; /* taken before the fork: it may be gone */
     spec->default_signals = &c->srv->handled;
     spec->reset_signals = 0;
     spec->parent_mask = mask; /* the server's, not the blocked one */
@@ -198,18 +199,18 @@ static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask
 }
 
 /* The child: it keeps nothing of the server's but its call's descriptors. */
-__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
+__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask, pid_t server)
 {
     tbx__child_spec spec;
     if (c->request_fd >= 0) { /* warm: the request comes from the caller */
         memset(&spec, 0, sizeof spec);
-        server_steps(&spec, c, mask);
+        server_steps(&spec, c, mask, server);
         spec.backtrace_fd = spec.bulk_fd = -1;
         tbx__child_setup(&spec);
-        tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
+        tbx__worker_serve(server, c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
     }
     tbx__request_spec(&c->rq, c->result_fd, &spec);
-    server_steps(&spec, c, mask);
+    server_steps(&spec, c, mask, server);
     spec.backtrace_fd = c->backtrace_fd;
     spec.bulk_fd = c->bulk_fd;
     tbx__child_main(&spec);
@@ -241,9 +242,9 @@ void tbx__fs_server_start_child(fs_call *c)
         kind = TBX_CONTAIN_CGROUP;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = tbx__sys.fork();
+    pid_t server = getpid(), pid = tbx__sys.fork();
     if (pid == 0)
-        run_child(c, &old);
+        run_child(c, &old, server);
     int err = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
     tbx__close(c->cgroup.procs_fd); /* the child's to write to */
