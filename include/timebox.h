@@ -145,9 +145,12 @@ TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
  * run and the call ends with TBX_EFAILED, fail_code = the hook's value.
  *
  * Hooks added with tbx_add_child_hook() reach children made by fork (they are
- * inherited in memory).  A child that is a fresh program (spawn) runs the
- * hooks that program adds before it calls tbx_init(), which includes every
- * TBX_CHILD_HOOK in it.
+ * inherited in memory).  A child that is a fresh program (spawn, and the
+ * forkserver's children) runs the hooks that program adds before it calls
+ * tbx_init(), which includes every TBX_CHILD_HOOK in it.  A hook added after
+ * tbx_init() has returned cannot reach such a child: while one is there,
+ * spawn and forkserver calls are refused with TBX_EINVAL and a message
+ * saying so, rather than run without it.
  */
 typedef int tbx_hook_fn(void *arg);
 

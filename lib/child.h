@@ -21,7 +21,16 @@ typedef struct tbx__hook {
     tbx_hook_fn *fn;      /* a child hook, or NULL */
     tbx_preload_fn *pre;  /* a preload hook, or NULL */
     void *arg;
+    int late;             /* added after tbx_init returned: a fresh program
+                             (spawn, the forkserver) never adds it */
 } tbx__hook;
+
+/* tbx_init has returned in this process (which is no worker or server):
+ * child hooks added from now on reach fork children only. */
+void tbx__init_done(void);
+/* 0 if every child hook reaches a fresh program's children too; otherwise
+ * TBX_EINVAL, with *why (malloc'd, may be NULL) naming the way out. */
+int tbx__hooks_reach_fresh_programs(char **why);
 
 /* Runs every child hook; returns 0 or the first non-zero hook value.  Reads
  * the hook table without a lock: called in a child, which has one thread. */

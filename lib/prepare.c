@@ -66,17 +66,18 @@ static int check_accepted(tbx__call *c, size_t args_len)
             return TBX_ENOTREG;
         return 0;
     }
-    /* A fresh program finds fn by name. */
-    if (c->name == NULL) {
-        char *why;
-        int rc = tbx__name_for_call(c->fn, &c->name, &why);
-        if (why != NULL) {
-            c->out->priv_[2] = why; /* freed with the result */
-            c->out->message = why;
-        }
-        if (rc != 0)
-            return rc;
+    /* A fresh program finds fn by name, and adds only the hooks added
+     * before its tbx_init. */
+    char *why;
+    int rc = tbx__hooks_reach_fresh_programs(&why);
+    if (rc == 0 && c->name == NULL)
+        rc = tbx__name_for_call(c->fn, &c->name, &why);
+    if (why != NULL) {
+        c->out->priv_[2] = why; /* freed with the result */
+        c->out->message = why;
     }
+    if (rc != 0)
+        return rc;
     size_t name_len = strlen(c->name);
     if (name_len == 0 || name_len > TBX__MAX_NAME)
         return TBX_ENOTREG;

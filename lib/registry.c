@@ -137,18 +137,50 @@ static int table_run(hook_table *t)
     return 0;
 }
 
+/* Whether tbx_init has returned here: a spawned worker, or the forkserver,
+ * runs main() up to tbx_init, so it adds every hook added before that, and
+ * none added after. */
+static atomic_int init_done;
+
+void tbx__init_done(void)
+{
+    atomic_store(&init_done, 1);
+}
+
 int tbx_add_child_hook(tbx_hook_fn *hook, void *arg)
 {
     if (hook == NULL)
         return TBX_EINVAL;
-    return table_add(&child_hooks, (tbx__hook){hook, NULL, arg});
+    return table_add(&child_hooks, (tbx__hook){hook, NULL, arg, atomic_load(&init_done)});
 }
 
 int tbx_add_preload_hook(tbx_preload_fn *hook)
 {
     if (hook == NULL)
         return TBX_EINVAL;
-    return table_add(&preload_hooks, (tbx__hook){NULL, hook, NULL});
+    return table_add(&preload_hooks, (tbx__hook){NULL, hook, NULL, 0});
+}
+
+int tbx__hooks_reach_fresh_programs(char **why)
+{
+    hook_table *t = &child_hooks;
+    int late = 0;
+    *why = NULL;
+    pthread_mutex_lock(&t->lock);
+    size_t n = atomic_load(&t->n);
+    for (size_t i = 0; i < n; i++)
+        late += t->entries[i].late;
+    pthread_mutex_unlock(&t->lock);
+    if (late == 0)
+        return 0;
+    if (asprintf(why,
+                 "%d child hook(s) added with tbx_add_child_hook after tbx_init cannot run "
+                 "in spawn or forkserver children (fresh programs, which add only the hooks "
+                 "added before tbx_init): add them before tbx_init or with TBX_CHILD_HOOK, "
+                 "remove them, or call with TBX_FORK",
+                 late) < 0)
+        *why = NULL;
+    return TBX_EINVAL;
 }
 
 int tbx_remove_child_hook(tbx_hook_fn *hook, void *arg)
