@@ -649,8 +649,12 @@ TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);
 
 /* Starts this process's forkserver and waits until it serves (its preload
  * hooks have run).  opts may be NULL.  Started on the first TBX_FORKSERVER
- * call if not started explicitly.  Returns 0 (also when already running),
- * -errno if it could not be started, TBX_EFAILED if a preload hook failed,
+ * call if not started explicitly.  Returns 0 (also when already running
+ * with the same options; opts NULL stands for the defaults), -EBUSY when a
+ * server already runs with other options (they cannot be applied to it:
+ * tbx_forkserver_stop() first), -EADDRINUSE when another server listens on
+ * opts.socket_path, -errno if it could not be started, TBX_EFAILED if a
+ * preload hook failed,
  * TBX_EEXITED if it exited before serving (does its main() call tbx_init
  * first?).  Thread-safe and idempotent.  If the server dies, calls in flight
  * fail at once with -ECONNRESET and the next call starts a new one. */
