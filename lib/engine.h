@@ -84,6 +84,8 @@ typedef struct tbx__child {
  *   accepts    TBX__ACCEPTS_*: what the method takes (a ctx pointer, an
  *              unregistered fn); the engine refuses the rest (EINVAL,
  *              ENOTREG) before anything is launched.
+ *   not_started where a worker that timed out before its START was (its
+ *              hooks, its main()), for the message.
  *   resolve    optional: the launcher that really serves this call (a method
  *              chosen per call returns another row); NULL: itself.
  *   prepare    readies the args for the child: unpacked in the parent
@@ -116,6 +118,9 @@ typedef struct tbx__launcher tbx__launcher;
 struct tbx__launcher {
     const char *name;
     unsigned accepts;
+    const char *not_started;   /* a worker's: where a child that never said
+                                  START may have been, for a timeout's
+                                  message; NULL: nothing to say */
     uint64_t max_args;         /* the longest args it takes; 0: no limit */
     const tbx__launcher *(*resolve)(tbx__call *call);
     int (*prepare)(tbx__call *call);

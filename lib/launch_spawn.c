@@ -296,6 +296,8 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
 /* A fresh program finds fn by name, and a pointer cannot cross an exec. */
 const tbx__launcher tbx__launch_spawn = {
     .name = "spawn",
+    .not_started = "a child hook, or main() before tbx_init (does its main() call "
+                   "tbx_init(argc, argv) first?)",
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = spawn_launch,

@@ -249,6 +249,7 @@ static void forkserver_abandon(tbx__call *c)
  * cannot cross into another process. */
 const tbx__launcher tbx__launch_forkserver = {
     .name = "forkserver",
+    .not_started = "a child hook, or the server's fork (the server itself serves)",
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = forkserver_launch,

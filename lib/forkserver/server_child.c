@@ -290,7 +290,11 @@ void tbx__fs_server_start_child(fs_call *c)
     if (c->rq.h.deadline_ns != 0)
         at = c->rq.h.deadline_ns;
     else if (c->rq.h.timeout_ns != 0)
-        at = tbx__now_ns() + c->rq.h.timeout_ns;
+        /* A soft deadline counts from fn's start, which the server does not
+         * see; the start itself is bounded by the same timeout from the
+         * call, which came before this fork.  So the caller's deadline is
+         * at most two timeouts from now: the backstop never comes first. */
+        at = tbx__now_ns() + 2 * c->rq.h.timeout_ns;
     if (at != 0)
         (void)tbx__deadline_start(&c->deadline, &srv->loop, at + grace + BACKSTOP_SLACK_NS);
     else
