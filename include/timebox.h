@@ -642,7 +642,17 @@ typedef struct tbx_forkserver_opts {
                                   deadlines are enforced by the caller alone
                                   (and their caller's death).  0 (default):
                                   none.  This process's calls only; a process
-                                  forked from it starts with none. */
+                                  forked from it starts with none.  A slot
+                                  whose server has died since is discarded
+                                  and the call goes cold on a fresh server
+                                  (its request was never sent: fn never runs
+                                  twice); the pool is topped up after every
+                                  call, so a restart, or a refill that
+                                  failed, leaves it short only until the next
+                                  call ends.  A call with capture_output or
+                                  backtrace_on_timeout takes no warm child:
+                                  it starts a fresh one, which provides
+                                  them. */
 } tbx_forkserver_opts;
 
 TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);

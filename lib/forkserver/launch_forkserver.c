@@ -175,14 +175,16 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-/* A warm child was used: its replacement is ordered now that the call is
- * over.  Ordered sooner, the server would fork it while the call's own child
- * runs, and both the child and the server's news of its exit would wait for
- * the CPU the fork takes. */
+/* The pool is topped up now that the call is over: after a warm child was
+ * used, and after whatever left it short (a server restarted, a stop and a
+ * start, a refill that failed).  Ordered sooner, the server would fork
+ * while the call's own child runs, and both the child and the server's news
+ * of its exit would wait for the CPU the fork takes.  A full pool costs a
+ * comparison. */
 static void forkserver_ended(tbx__call *c)
 {
-    if (c->child.warm)
-        tbx__fs_client_warm_fill();
+    TBX__UNUSED(c);
+    tbx__fs_client_warm_fill();
 }
 
 
