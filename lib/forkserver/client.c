@@ -69,6 +69,7 @@ void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
 static void atfork_child(void)
 {
     pthread_rwlock_init(&fs_lock, NULL);
+    tbx__fs_client_start_forget();
     tbx__fs_client_warm_forget();
 }
 
@@ -401,18 +402,18 @@ static int connect_locked(void)
 
 int tbx_forkserver_start(const tbx_forkserver_opts *opts)
 {
-    int rc = 0;
+    int rc = 0, running;
     pthread_once(&atfork_once, atfork_register);
+    tbx__fs_client_start_idle(); /* a start under way keeps its settings */
     pthread_rwlock_wrlock(&fs_lock);
-    if (fs_conn < 0) {
-        if (opts != NULL)
-            rc = remember(opts);
-        if (rc == 0)
-            rc = start_locked();
-    } else {
+    running = fs_conn >= 0;
+    if (!running && opts != NULL)
+        rc = remember(opts);
+    else if (running)
         rc = running_matches(opts);
-    }
     pthread_rwlock_unlock(&fs_lock);
+    if (rc == 0 && !running)
+        rc = tbx__fs_client_start_wait();
     if (rc == 0)
         tbx__fs_client_warm_fill();
     return rc;
@@ -420,6 +421,7 @@ int tbx_forkserver_start(const tbx_forkserver_opts *opts)
 
 void tbx_forkserver_stop(void)
 {
+    tbx__fs_client_start_idle(); /* else the start would bring it back */
     pthread_rwlock_wrlock(&fs_lock);
     stop_locked();
     pthread_rwlock_unlock(&fs_lock);
@@ -436,50 +438,57 @@ pid_t tbx_forkserver_pid(void)
     return pid;
 }
 
-/* Hands a call's fds to the server (see forkserver.h and wire.h for which, by kind and
- * flags), starting it if none runs, and restarting it once if it died. */
-int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, const int *fds, int nfds)
+/* The connection's side of a hand-over, for client_start.c. */
+int tbx__fs_client_ensure(void)
 {
-    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, 0};
-    for (int attempt = 0;; attempt++) {
-        int rc = 0, conn;
-        pid_t server;
-        pthread_rwlock_rdlock(&fs_lock);
-        while ((conn = fs_conn) < 0 && rc == 0) {
-            pthread_rwlock_unlock(&fs_lock);
-            pthread_once(&atfork_once, atfork_register);
-            pthread_rwlock_wrlock(&fs_lock);
-            rc = connect_locked();
-            pthread_rwlock_unlock(&fs_lock);
-            pthread_rwlock_rdlock(&fs_lock);
-        }
-        server = fs_pid;
-        if (rc == 0) {
-            /* Blocking, bounded by SO_SNDTIMEO: the kernel queues only a
-             * few messages (net.unix.max_dgram_qlen) before the server
-             * reads them, which it does at once. */
-            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, nfds, 0);
-            rc = n < 0 ? (int)n : 0;
-        }
-        pthread_rwlock_unlock(&fs_lock);
-        if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN)
-            return rc;
-        if (attempt == 1)
-            return rc;
-        /* The server died: reap it (if ours) and start, or find, another. */
-        tbx__log(TBX_LOG_WARN, "the forkserver (pid %d) is gone: starting or finding another",
-                 (int)server);
-        pthread_rwlock_wrlock(&fs_lock);
-        if (fs_conn == conn)
-            stop_locked();
-        pthread_rwlock_unlock(&fs_lock);
+    pthread_once(&atfork_once, atfork_register);
+    pthread_rwlock_wrlock(&fs_lock);
+    int rc = connect_locked();
+    pthread_rwlock_unlock(&fs_lock);
+    return rc;
+}
+
+/* Sends one hello with its fds, never past until (0: only the send
+ * timeout); the kernel queues a few before the server reads them, which it
+ * does at once, so a wait means a server that stopped reading. */
+static int send_hello(int conn, const tbx__hello *hello, const int *fds, int nfds,
+                      uint64_t until)
+{
+    uint64_t give_up = tbx__now_ns() + (uint64_t)SEND_TIMEOUT_S * 1000000000u;
+    int bounded = until != 0 && until < give_up;
+    if (bounded)
+        give_up = until;
+    for (;;) {
+        ssize_t n = tbx__send_fds(conn, hello, sizeof *hello, fds, nfds, MSG_DONTWAIT);
+        if (n != -EAGAIN)
+            return n < 0 ? (int)n : 0;
+        uint64_t now = tbx__now_ns();
+        if (now >= give_up)
+            return bounded ? TBX_ETIMEDOUT : -EAGAIN;
+        struct pollfd p = {conn, POLLOUT, 0};
+        (void)poll(&p, 1, (int)((give_up - now) / 1000000u) + 1);
     }
 }
 
+int tbx__fs_client_send(uint32_t kind, uint32_t flags, const int *fds, int nfds, uint64_t until,
+                        int *ret_conn, pid_t *ret_server)
+{
+    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, 0};
+    pthread_rwlock_rdlock(&fs_lock);
+    *ret_conn = fs_conn;
+    *ret_server = fs_pid;
+    int rc = fs_conn >= 0 ? send_hello(fs_conn, &hello, fds, nfds, until) : -ENOTCONN;
+    pthread_rwlock_unlock(&fs_lock);
+    return rc;
+}
 
-
-
-
+void tbx__fs_client_drop(int conn)
+{
+    pthread_rwlock_wrlock(&fs_lock);
+    if (fs_conn == conn)
+        stop_locked();
+    pthread_rwlock_unlock(&fs_lock);
+}
 
 /* A call's child: the parent's server is not its own, in any sense. */
 static void forget_for_call(void)
@@ -492,6 +501,7 @@ static void forget_for_call(void)
     fs_pid = 0;
     fs_owner = 0;
     pthread_rwlock_init(&fs_lock, NULL);
+    tbx__fs_client_start_forget();
     tbx__fs_client_warm_forget();
     tbx__fs_client_warm_set(0); /* a child's calls are cold, unless it asks */
 }

@@ -146,7 +146,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         bulk = tbx__bulk_create(c->opts.max_result);
         if (bulk >= 0)
             fds[n++] = bulk;
-        rc = tbx__fs_client_hand_over(TBX__HELLO_CALL,
+        rc = tbx__fs_client_hand_over(c, TBX__HELLO_CALL,
                        (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0) |
                            (bulk >= 0 ? TBX__HELLO_BULK : 0),
                        fds, n);
@@ -158,6 +158,9 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     int req = rc == 0 ? fcntl(ctl[0], F_DUPFD_CLOEXEC, 0) : -1;
     if (rc == 0 && req < 0)
         rc = -errno;
+    if (rc == TBX_ETIMEDOUT)
+        c->out->message = "deadline passed before the forkserver took the call (it was "
+                          "still starting, or not reading)";
     if (rc != 0) {
         /* Closing our end tells the server, if it has the call, to drop it. */
         tbx__close(ctl[0]);
@@ -201,6 +204,11 @@ static int forkserver_exited(tbx__call *c)
 
 static void forkserver_signal(tbx__call *c, int sig)
 {
+    /* Still waiting for the server's start: taken back, the call's control
+     * socket closes, and the call ends now, as a call whose server is gone
+     * (its verdict, the deadline or the cancel, already set). */
+    if (tbx__fs_client_withdraw(c))
+        return;
     if (c->child.request_fd >= 0) {
         /* The request is still on its way, and a KILL would land in the
          * middle of it: the server hears our end close instead, drops the
