@@ -52,6 +52,35 @@ void remove_tree(const char *dir)
     cr_assert_eq(system(cmd), 0);
 }
 
+/* The call of sleep_call and sleep_call_exempt. */
+static int sleep_with(const tbx_opts *o, unsigned ms, tbx_result *r)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "u", (uint64_t)ms);
+    int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, o, r);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+int sleep_call(tbx_method method, unsigned ms, double timeout_s, double grace_s, int hard,
+               tbx_result *r)
+{
+    tbx_opts o = test_opts(method);
+    o.timeout_s = timeout_s;
+    o.grace_s = grace_s;
+    o.hard_timeout = hard;
+    return sleep_with(&o, ms, r);
+}
+
+int sleep_call_exempt(tbx_method method, unsigned ms, double timeout_s, int exempt,
+                      tbx_result *r)
+{
+    tbx_opts o = test_opts(method);
+    o.timeout_s = timeout_s;
+    o.cap_exempt = exempt;
+    return sleep_with(&o, ms, r);
+}
+
 int echo_once(tbx_method method, double timeout_s, tbx_result *r)
 {
     msgpack_sbuffer sb;

@@ -22,6 +22,13 @@ void set_seconds_var(const char *name, double s);
 void make_socket_dir(char *dir, size_t dir_len, char *path, size_t path_len);
 void remove_tree(const char *dir);
 
+/* One call of fn_sleep_ms(ms) by method, with these deadline options and
+ * opts.cap_exempt; 0 or its error. */
+int sleep_call(tbx_method method, unsigned ms, double timeout_s, double grace_s, int hard,
+               tbx_result *r);
+int sleep_call_exempt(tbx_method method, unsigned ms, double timeout_s, int exempt,
+                      tbx_result *r);
+
 /* One call of fn_echo("hi") by method, with a deadline; 0 or its error. */
 int echo_once(tbx_method method, double timeout_s, tbx_result *r);
 

@@ -33,17 +33,23 @@ static void start_sleeper(uv_loop_t *loop, tbx_req *req, int *status, tbx_method
     msgpack_sbuffer_destroy(&sb);
 }
 
-static int blocking_sleep(tbx_method method, unsigned ms, double timeout_s, int exempt,
-                          tbx_result *r)
+/* Caps children at cap and starts, on a fresh loop, a long async call that
+ * holds a slot; end_holder cancels it and closes the loop. */
+static void cap_with_holder(unsigned cap, uv_loop_t *loop, tbx_req *req, int *status,
+                            tbx_method method)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)ms);
-    tbx_opts o = test_opts(method);
-    o.timeout_s = timeout_s;
-    o.cap_exempt = exempt;
-    int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, r);
-    msgpack_sbuffer_destroy(&sb);
-    return rc;
+    tbx_set_max_children(cap);
+    cr_assert_eq(uv_loop_init(loop), 0);
+    start_sleeper(loop, req, status, method, 20000, 0);
+}
+
+static void end_holder(uv_loop_t *loop, tbx_req *req)
+{
+    cr_assert_eq(tbx_cancel(req), 0);
+    uv_run(loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(loop), 0);
+    tbx_set_max_children(0);
+    tbx_forkserver_stop();
 }
 
 /* The only slot is held by this thread's own loop, which cannot run while
@@ -51,28 +57,22 @@ static int blocking_sleep(tbx_method method, unsigned ms, double timeout_s, int 
  * deadline, and says why. */
 TBX_TEST_T(cap, waiting_on_its_own_loops_slot_is_edeadlk, 60.0)
 {
-    tbx_set_max_children(1);
     uv_loop_t loop;
-    cr_assert_eq(uv_loop_init(&loop), 0);
     tbx_req req;
     int status;
-    start_sleeper(&loop, &req, &status, *method, 20000, 0);
+    cap_with_holder(1, &loop, &req, &status, *method);
     tbx_result r;
-    int rc = blocking_sleep(*method, 10, 0, 0, &r);
+    int rc = sleep_call_exempt(*method, 10, 0, 0, &r);
     cr_assert_eq(rc, -EDEADLK, "no deadline: %s: %s", tbx_err_name(rc), r.message);
     cr_assert_not_null(strstr(r.message, "tbx_set_max_children"), "'%s'", r.message);
     tbx_result_free(&r);
     double t0 = now_s();
-    rc = blocking_sleep(*method, 10, 20, 0, &r);
+    rc = sleep_call_exempt(*method, 10, 20, 0, &r);
     cr_assert_eq(rc, -EDEADLK, "deadline: %s: %s", tbx_err_name(rc), r.message);
     cr_assert_lt(now_s() - t0, 10.0, "it waited for its deadline");
     tbx_result_free(&r);
-    cr_assert_eq(tbx_cancel(&req), 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    end_holder(&loop, &req);
     cr_assert_eq(status, TBX_ECANCELED, "%s", tbx_err_name(status));
-    cr_assert_eq(uv_loop_close(&loop), 0);
-    tbx_set_max_children(0);
-    tbx_forkserver_stop();
 }
 
 /* With a slot still free, or one held by another thread (which releases
@@ -87,21 +87,19 @@ static void *hold_slot(void *p)
 {
     struct holder *h = p;
     tbx_result r;
-    h->rc = blocking_sleep(h->method, 800, 60, 0, &r);
+    h->rc = sleep_call_exempt(h->method, 800, 60, 0, &r);
     tbx_result_free(&r);
     return NULL;
 }
 
 TBX_TEST_T(cap, a_wait_that_can_end_is_not_edeadlk, 60.0)
 {
-    tbx_set_max_children(2);
     uv_loop_t loop;
-    cr_assert_eq(uv_loop_init(&loop), 0);
     tbx_req req;
     int status;
-    start_sleeper(&loop, &req, &status, *method, 20000, 0);
+    cap_with_holder(2, &loop, &req, &status, *method);
     tbx_result r;
-    int rc = blocking_sleep(*method, 10, 30, 0, &r);
+    int rc = sleep_call_exempt(*method, 10, 30, 0, &r);
     cr_assert_eq(rc, 0, "a free slot: %s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
 
@@ -111,30 +109,23 @@ TBX_TEST_T(cap, a_wait_that_can_end_is_not_edeadlk, 60.0)
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, hold_slot, &h), 0);
     sleep_s(0.3);
-    rc = blocking_sleep(*method, 10, 30, 0, &r);
+    rc = sleep_call_exempt(*method, 10, 30, 0, &r);
     pthread_join(t, NULL);
     cr_assert_eq(h.rc, 0, "%s", tbx_err_name(h.rc));
     cr_assert_eq(rc, 0, "another thread's slot: %s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
-
-    cr_assert_eq(tbx_cancel(&req), 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cr_assert_eq(uv_loop_close(&loop), 0);
-    tbx_set_max_children(0);
-    tbx_forkserver_stop();
+    end_holder(&loop, &req);
 }
 
 /* opts.cap_exempt: the call neither waits for a slot nor takes one. */
 TBX_TEST_T(cap, exempt_calls_bypass_the_cap, 60.0)
 {
-    tbx_set_max_children(1);
     uv_loop_t loop;
-    cr_assert_eq(uv_loop_init(&loop), 0);
     tbx_req req;
     int status;
-    start_sleeper(&loop, &req, &status, *method, 20000, 0);
+    cap_with_holder(1, &loop, &req, &status, *method);
     tbx_result r;
-    int rc = blocking_sleep(*method, 10, 30, 1, &r);
+    int rc = sleep_call_exempt(*method, 10, 30, 1, &r);
     cr_assert_eq(rc, 0, "exempt, slot taken: %s: %s", tbx_err_name(rc), r.message);
     cr_assert_lt(r.queued_s, 1.0, "it queued %.2f s", r.queued_s);
     tbx_result_free(&r);
@@ -143,12 +134,8 @@ TBX_TEST_T(cap, exempt_calls_bypass_the_cap, 60.0)
 
     /* An exempt call in flight holds no slot: a capped call still runs. */
     start_sleeper(&loop, &req, &status, *method, 20000, 1);
-    rc = blocking_sleep(*method, 10, 30, 0, &r);
+    rc = sleep_call_exempt(*method, 10, 30, 0, &r);
     cr_assert_eq(rc, 0, "capped, exempt in flight: %s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
-    cr_assert_eq(tbx_cancel(&req), 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cr_assert_eq(uv_loop_close(&loop), 0);
-    tbx_set_max_children(0);
-    tbx_forkserver_stop();
+    end_holder(&loop, &req);
 }

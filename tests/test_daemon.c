@@ -51,19 +51,39 @@ static void daemon_stop(pid_t pid)
     cr_assert(wait_gone(pid, 1), "the daemon ignored SIGTERM");
 }
 
-/* Attaches in a fresh process, so that this one keeps no connection. */
-static int attach_elsewhere(const char *path)
+/* Runs body(path) in a fresh process, so that this one keeps no
+ * connection; returns its exit status (0: body returned 0). */
+static int in_fresh_process(int (*body)(const char *), const char *path)
 {
     pid_t p = fork();
     cr_assert_geq(p, 0);
     if (p == 0) {
-        int rc = tbx_forkserver_attach(path, NULL, 0);
+        int rc = body(path);
         tbx_forkserver_stop();
         _exit(rc == 0 ? 0 : 1);
     }
     int st;
     cr_assert_eq(waitpid(p, &st, 0), p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int attach(const char *path)
+{
+    return tbx_forkserver_attach(path, NULL, 0);
+}
+
+static int attach_elsewhere(const char *path)
+{
+    return in_fresh_process(attach, path);
+}
+
+/* 0 if a start of our own server on path is refused with -EADDRINUSE. */
+static int start_is_addrinuse(const char *path)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.socket_path = path;
+    return tbx_forkserver_start(&fo) == -EADDRINUSE ? 0 : 1;
 }
 
 TBX_PLAIN_TEST(daemon, help_and_bad_arguments)
@@ -146,19 +166,8 @@ TBX_PLAIN_TEST(server, second_server_on_a_live_path_is_refused)
     cr_assert_neq(daemon_run(args), 0, "a second daemon started on a live path");
     cr_assert_not_null(strstr(err, path), "'%s'", err);
     cr_assert_not_null(strstr(err, "in use"), "'%s'", err);
-    pid_t p = fork();
-    cr_assert_geq(p, 0);
-    if (p == 0) {
-        tbx_forkserver_opts fo;
-        tbx_forkserver_opts_init(&fo);
-        fo.socket_path = path;
-        int rc = tbx_forkserver_start(&fo);
-        tbx_forkserver_stop();
-        _exit(rc == -EADDRINUSE ? 0 : 1);
-    }
-    int st;
-    cr_assert_eq(waitpid(p, &st, 0), p);
-    cr_assert_eq(st, 0, "tbx_forkserver_start on a live path was not -EADDRINUSE");
+    cr_assert_eq(in_fresh_process(start_is_addrinuse, path), 0,
+                 "tbx_forkserver_start on a live path was not -EADDRINUSE");
     cr_assert_eq(attach_elsewhere(path), 0, "the first server is not reachable any more");
     daemon_stop(first);
     remove_tree(dir);

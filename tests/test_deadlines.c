@@ -26,21 +26,14 @@
 TBX_TEST_T(soft, startup_is_bounded_by_the_timeout, 60.0)
 {
     set_seconds_var(HOOK_SLEEP_VAR, 30);
-    msgpack_sbuffer sb;
-    pack(&sb, "s", "never");
-    tbx_opts o = test_opts(*method);
-    o.hard_timeout = 0;
-    o.timeout_s = 0.5;
-    o.grace_s = 0.2;
     tbx_result r;
     double t0 = now_s();
-    int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+    int rc = sleep_call(*method, 10, 0.5, 0.2, 0, &r);
     double took = now_s() - t0;
     cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s (signal %d)", tbx_err_name(rc), r.message,
                  r.term_signal);
-    cr_assert_lt(took, o.timeout_s + o.grace_s + SLACK_S, "returned after %.2f s", took);
+    cr_assert_lt(took, 0.5 + 0.2 + SLACK_S, "returned after %.2f s", took);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
     tbx_forkserver_stop();
 }
 
@@ -50,21 +43,14 @@ TBX_TEST_T(soft, startup_is_bounded_by_the_timeout, 60.0)
 TBX_TEST_T(soft, server_backstop_waits_for_the_callers_deadline, 60.0)
 {
     set_seconds_var(HOOK_SLEEP_VAR, 1.5);
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)30000);
-    tbx_opts o = test_opts(*method);
-    o.hard_timeout = 0;
-    o.timeout_s = 2.0;
-    o.grace_s = 0.3;
     tbx_result r;
-    int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, &r);
+    int rc = sleep_call(*method, 30000, 2.0, 0.3, 0, &r);
     cr_assert_eq(rc, TBX_ETIMEDOUT, "%s: %s (signal %d)", tbx_err_name(rc), r.message,
                  r.term_signal);
     cr_assert_eq(r.kill_signal, SIGTERM, "killed by %d: the backstop fired first?",
                  r.kill_signal);
     cr_assert_geq(r.running_s, 1.9, "fn ran %.2f s of its 2 s", r.running_s);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
     tbx_forkserver_stop();
 }
 
@@ -73,21 +59,14 @@ TBX_TEST_T(soft, server_backstop_waits_for_the_callers_deadline, 60.0)
 TBX_TEST_T(soft, clock_starts_with_fn, 60.0)
 {
     set_seconds_var(HOOK_SLEEP_VAR, 0.6);
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)600);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 1.0;
-    o.grace_s = 0.2;
     tbx_result r;
-    int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, &r);
+    int rc = sleep_call(*method, 600, 1.0, 0.2, 1, &r);
     cr_assert_eq(rc, TBX_ETIMEDOUT, "hard: %s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
-    o.hard_timeout = 0;
-    rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, &r);
+    rc = sleep_call(*method, 600, 1.0, 0.2, 0, &r);
     cr_assert_eq(rc, 0, "soft: %s: %s", tbx_err_name(rc), r.message);
     cr_assert_eq(obj_int(&r.value), 600);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
     tbx_forkserver_stop();
 }
 
@@ -125,30 +104,19 @@ TBX_TEST_T(soft, slow_hook_is_not_blamed_on_tbx_init, 60.0)
  * deadline is past, not a call without one; 0 still means none. */
 TBX_TEST_T(deadline, negative_timeout_is_already_past, 60.0)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)20000);
     for (int hard = 1; hard >= 0; hard--) {
-        tbx_opts o = test_opts(*method);
-        o.timeout_s = -0.5;
-        o.grace_s = 0.1;
-        o.hard_timeout = hard;
         tbx_result r;
         double t0 = now_s();
-        int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, &r);
+        int rc = sleep_call(*method, 20000, -0.5, 0.1, hard, &r);
         double took = now_s() - t0;
         cr_assert_eq(rc, TBX_ETIMEDOUT, "hard %d: %s: %s", hard, tbx_err_name(rc), r.message);
-        cr_assert_lt(took, o.grace_s + SLACK_S, "hard %d: returned after %.2f s", hard, took);
+        cr_assert_lt(took, 0.1 + SLACK_S, "hard %d: returned after %.2f s", hard, took);
         tbx_result_free(&r);
     }
-    msgpack_sbuffer_destroy(&sb);
-    pack(&sb, "u", (uint64_t)300);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 0;
     tbx_result r;
-    int rc = tbx_call(fn_sleep_ms, sb.data, sb.size, &o, &r);
+    int rc = sleep_call(*method, 300, 0, 1.0, 1, &r);
     cr_assert_eq(rc, 0, "no deadline: %s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
     tbx_forkserver_stop();
 }
 
