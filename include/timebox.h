@@ -227,7 +227,14 @@ typedef struct tbx_opts {
     tbx_method method;    /* Default TBX_METHOD_DEFAULT. */
     int hard_timeout;     /* 1 (default): the deadline counts from the call,
                              start-up included; 0: the clock starts when the
-                             child starts running fn. */
+                             child starts running fn, and the start-up (child
+                             hooks, a spawned main() before tbx_init, the
+                             forkserver's hand-over) is bounded by the same
+                             timeout_s, from the call (or from the launch
+                             after a wait for a slot): a soft-deadline call
+                             that hangs anywhere ends TBX_ETIMEDOUT.  The
+                             forkserver's backstop never fires before the
+                             caller's own deadline + grace. */
     int reset_signals;    /* 1 (default): in the child every handler goes
                              back to SIG_DFL and the mask is emptied, so an
                              inherited handler cannot act on the caller's
