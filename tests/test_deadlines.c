@@ -234,3 +234,32 @@ TBX_PLAIN_TEST(launch, sends_count_against_the_deadline)
     msgpack_sbuffer_destroy(&sb);
     tbx_forkserver_stop();
 }
+
+/* A server that cannot start: a blocking call hears why (the start's own
+ * error), and an async call, which did not wait for the start, hears that
+ * nothing was launched, not that a server died under it. */
+TBX_PLAIN_TEST(launch, a_server_that_cannot_start_is_reported)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.executable = "/bin/true"; /* exits without serving */
+    cr_assert_eq(tbx_forkserver_start(&fo), TBX_EEXITED);
+    tbx_result r;
+    int rc = echo_once(TBX_FORKSERVER, 30, &r);
+    cr_assert_eq(rc, TBX_EEXITED, "blocking: %s: %s", tbx_err_name(rc), r.message);
+    tbx_result_free(&r);
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    msgpack_sbuffer sb;
+    pack(&sb, "s", "hi");
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    tbx_req req;
+    int status = 1;
+    req.data = &status;
+    cr_assert_eq(tbx_call_async(&loop, &req, fn_echo, sb.data, sb.size, &o, note_status_cb), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(status, -ECONNREFUSED, "async: %s", tbx_err_name(status));
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    msgpack_sbuffer_destroy(&sb);
+}

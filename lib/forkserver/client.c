@@ -49,8 +49,6 @@ static pid_t fs_owner; /* the process that started it: only it stops or reaps
 static uint8_t fs_key[TBX__KEY_LEN];
 static int fs_have_key;
 
-
-
 #define SOCKET_ENV "TIMEBOX_FORKSERVER_SOCKET"
 #define KEY_ENV "TIMEBOX_FORKSERVER_KEY"
 #define CONNECT_TIMEOUT_S 10.0
@@ -60,7 +58,6 @@ void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
     memset(opts, 0, sizeof *opts);
     opts->request_timeout_s = 10;
 }
-
 
 /* A process forked by the program (a pre-forked worker) keeps the
  * connection it inherits, but not the warm slots: their children wait for
@@ -309,6 +306,10 @@ static int start_locked(void)
     memcpy(km.key, fs_key, sizeof km.key);
     ssize_t sent = tbx__send_fds(sv[0], &km, sizeof km, NULL, 0, 0);
     memset(&km, 0, sizeof km);
+    /* A server gone before it took its key exited before serving, as one
+     * gone before its first word. */
+    if (sent == -EPIPE || sent == -ECONNRESET)
+        sent = TBX_EEXITED;
     rc = sent == (ssize_t)sizeof km ? await_ready(sv[0], pid) : (int)sent;
     if (rc != 0) {
         tbx__close(sv[0]);

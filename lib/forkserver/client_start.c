@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <time.h>
 
 typedef struct pending {
@@ -45,15 +46,24 @@ static void cond_init(void)
     pthread_condattr_destroy(&ca);
 }
 
-static void pending_free(pending *p)
+/* Closes a kept hand-over.  Not delivered (undelivered: 1), what the call
+ * wrote to its control socket (the request) is read away first: a unix
+ * socket closed with unread data resets its peer, and the call would see an
+ * error instead of the end (or the ERROR message) it is owed.  Delivered,
+ * the server reads it through its own copy. */
+static void pending_free(pending *p, int undelivered)
 {
+    char sink[4096];
+    while (undelivered && p->nfds > 0 && recv(p->fds[0], sink, sizeof sink, MSG_DONTWAIT) > 0)
+        ;
     for (int i = 0; i < p->nfds; i++)
         tbx__close(p->fds[i]);
     free(p);
 }
 
-/* Sends what waited for the start (rc 0), or drops it (the calls then see
- * their control socket close: the server is gone). */
+/* Sends what waited for the start (rc 0), or tells each call, as the
+ * server would, that nothing was launched and why: an -errno as it is, a
+ * server that would not serve (its reason logged) as -ECONNREFUSED. */
 static void flush(pending *list, int rc)
 {
     while (list != NULL) {
@@ -61,9 +71,14 @@ static void flush(pending *list, int rc)
         list = p->next;
         int conn;
         pid_t server;
-        if (rc == 0)
-            (void)tbx__fs_client_send(p->kind, p->flags, p->fds, p->nfds, 0, &conn, &server);
-        pending_free(p);
+        int sent = rc == 0 &&
+                   tbx__fs_client_send(p->kind, p->flags, p->fds, p->nfds, 0, &conn, &server) == 0;
+        if (rc != 0) {
+            tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_ERROR, 0,
+                              rc < 0 && rc > -4096 ? rc : -ECONNREFUSED};
+            (void)send(p->fds[0], &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+        pending_free(p, !sent);
     }
 }
 
@@ -157,7 +172,7 @@ void tbx__fs_client_start_forget(void)
     while (pending_head != NULL) {
         pending *p = pending_head;
         pending_head = p->next;
-        pending_free(p);
+        pending_free(p, 0); /* the parent's calls: not ours to read */
     }
 }
 
@@ -176,7 +191,7 @@ static int keep_locked(tbx__call *call, uint32_t kind, uint32_t flags, const int
         p->fds[p->nfds] = fcntl(fds[p->nfds], F_DUPFD_CLOEXEC, 0);
         if (p->fds[p->nfds] < 0) {
             int rc = -errno;
-            pending_free(p);
+            pending_free(p, 0);
             return rc;
         }
     }
@@ -201,7 +216,7 @@ int tbx__fs_client_withdraw(tbx__call *call)
     }
     pthread_mutex_unlock(&start_lock);
     if (p != NULL)
-        pending_free(p);
+        pending_free(p, 1);
     return p != NULL;
 }
 
