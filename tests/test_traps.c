@@ -178,12 +178,6 @@ __attribute__((constructor(102))) static void slow_start(void)
         child_sleep(atof(v));
 }
 
-static void ignore_cb(tbx_req *req, tbx_result *r)
-{
-    (void)req;
-    tbx_result_free(r);
-}
-
 /* The worker's caller dies while the worker is still starting (before its
  * parent-death signal is set): the worker must notice, and run neither
  * hooks nor fn. */
