@@ -27,19 +27,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
 #define STOP_TIMEOUT_MS 5000
-#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN */
-
-static void set_send_timeout(int fd)
-{
-    struct timeval tv = {SEND_TIMEOUT_S, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
+#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN (send_hello) */
 
 static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int fs_conn = -1;
@@ -316,7 +309,6 @@ static int start_locked(void)
         tbx__kill_reap(pid);
         return rc;
     }
-    set_send_timeout(sv[0]);
     fs_conn = sv[0];
     fs_pid = pid;
     fs_owner = getpid();
@@ -367,7 +359,6 @@ static int attach_locked(const char *path, const void *key, size_t key_len)
     if (fd < 0)
         return fd;
     stop_locked(); /* a connection we had (inherited, say) is dropped */
-    set_send_timeout(fd);
     struct ucred cred;
     socklen_t len = sizeof cred;
     fs_conn = fd;
@@ -481,6 +472,15 @@ int tbx__fs_client_send(uint32_t kind, uint32_t flags, const int *fds, int nfds,
     int rc = fs_conn >= 0 ? send_hello(fs_conn, &hello, fds, nfds, until) : -ENOTCONN;
     pthread_rwlock_unlock(&fs_lock);
     return rc;
+}
+
+int tbx__fs_client_alive(void)
+{
+    pthread_rwlock_rdlock(&fs_lock);
+    struct pollfd p = {fs_conn, POLLRDHUP, 0};
+    int alive = fs_conn >= 0 && poll(&p, 1, 0) >= 0 && !(p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+    pthread_rwlock_unlock(&fs_lock);
+    return alive;
 }
 
 void tbx__fs_client_drop(int conn)

@@ -119,8 +119,10 @@ void tbx__fs_client_warm_fill(void)
 /* Whether the server that made w has let go of its control socket: it
  * died (or was stopped) since.  The request has not gone out, so a call
  * that finds its slot stale can go cold instead, fn run at most once. */
-static int warm_stale(const warm_slot *w)
+static int warm_stale(const warm_slot *w, int server_alive)
 {
+    if (!server_alive)
+        return 1;
     struct pollfd p = {w->control, POLLRDHUP, 0};
     int r;
     do
@@ -133,6 +135,9 @@ static int warm_stale(const warm_slot *w)
  * ends makes an orphaned warm child read EOF and exit). */
 static warm_slot *warm_take(void)
 {
+    /* The server's end of the connection closes as it dies; what it held
+     * of a slot's sockets (a hand-over not yet read) may close later. */
+    int alive = tbx__fs_client_alive();
     for (;;) {
         pthread_mutex_lock(&warm_lock);
         warm_slot *w = warm_pool;
@@ -141,7 +146,7 @@ static warm_slot *warm_take(void)
             warm_count--;
         }
         pthread_mutex_unlock(&warm_lock);
-        if (w == NULL || !warm_stale(w))
+        if (w == NULL || !warm_stale(w, alive))
             return w;
         tbx__log(TBX_LOG_INFO, "a warm child's forkserver is gone: the slot is discarded");
         warm_free(w);
