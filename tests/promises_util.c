@@ -92,21 +92,6 @@ int echo_once(tbx_method method, double timeout_s, tbx_result *r)
     return rc;
 }
 
-int count_children_of(pid_t pid)
-{
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    int count = 0;
-    for (char *p = strtok(buf, " \n"); p != NULL; p = strtok(NULL, " \n"))
-        count++;
-    return count;
-}
 
 /* Reads a whole file into buf (NUL-terminated, truncated). */
 static void slurp(const char *path, char *buf, size_t len)

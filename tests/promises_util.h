@@ -32,9 +32,6 @@ int sleep_call_exempt(tbx_method method, unsigned ms, double timeout_s, int exem
 /* One call of fn_echo("hi") by method, with a deadline; 0 or its error. */
 int echo_once(tbx_method method, double timeout_s, tbx_result *r);
 
-/* Children of pid (from /proc/pid/task/pid/children); -1 if unreadable. */
-int count_children_of(pid_t pid);
-
 /* Runs cmd through /bin/sh, its stderr and stdout into err and out
  * (NUL-terminated, truncated to the sizes); returns its exit status (the
  * shell's: 0-255), or -1. */
