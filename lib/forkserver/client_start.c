@@ -243,7 +243,8 @@ static int await_start(tbx__call *call, uint32_t kind, uint32_t flags, const int
 
 /* Hands a call's fds to the server (see forkserver.h and wire.h for which,
  * by kind and flags), starting it if none runs, and restarting it once if it
- * died; never past call's deadline (call NULL: none). */
+ * died; never past call's deadline.  call NULL (a warm child ordered): only
+ * to a server that serves now, -ENOTCONN otherwise. */
 int tbx__fs_client_hand_over(tbx__call *call, uint32_t kind, uint32_t flags, const int *fds,
                              int nfds)
 {
@@ -257,6 +258,11 @@ int tbx__fs_client_hand_over(tbx__call *call, uint32_t kind, uint32_t flags, con
         pid_t server = 0;
         rc = busy ? -ENOTCONN
                   : tbx__fs_client_send(kind, flags, fds, nfds, until, &conn, &server);
+        /* Without a call (a warm child ordered, maybe on a loop's thread)
+         * nothing waits for a server: the pool is topped up again after
+         * the next call. */
+        if (rc == -ENOTCONN && conn < 0 && call == NULL)
+            return rc;
         if (rc == -ENOTCONN && conn < 0) {
             rc = await_start(call, kind, flags, fds, nfds, until);
             if (rc != 0)
