@@ -25,8 +25,8 @@ room_of() {
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c | \
         forkserver/sha256.c) echo fs_common ;;
-    forkserver/client.h | forkserver/client.c | forkserver/client_warm.c | \
-        forkserver/launch_forkserver.c) echo fs_client ;;
+    forkserver/client.h | forkserver/client.c | forkserver/client_start.c | \
+        forkserver/client_warm.c | forkserver/launch_forkserver.c) echo fs_client ;;
     forkserver/server.h | forkserver/server*.c | forkserver/main.c) echo fs_server ;;
     *) echo unknown ;;
     esac

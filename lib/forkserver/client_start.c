@@ -11,7 +11,6 @@
  * deadline or a cancel meanwhile takes the hand-over back, and the call ends
  * at once.  Sends are bounded by the deadline too (client.c).
  */
-#include "child.h"
 #include "forkserver/client.h"
 
 #include <errno.h>
