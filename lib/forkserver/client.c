@@ -32,7 +32,6 @@
 
 #define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
 #define STOP_TIMEOUT_MS 5000
-#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN (send_hello) */
 
 static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int fs_conn = -1;
@@ -440,28 +439,6 @@ int tbx__fs_client_ensure(void)
     return rc;
 }
 
-/* Sends one hello with its fds, never past until (0: only the send
- * timeout); the kernel queues a few before the server reads them, which it
- * does at once, so a wait means a server that stopped reading. */
-static int send_hello(int conn, const tbx__hello *hello, const int *fds, int nfds,
-                      uint64_t until)
-{
-    uint64_t give_up = tbx__now_ns() + (uint64_t)SEND_TIMEOUT_S * 1000000000u;
-    int bounded = until != 0 && until < give_up;
-    if (bounded)
-        give_up = until;
-    for (;;) {
-        ssize_t n = tbx__send_fds(conn, hello, sizeof *hello, fds, nfds, MSG_DONTWAIT);
-        if (n != -EAGAIN)
-            return n < 0 ? (int)n : 0;
-        uint64_t now = tbx__now_ns();
-        if (now >= give_up)
-            return bounded ? TBX_ETIMEDOUT : -EAGAIN;
-        struct pollfd p = {conn, POLLOUT, 0};
-        (void)poll(&p, 1, (int)((give_up - now) / 1000000u) + 1);
-    }
-}
-
 int tbx__fs_client_send(uint32_t kind, uint32_t flags, const int *fds, int nfds, uint64_t until,
                         int *ret_conn, pid_t *ret_server)
 {
@@ -469,7 +446,8 @@ int tbx__fs_client_send(uint32_t kind, uint32_t flags, const int *fds, int nfds,
     pthread_rwlock_rdlock(&fs_lock);
     *ret_conn = fs_conn;
     *ret_server = fs_pid;
-    int rc = fs_conn >= 0 ? send_hello(fs_conn, &hello, fds, nfds, until) : -ENOTCONN;
+    int rc = fs_conn >= 0 ? tbx__fs_client_send_hello(fs_conn, &hello, fds, nfds, until)
+                          : -ENOTCONN;
     pthread_rwlock_unlock(&fs_lock);
     return rc;
 }

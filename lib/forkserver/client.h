@@ -28,6 +28,9 @@ int tbx__fs_client_ensure(void);
 int tbx__fs_client_send(uint32_t kind, uint32_t flags, const int *fds, int nfds, uint64_t until,
                         int *ret_conn, pid_t *ret_server);
 void tbx__fs_client_drop(int conn);
+/* client_start.c, for client.c: one hello down conn, bounded by until. */
+int tbx__fs_client_send_hello(int conn, const tbx__hello *hello, const int *fds, int nfds,
+                              uint64_t until);
 /* 0 if the connection is gone (the server closed it, by dying): for
  * client_warm.c, whose slots' own sockets may close a little later. */
 int tbx__fs_client_alive(void);

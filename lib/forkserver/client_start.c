@@ -15,10 +15,36 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+
+#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN */
+
+/* Sends one hello with its fds, never past until (0: only the send
+ * timeout); the kernel queues a few before the server reads them, which it
+ * does at once, so a wait means a server that stopped reading. */
+int tbx__fs_client_send_hello(int conn, const tbx__hello *hello, const int *fds, int nfds,
+                              uint64_t until)
+{
+    uint64_t give_up = tbx__now_ns() + (uint64_t)SEND_TIMEOUT_S * 1000000000u;
+    int bounded = until != 0 && until < give_up;
+    if (bounded)
+        give_up = until;
+    for (;;) {
+        ssize_t n = tbx__send_fds(conn, hello, sizeof *hello, fds, nfds, MSG_DONTWAIT);
+        if (n != -EAGAIN)
+            return n < 0 ? (int)n : 0;
+        uint64_t now = tbx__now_ns();
+        if (now >= give_up)
+            return bounded ? TBX_ETIMEDOUT : -EAGAIN;
+        struct pollfd p = {conn, POLLOUT, 0};
+        (void)poll(&p, 1, (int)((give_up - now) / 1000000u) + 1);
+    }
+}
 
 typedef struct pending {
     tbx__call *call;
@@ -73,8 +99,11 @@ static void flush(pending *list, int rc)
         int sent = rc == 0 &&
                    tbx__fs_client_send(p->kind, p->flags, p->fds, p->nfds, 0, &conn, &server) == 0;
         if (rc != 0) {
-            tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_ERROR, 0,
-                              rc < 0 && rc > -4096 ? rc : -ECONNREFUSED};
+            tbx__control m;
+            memset(&m, 0, sizeof m);
+            m.magic = TBX__CONTROL_MAGIC;
+            m.kind = TBX__CTL_ERROR;
+            m.code = rc < 0 && rc > -4096 ? rc : -ECONNREFUSED;
             (void)send(p->fds[0], &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
         }
         pending_free(p, !sent);
