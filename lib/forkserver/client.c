@@ -107,7 +107,8 @@ static int settings_same(const fs_settings *a, const fs_settings *b)
     size_t i = 0;
     if (!same_string(a->limits, b->limits) || !same_string(a->preload, b->preload) ||
         !same_string(a->listen, b->listen) || !same_string(a->allow, b->allow) ||
-        !same_string(a->exe, b->exe) || a->warm != b->warm || (a->argv == NULL) != (b->argv == NULL))
+        !same_string(a->exe, b->exe) || a->warm != b->warm ||
+        (a->argv == NULL) != (b->argv == NULL))
         return 0;
     for (; a->argv != NULL && a->argv[i] != NULL; i++)
         if (!same_string(a->argv[i], b->argv[i]))
@@ -456,7 +457,8 @@ int tbx__fs_client_alive(void)
 {
     pthread_rwlock_rdlock(&fs_lock);
     struct pollfd p = {fs_conn, POLLRDHUP, 0};
-    int alive = fs_conn >= 0 && poll(&p, 1, 0) >= 0 && !(p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+    int alive = fs_conn >= 0 && poll(&p, 1, 0) >= 0 &&
+                !(p.revents & (POLLRDHUP | POLLHUP | POLLERR));
     pthread_rwlock_unlock(&fs_lock);
     return alive;
 }

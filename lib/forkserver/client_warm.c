@@ -78,7 +78,8 @@ static int warm_add(void)
         rc = tbx__pipe(res, 0);
     if (rc == 0) {
         int fds[4] = {ctl[1], res[1], req[1], bulk};
-        rc = tbx__fs_client_hand_over(NULL, TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0, fds, bulk >= 0 ? 4 : 3);
+        rc = tbx__fs_client_hand_over(NULL, TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0,
+                                      fds, bulk >= 0 ? 4 : 3);
     }
     tbx__close(ctl[1]);
     tbx__close(req[1]);
