@@ -102,8 +102,9 @@ typedef int tbx_fn(const msgpack_object *args, msgpack_packer *result, void *ctx
  * nothing.  Names must be unique within a process: two functions registered
  * under one name (two `static handler`s in two files) cannot be told apart
  * by a fresh program, so a spawn or forkserver call of either is refused
- * with TBX_ENOTREG and a message naming both places (file:line).  Fork
- * calls by pointer and is not affected.
+ * with TBX_ENOTREG and a message naming both places (file:line).  One
+ * TBX_REGISTER line compiled into both the program and a library it loads
+ * is one function, not two.  Fork calls by pointer and is not affected.
  */
 typedef struct tbx_registration {
     const char *name;

@@ -70,6 +70,12 @@ const char *tbx_name_of(tbx_fn *fn)
     return name;
 }
 
+static int same_place(const tbx_registration *a, const tbx_registration *b)
+{
+    return a->file != NULL && b->file != NULL && a->line == b->line &&
+           strcmp(a->file, b->file) == 0;
+}
+
 int tbx__name_for_call(tbx_fn *fn, const char **name, char **why)
 {
     const tbx_registration *mine = NULL, *other = NULL;
@@ -78,8 +84,11 @@ int tbx__name_for_call(tbx_fn *fn, const char **name, char **why)
     for (tbx_registration *r = registry_head; r != NULL && mine == NULL; r = r->next)
         if (r->fn == fn)
             mine = r;
+    /* Another function under the name, from another place: the same
+     * TBX_REGISTER line compiled into the program and into a library it
+     * loads is one function, whichever copy the child finds. */
     for (tbx_registration *r = registry_head; mine != NULL && r != NULL; r = r->next)
-        if (r->fn != fn && strcmp(r->name, mine->name) == 0)
+        if (r->fn != fn && strcmp(r->name, mine->name) == 0 && !same_place(r, mine))
             other = r;
     int rc = mine == NULL ? TBX_ENOTREG : 0;
     if (other != NULL) {
