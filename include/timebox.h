@@ -116,12 +116,19 @@ typedef int tbx_fn(const msgpack_object *args, msgpack_packer *result, void *ctx
  * library that holds the macro is loaded (at priority 101, before ordinary
  * constructors, so a tbx_init() called from a constructor sees every
  * function), and is undone when a shared library is unloaded; it allocates
- * nothing.  Names must be unique within a process.
+ * nothing.  Names must be unique within a process: two functions registered
+ * under one name (two `static handler`s in two files) cannot be told apart
+ * by a fresh program, so a spawn or forkserver call of either is refused
+ * with TBX_ENOTREG and a message naming both places (file:line).  One
+ * TBX_REGISTER line compiled into both the program and a library it loads
+ * is one function, not two.  Fork calls by pointer and is not affected.
  */
 typedef struct tbx_registration {
     const char *name; /* the name it is called by: fn's, as TBX_REGISTER spells it */
     tbx_fn *fn;       /* the function */
     struct tbx_registration *next; /* private */
+    const char *file;              /* where TBX_REGISTER is, for messages */
+    int line;                      /* and its line */
 } tbx_registration;
 
 /* Called by TBX_REGISTER's constructor and destructor.  Thread-safe. */
@@ -137,7 +144,7 @@ TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
 
 /* Makes fn callable by name, as described above; at file scope. */
 #define TBX_REGISTER(fn)                                                        \
-    static tbx_registration tbx__registration_##fn = {#fn, fn, NULL};          \
+    static tbx_registration tbx__registration_##fn = {#fn, fn, NULL, __FILE__, __LINE__}; \
     __attribute__((constructor(101))) static void tbx__register_##fn(void)     \
     {                                                                           \
         tbx_register(&tbx__registration_##fn);                                 \
@@ -158,9 +165,12 @@ TBX_EXTERN const char *tbx_name_of(tbx_fn *fn);
  * run and the call ends with TBX_EFAILED, fail_code = the hook's value.
  *
  * Hooks added with tbx_add_child_hook() reach children made by fork (they are
- * inherited in memory).  A child that is a fresh program (spawn) runs the
- * hooks that program adds before it calls tbx_init(), which includes every
- * TBX_CHILD_HOOK in it.
+ * inherited in memory).  A child that is a fresh program (spawn, and the
+ * forkserver's children) runs the hooks that program adds before it calls
+ * tbx_init(), which includes every TBX_CHILD_HOOK in it.  A hook added after
+ * tbx_init() has returned cannot reach such a child: while one is there,
+ * spawn and forkserver calls are refused with TBX_EINVAL and a message
+ * saying so, rather than run without it.
  */
 typedef int tbx_hook_fn(void *arg);
 
@@ -266,13 +276,23 @@ typedef void tbx_output_fn(void *arg, int stream, const char *data, size_t len);
 /* The options of one call: tbx_opts_init() fills in the defaults, then set
  * what differs. */
 typedef struct tbx_opts {
-    double timeout_s;     /* <= 0: no deadline.  Default 0. */
+    double timeout_s;     /* 0 (default): no deadline.  < 0: a deadline
+                             already past, so the call times out at once
+                             (a caller computing "deadline - now" gets a
+                             timeout, never a call without a deadline). */
     double grace_s;       /* SIGTERM -> SIGKILL delay.  Default 1 s; < 0 is
                              TBX_EINVAL, 0 sends SIGKILL at the deadline. */
     tbx_method method;    /* Default TBX_METHOD_DEFAULT. */
     int hard_timeout;     /* 1 (default): the deadline counts from the call,
                              start-up included; 0: the clock starts when the
-                             child starts running fn. */
+                             child starts running fn, and the start-up (child
+                             hooks, a spawned main() before tbx_init, the
+                             forkserver's hand-over) is bounded by the same
+                             timeout_s, from the call (or from the launch
+                             after a wait for a slot): a soft-deadline call
+                             that hangs anywhere ends TBX_ETIMEDOUT.  The
+                             forkserver's backstop never fires before the
+                             caller's own deadline + grace. */
     int reset_signals;    /* 1 (default): in the child every handler goes
                              back to SIG_DFL and the mask is emptied, so an
                              inherited handler cannot act on the caller's
@@ -411,6 +431,10 @@ typedef struct tbx_opts {
                              group only, as where there are no cgroups (to
                              measure what containment costs, or for a fn that
                              must leave a process behind on purpose) */
+    int cap_exempt;       /* 1: the call ignores tbx_set_max_children: it
+                             neither waits for a slot nor takes one (a
+                             health check, a call that must not queue
+                             behind the device the cap guards).  Default 0. */
 } tbx_opts;
 
 /* Fills *opts with the defaults above.  Always call it first: fields added in
@@ -436,7 +460,13 @@ TBX_EXTERN int tbx_set_spawn_executable(const char *executable, char *const *arg
  * be cancelled.  A cap of 1 runs one call at a time: the lock a program
  * that drives one piece of hardware needs.  0 (default): no cap.  Calls
  * already running are not counted against a cap set later: set it at
- * start-up.  Thread-safe; returns 0. */
+ * start-up.  A call with opts.cap_exempt takes no slot and never waits.
+ *
+ * A blocking call (tbx_call) that could only get a slot from calls on loops
+ * that its own thread runs (async calls in flight or queued on them) would
+ * wait for ever, since those loops cannot run while it waits: it fails at
+ * once with -EDEADLK instead, with or without a deadline, and no child.
+ * Thread-safe; returns 0. */
 TBX_EXTERN int tbx_set_max_children(unsigned max);
 
 /* ------------------------------------------------------------------------
@@ -612,6 +642,8 @@ enum {
  *                  bytes after it, or a result that is not exactly one
  *                  msgpack object
  *   TBX_EINVAL     bad arguments or options
+ *   -EDEADLK       every slot of tbx_set_max_children is held by calls
+ *                  on this thread's own loops (see there); nothing ran
  *   -errno         a system call failed: -EAGAIN (fork, process limit),
  *                  -EMFILE, -ENOMEM; nothing is left open or running
  *
@@ -697,7 +729,17 @@ typedef struct tbx_forkserver_opts {
                                   deadlines are enforced by the caller alone
                                   (and their caller's death).  0 (default):
                                   none.  This process's calls only; a process
-                                  forked from it starts with none. */
+                                  forked from it starts with none.  A slot
+                                  whose server has died since is discarded
+                                  and the call goes cold on a fresh server
+                                  (its request was never sent: fn never runs
+                                  twice); the pool is topped up after every
+                                  call, so a restart, or a refill that
+                                  failed, leaves it short only until the next
+                                  call ends.  A call with capture_output or
+                                  backtrace_on_timeout takes no warm child:
+                                  it starts a fresh one, which provides
+                                  them. */
     unsigned pool_size;        /* TBX_POOL: pooled processes kept idle for
                                   this process's calls (more are forked while
                                   more calls run at once; the extra ones exit
@@ -719,8 +761,12 @@ TBX_EXTERN void tbx_forkserver_opts_init(tbx_forkserver_opts *opts);
 
 /* Starts this process's forkserver and waits until it serves (its preload
  * hooks have run).  opts may be NULL.  Started on the first TBX_FORKSERVER
- * call if not started explicitly.  Returns 0 (also when already running),
- * -errno if it could not be started, TBX_EFAILED if a preload hook failed,
+ * call if not started explicitly.  Returns 0 (also when already running
+ * with the same options; opts NULL stands for the defaults), -EBUSY when a
+ * server already runs with other options (they cannot be applied to it:
+ * tbx_forkserver_stop() first), -EADDRINUSE when another server listens on
+ * opts.socket_path, -errno if it could not be started, TBX_EFAILED if a
+ * preload hook failed,
  * TBX_EEXITED if it exited before serving (does its main() call tbx_init
  * first?).  Thread-safe and idempotent.  If the server dies, calls in flight
  * fail at once with -ECONNRESET and the next call starts a new one. */
@@ -747,6 +793,11 @@ TBX_EXTERN pid_t tbx_forkserver_pid(void);
  *     after the bind, the two checks below keeping everyone else out;
  *     never in the abstract namespace; a path too long for sun_path is
  *     -ENAMETOOLONG, never truncated;
+ *   - one server per path: a socket on which a server still answers is
+ *     -EADDRINUSE (only one that nobody answers on, left by a server that
+ *     died, is replaced), and a server removes, when it ends, only the
+ *     socket and key it made (the same inode), never those of a server
+ *     started on the path since;
  *   - each connection's peer uid (SO_PEERCRED) is checked before a byte of
  *     payload is read: the server's own uid, or opts.allow_uids;
  *   - each connection proves, both ways, that it knows a 32-byte secret key

@@ -35,7 +35,8 @@ void tbx_result_free(tbx_result *r)
 static int refuse(tbx_result *out, int rc)
 {
     out->status = rc;
-    out->message = tbx_strerror(rc);
+    if (out->message == NULL) /* a message saying more may be there */
+        out->message = tbx_strerror(rc);
     return rc;
 }
 
@@ -69,18 +70,27 @@ static int call_blocking(tbx_fn *fn, const char *name, const void *args, size_t 
     int rc = setup(&c, loop, fn, name, args, args_len, opts, out);
     if (rc == 0 && loop == NULL)
         rc = -ENOMEM;
-    if (rc != 0)
-        return refuse(out, rc);
+    if (rc != 0) {
+        rc = refuse(out, rc);
+        if (out == &scratch) /* nobody reads it: a message made for it goes */
+            tbx_result_free(&scratch);
+        return rc;
+    }
     c.done_cb = blocking_done_cb;
-    if (tbx__slots_capped()) {
+    if (tbx__slots_capped() && !c.opts.cap_exempt) {
         /* Waiting for a slot counts toward a hard deadline. */
         uint64_t until = c.opts.hard_timeout && c.opts.timeout_s > 0
                              ? c.start_ns + tbx__seconds_to_ns(c.opts.timeout_s)
                              : 0;
         rc = tbx__slot_wait(until);
         if (rc != 0) {
-            tbx__engine_refuse(&c, rc, "deadline passed while the call waited for a free slot "
-                                       "(tbx_set_max_children)");
+            tbx__engine_refuse(&c, rc,
+                               rc == -EDEADLK
+                                   ? "every slot (tbx_set_max_children) is held by calls on "
+                                     "this thread's own loop, which cannot run while this "
+                                     "call waits"
+                                   : "deadline passed while the call waited for a free slot "
+                                     "(tbx_set_max_children)");
             return rc;
         }
         c.has_slot = 1;
@@ -136,6 +146,7 @@ static int call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn, const char *nam
         return -ENOMEM;
     int rc = setup(c, loop, fn, name, args, args_len, opts, &c->result);
     if (rc != 0) {
+        tbx_result_free(&c->result); /* a message prepare may have made */
         free(c);
         return rc;
     }

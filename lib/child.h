@@ -13,11 +13,24 @@
 #include <signal.h>
 
 /* ------------------------------------------------------------- registry */
+/* The registered name a fresh program finds fn by: 0 with *name set, or
+ * TBX_ENOTREG when fn is not registered, or when another function is
+ * registered under its name (then *why, malloc'd, names both places). */
+int tbx__name_for_call(tbx_fn *fn, const char **name, char **why);
 typedef struct tbx__hook {
     tbx_hook_fn *fn;      /* a child hook, or NULL */
     tbx_preload_fn *pre;  /* a preload hook, or NULL */
     void *arg;
+    int late;             /* added after tbx_init returned: a fresh program
+                             (spawn, the forkserver) never adds it */
 } tbx__hook;
+
+/* tbx_init has returned in this process (which is no worker or server):
+ * child hooks added from now on reach fork children only. */
+void tbx__init_done(void);
+/* 0 if every child hook reaches a fresh program's children too; otherwise
+ * TBX_EINVAL, with *why (malloc'd, may be NULL) naming the way out. */
+int tbx__hooks_reach_fresh_programs(char **why);
 
 /* Runs every child hook; returns 0 or the first non-zero hook value.  Reads
  * the hook table without a lock: called in a child, which has one thread. */
@@ -88,10 +101,13 @@ __attribute__((noreturn)) void tbx__pool_serve(int req_fd, int res_fd, unsigned 
  * the request and _exit; otherwise return. */
 void tbx__worker_maybe_serve(void);
 /* Reads one request from req_fd and runs it, writing to res_fd; _exits.
+ * parent_pid: the process it dies with (a server child: the server, taken
+ * before the fork; a spawned worker: its caller, from TIMEBOX_WORKER).
  * signals_clean: the dispositions are already the defaults (a forkserver
  * child), so reset_signals has nothing left to do. */
-__attribute__((noreturn)) void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd,
-                                                 int bulk_fd, int signals_clean);
+__attribute__((noreturn)) void tbx__worker_serve(pid_t parent_pid, int req_fd, int res_fd,
+                                                 int backtrace_fd, int bulk_fd,
+                                                 int signals_clean);
 /* 1 if this process was started as a worker but never called tbx_init. */
 int tbx__worker_unserved(void);
 

@@ -190,8 +190,6 @@ static int timers_get(uv_loop_t *loop, tbx__timers **out, int pin)
         return rc;
     }
     int rc = uv_poll_init(loop, &t->poll, t->fd);
-    if (rc == 0)
-        rc = uv_poll_start(&t->poll, UV_READABLE, fire_cb);
     if (rc != 0) {
         /* uv_poll_init failing leaves no handle to close. */
         tbx__close(t->fd);
@@ -200,6 +198,13 @@ static int timers_get(uv_loop_t *loop, tbx__timers **out, int pin)
     }
     t->loop = loop;
     t->poll.data = t;
+    rc = uv_poll_start(&t->poll, UV_READABLE, fire_cb);
+    if (rc != 0) {
+        /* The handle is in the loop's list now: only its close callback
+         * may free it, once the loop has let go of it. */
+        uv_close((uv_handle_t *)&t->poll, close_cb);
+        return rc;
+    }
     uv_unref((uv_handle_t *)&t->poll); /* calls keep the loop alive, not us */
     pthread_mutex_lock(&timers_lock);
     t->next = timers_list;

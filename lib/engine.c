@@ -237,7 +237,7 @@ static void finalize(tbx__call *c)
     /* The next call waiting for a slot starts while this one reports. */
     if (c->has_slot) {
         c->has_slot = 0;
-        tbx__slot_release(1);
+        tbx__slot_release_call(c);
     }
     r->queued_s = (double)(c->t_launch - c->start_ns) / 1e9;
     r->startup_s = (double)(c->t_started - c->t_launch) / 1e9;
@@ -381,9 +381,14 @@ int tbx__engine_run(tbx__call *c)
 
     c->start_ns = c->start_ns ? c->start_ns : tbx__now_ns();
     c->out->exit_code = -1;
-    /* The hard deadline is armed before anything is launched, so that a
-     * timer that cannot be made fails the call with nothing to undo. */
-    if (c->opts.hard_timeout && (rc = tbx__engine_arm_deadline(c, c->start_ns)) != 0) {
+    /* The deadline is armed before anything is launched, so that a timer
+     * that cannot be made fails the call with nothing to undo.  A soft one
+     * bounds the start-up meanwhile (by the same timeout, from the call, or
+     * from the launch after a wait for a slot), and is armed again at START:
+     * a child stuck before fn (in a hook, in main() before tbx_init) still
+     * times out. */
+    uint64_t from = c->opts.hard_timeout ? c->start_ns : tbx__now_ns();
+    if ((rc = tbx__engine_arm_deadline(c, from)) != 0) {
         tbx__engine_release_args(c);
         return rc;
     }

@@ -12,6 +12,8 @@
 #include "loop.h"
 #include "wire.h"
 
+#include <pthread.h>
+
 /* ---------------------------------------------------------------- a call */
 typedef struct tbx__call tbx__call;
 
@@ -22,11 +24,18 @@ struct tbx__waiter {
     void *cond;                /* pthread_cond_t * of a blocking caller */
     tbx__call *call;           /* an async call, woken by call->wake */
     int granted;
+    /* An async call: the thread that runs its loop, and its place among
+     * the calls holding a slot (a blocking call that only that loop could
+     * free fails with -EDEADLK). */
+    pthread_t owner;
+    tbx__waiter *held_next;
+    int held;
 };
 /* 1 if a cap is set (calls must take a slot). */
 int tbx__slots_capped(void);
 /* Blocking: waits for a slot until deadline_ns (0: no limit).  0, or
- * TBX_ETIMEDOUT with no slot taken. */
+ * TBX_ETIMEDOUT with no slot taken, or -EDEADLK at once when only calls on
+ * loops of the calling thread could free one. */
 int tbx__slot_wait(uint64_t deadline_ns);
 /* Async: 1 if a slot was free (taken); 0 if c now waits for call->wake. */
 int tbx__slot_queue(tbx__call *c);
@@ -35,6 +44,8 @@ int tbx__slot_queue(tbx__call *c);
 int tbx__slot_unqueue(tbx__call *c);
 /* Gives back a slot (held: 1) and grants waiters what is free. */
 void tbx__slot_release(int held);
+/* Gives back the slot call holds, blocking or async. */
+void tbx__slot_release_call(tbx__call *c);
 typedef void tbx__done_cb(tbx__call *call);
 
 /* What a launcher gives the engine: a running child, leading its own process
@@ -77,6 +88,8 @@ typedef struct tbx__child {
  *   accepts    TBX__ACCEPTS_*: what the method takes (a ctx pointer, an
  *              unregistered fn); the engine refuses the rest (EINVAL,
  *              ENOTREG) before anything is launched.
+ *   not_started where a worker that timed out before its START was (its
+ *              hooks, its main()), for the message.
  *   resolve    optional: the launcher that really serves this call (a method
  *              chosen per call returns another row); NULL: itself.
  *   prepare    readies the args for the child: unpacked in the parent
@@ -115,6 +128,9 @@ typedef struct tbx__launcher tbx__launcher;
 struct tbx__launcher {
     const char *name;
     unsigned accepts;
+    const char *not_started;   /* a worker's: where a child that never said
+                                  START may have been, for a timeout's
+                                  message; NULL: nothing to say */
     uint64_t max_args;         /* the longest args it takes; 0: no limit */
     const tbx__launcher *(*resolve)(tbx__call *call);
     int (*prepare)(tbx__call *call);

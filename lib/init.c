@@ -12,5 +12,6 @@ int tbx_init(int argc, char **argv)
     TBX__UNUSED(argv);
     tbx__worker_maybe_serve();
     tbx__fs_server_maybe_serve();
+    tbx__init_done();
     return 0;
 }

@@ -252,9 +252,11 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         int bulk_at = bulk >= 0 ? 3 + sp.nfds : -1;
         if (bulk >= 0)
             sp.fds[sp.nfds++] = bulk;
-        /* request,result,backtrace,bulk: tbx__worker_maybe_serve reads it */
-        char var[64];
-        (void)snprintf(var, sizeof var, "TIMEBOX_WORKER=3,4,%d,%d", bt_at, bulk_at);
+        /* request,result,backtrace,bulk,caller: tbx__worker_maybe_serve
+         * reads it (the caller: the parent the worker dies with) */
+        char var[80];
+        (void)snprintf(var, sizeof var, "TIMEBOX_WORKER=3,4,%d,%d,%d", bt_at, bulk_at,
+                       (int)getpid());
         const char *const env[] = {var, NULL};
         sp.env = env;
         rc = tbx__spawn(&sp, &pid);
@@ -295,6 +297,8 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
 const tbx__launcher tbx__launch_spawn = {
     .name = "spawn",
     .accepts = TBX__ACCEPTS_STREAMS,
+    .not_started = "a child hook, or main() before tbx_init (does its main() call "
+                   "tbx_init(argc, argv) first?)",
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = spawn_launch,

@@ -40,6 +40,10 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
         c->opts.grace_s != c->opts.grace_s || c->opts.timeout_s != c->opts.timeout_s ||
         (c->opts.on_output != NULL && c->opts.capture_output == 0))
         return TBX_EINVAL;
+    /* A deadline already past (a caller computing "deadline - now") is one
+     * that has come, not none: the smallest timeout there is. */
+    if (c->opts.timeout_s < 0)
+        c->opts.timeout_s = 1e-9;
     if (c->opts.max_result == 0)
         c->opts.max_result = TBX__DEFAULT_MAX_RESULT;
     tbx__nest_cap(&c->opts);
@@ -66,11 +70,18 @@ static int check_accepted(tbx__call *c, size_t args_len)
             return TBX_ENOTREG;
         return 0;
     }
-    /* A fresh program finds fn by name. */
-    if (c->name == NULL)
-        c->name = tbx_name_of(c->fn);
-    if (c->name == NULL)
-        return TBX_ENOTREG;
+    /* A fresh program finds fn by name, and adds only the hooks added
+     * before its tbx_init. */
+    char *why;
+    int rc = tbx__hooks_reach_fresh_programs(&why);
+    if (rc == 0 && c->name == NULL)
+        rc = tbx__name_for_call(c->fn, &c->name, &why);
+    if (why != NULL) {
+        c->out->priv_[2] = why; /* freed with the result */
+        c->out->message = why;
+    }
+    if (rc != 0)
+        return rc;
     size_t name_len = strlen(c->name);
     if (name_len == 0 || name_len > TBX__MAX_NAME)
         return TBX_ENOTREG;

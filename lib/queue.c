@@ -31,14 +31,14 @@ static void wake_cb(uv_async_t *h)
 int tbx__engine_run_queued(tbx__call *c)
 {
     c->close_cb = tbx__engine_close_cb;
-    if (!tbx__slots_capped())
+    if (!tbx__slots_capped() || c->opts.cap_exempt)
         return tbx__engine_run(c);
     if (tbx__slot_queue(c)) {
         c->has_slot = 1;
         int rc = tbx__engine_run(c);
         if (rc != 0) { /* no child: finalize never runs */
             c->has_slot = 0;
-            tbx__slot_release(1);
+            tbx__slot_release_call(c);
         }
         return rc;
     }
@@ -53,7 +53,7 @@ int tbx__engine_run_queued(tbx__call *c)
     }
     if (rc != 0) {
         if (tbx__slot_unqueue(c))
-            tbx__slot_release(1);
+            tbx__slot_release_call(c);
         tbx__deadline_stop(&c->deadline);
         tbx__engine_release_args(c);
         /* A handle made must close before c goes: abandoned_cb frees it. */

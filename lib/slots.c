@@ -10,12 +10,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <time.h>
 
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_uint slots_max; /* 0: no cap */
 static unsigned slots_used;
 static tbx__waiter *queue_head, **queue_tail = &queue_head;
+static tbx__waiter *held_head; /* async calls holding a slot */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 /* A fork child runs none of its parent's calls. */
@@ -23,6 +25,7 @@ static void atfork_child(void)
 {
     slots_used = 0;
     queue_head = NULL;
+    held_head = NULL;
     queue_tail = &queue_head;
     pthread_mutex_init(&slots_lock, NULL);
 }
@@ -80,6 +83,45 @@ static int take_now(void)
     return 1;
 }
 
+/* An async call's slot, held for the thread that runs its loop.  Under the
+ * lock. */
+static void hold(tbx__waiter *w)
+{
+    w->held = 1;
+    w->held_next = held_head;
+    held_head = w;
+}
+
+/* Whether every slot a waiter could ever get is in the hands of this
+ * thread's own loops, which cannot run while it waits: the slots they hold,
+ * and those their queued calls would take first.  Under the lock. */
+static int only_own_loops_can_free(void)
+{
+    pthread_t self = pthread_self();
+    unsigned own_held = 0, own_ahead = 0;
+    for (tbx__waiter *w = held_head; w != NULL; w = w->held_next)
+        own_held += pthread_equal(w->owner, self) != 0;
+    for (tbx__waiter *w = queue_head; w != NULL; w = w->next)
+        own_ahead += w->cond == NULL && pthread_equal(w->owner, self) != 0;
+    return slots_used - own_held <= own_ahead;
+}
+
+void tbx__slot_release_call(tbx__call *c)
+{
+    pthread_mutex_lock(&slots_lock);
+    if (c->waiter.held) {
+        for (tbx__waiter **p = &held_head; *p != NULL; p = &(*p)->held_next) {
+            if (*p == &c->waiter) {
+                *p = c->waiter.held_next;
+                break;
+            }
+        }
+        c->waiter.held = 0;
+    }
+    pthread_mutex_unlock(&slots_lock);
+    tbx__slot_release(1);
+}
+
 void tbx__slot_release(int held)
 {
     pthread_mutex_lock(&slots_lock);
@@ -92,10 +134,12 @@ void tbx__slot_release(int held)
             queue_tail = &queue_head;
         slots_used++;
         w->granted = 1;
-        if (w->cond != NULL)
+        if (w->cond != NULL) {
             pthread_cond_signal(w->cond);
-        else
+        } else {
+            hold(w);
             uv_async_send(&w->call->wake); /* thread-safe: wakes its loop */
+        }
     }
     pthread_mutex_unlock(&slots_lock);
 }
@@ -104,13 +148,19 @@ int tbx__slot_wait(uint64_t deadline_ns)
 {
     pthread_condattr_t ca;
     pthread_cond_t cond;
-    tbx__waiter w = {NULL, &cond, NULL, 0};
+    tbx__waiter w;
+    memset(&w, 0, sizeof w);
+    w.cond = &cond;
     int rc = 0;
 
     pthread_mutex_lock(&slots_lock);
     if (take_now()) {
         pthread_mutex_unlock(&slots_lock);
         return 0;
+    }
+    if (only_own_loops_can_free()) {
+        pthread_mutex_unlock(&slots_lock);
+        return -EDEADLK;
     }
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -138,12 +188,14 @@ int tbx__slot_queue(tbx__call *c)
 {
     pthread_mutex_lock(&slots_lock);
     int now = take_now();
-    if (!now) {
-        c->waiter.cond = NULL;
-        c->waiter.call = c;
-        c->waiter.granted = 0;
+    c->waiter.cond = NULL;
+    c->waiter.call = c;
+    c->waiter.granted = 0;
+    c->waiter.owner = pthread_self(); /* async calls start on their loop's thread */
+    if (now)
+        hold(&c->waiter);
+    else
         enqueue(&c->waiter);
-    }
     pthread_mutex_unlock(&slots_lock);
     return now;
 }

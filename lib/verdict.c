@@ -77,9 +77,11 @@ int tbx__verdict(tbx__call *c, tbx_result *r)
                        "(tbx_set_max_children)");
         return c->verdict;
     }
-    if (c->verdict == TBX_ETIMEDOUT && c->child.worker && !c->started)
-        set_message(r, "deadline passed before the spawned program started the function "
-                       "(does its main() call tbx_init(argc, argv) first?)");
+    if (c->verdict == TBX_ETIMEDOUT && c->child.worker && !c->started &&
+        c->launcher->not_started != NULL)
+        set_message(r, "deadline passed before the child started the function: it was still "
+                       "starting, in %s",
+                    c->launcher->not_started);
     if (c->verdict != 0)
         return c->verdict;
     if (c->frame_done && (c->hdr.kind == TBX__FRAME_OK || c->hdr.kind == TBX__FRAME_OK_BULK)) {

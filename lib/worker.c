@@ -39,7 +39,22 @@ static void refuse(int res_fd, int code, const char *fmt, ...)
 
 
 
-void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int bulk_fd, int signals_clean)
+/* The parent a spawned worker dies with: its caller.  A caller that died
+ * while the worker was still starting, before it could ask for a signal on
+ * its parent's death, is gone from the process table, and the worker ends
+ * here (its new parent, the reaper, is no caller).  A parent that is not the
+ * caller while the caller lives is a wrapper the caller ran (a shell
+ * script): the worker dies with it. */
+static pid_t worker_parent(pid_t caller)
+{
+    pid_t parent = getppid();
+    if (caller > 0 && parent != caller && kill(caller, 0) != 0 && errno == ESRCH)
+        _exit(127);
+    return parent;
+}
+
+void tbx__worker_serve(pid_t parent_pid, int req_fd, int res_fd, int backtrace_fd, int bulk_fd,
+                       int signals_clean)
 {
     tbx__request rq;
     tbx__child_spec spec;
@@ -56,6 +71,7 @@ void tbx__worker_serve(int req_fd, int res_fd, int backtrace_fd, int bulk_fd, in
     if (rc != 0)
         refuse(res_fd, rc, "%s", why);
     tbx__request_spec(&rq, res_fd, &spec);
+    spec.parent_pid = parent_pid;
     if (signals_clean)
         spec.reset_signals = 0; /* the forkserver already put them back */
     else
@@ -83,12 +99,17 @@ int tbx__worker_unserved(void)
 void tbx__worker_maybe_serve(void)
 {
     const char *v = getenv(WORKER_VAR);
-    int req_fd, res_fd, backtrace_fd, bulk_fd;
+    int req_fd, res_fd, backtrace_fd, bulk_fd, caller = 0;
     char tail;
-    /* request,result,backtrace,bulk: fds, -1 for one that did not come */
-    if (v == NULL ||
-        sscanf(v, "%d,%d,%d,%d%c", &req_fd, &res_fd, &backtrace_fd, &bulk_fd, &tail) != 4)
+    /* request,result,backtrace,bulk: fds, -1 for one that did not come;
+     * then the caller's pid */
+    int n = v == NULL ? 0
+                      : sscanf(v, "%d,%d,%d,%d,%d%c", &req_fd, &res_fd, &backtrace_fd,
+                               &bulk_fd, &caller, &tail);
+    if (n != 4 && n != 5)
         return;
+    /* Whom to die with, asked first: the caller may already be gone. */
+    pid_t parent = worker_parent(caller);
     /* Gone before fn runs: the function's own children are not workers. */
     unsetenv(WORKER_VAR);
     pthread_once(&unserved_once, unserved_init);
@@ -98,5 +119,5 @@ void tbx__worker_maybe_serve(void)
     for (int i = 0; i < 4; i++)
         if (fds[i] >= 0)
             (void)fcntl(fds[i], F_SETFD, FD_CLOEXEC);
-    tbx__worker_serve(req_fd, res_fd, backtrace_fd, bulk_fd, 0);
+    tbx__worker_serve(parent, req_fd, res_fd, backtrace_fd, bulk_fd, 0);
 }

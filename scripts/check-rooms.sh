@@ -25,8 +25,9 @@ room_of() {
     init.c) echo init ;;
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c)
         echo fs_common ;;
-    forkserver/client.h | forkserver/client.c | forkserver/client_warm.c | \
-        forkserver/launch_forkserver.c | forkserver/launch_pool.c) echo fs_client ;;
+    forkserver/client.h | forkserver/client.c | forkserver/client_start.c | \
+        forkserver/client_warm.c | forkserver/launch_forkserver.c | forkserver/launch_pool.c)
+        echo fs_client ;;
     forkserver/server.h | forkserver/server*.c | forkserver/pool_serve.c | forkserver/main.c | \
         forkserver/sd_daemon.h | forkserver/sd_daemon*.c) echo fs_server ;;
     *) echo unknown ;;

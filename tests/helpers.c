@@ -40,6 +40,22 @@ int list_call_children(pid_t *pids, int max)
     return k;
 }
 
+int count_children_of(pid_t pid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    int count = 0;
+    for (char *p = strtok(buf, " \n"); p != NULL; p = strtok(NULL, " \n"))
+        count++;
+    return count;
+}
+
 void reap_adopted(double timeout_s)
 {
     double end = now_s() + timeout_s;

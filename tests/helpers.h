@@ -131,6 +131,9 @@ int list_children_of(pid_t parent, pid_t *pids, int max);
 /* The same, less this process's forkserver: timebox's own long-lived child,
  * not one of a call's. */
 int list_call_children(pid_t *pids, int max);
+/* How many children pid has (/proc/pid/task/pid/children); -1 if that
+ * cannot be read. */
+int count_children_of(pid_t pid);
 /* Reaps the zombies among our children (orphans a subreaper adopted, such as
  * a dead caller's forkserver), waiting up to timeout_s for them to exit. */
 void reap_adopted(double timeout_s);

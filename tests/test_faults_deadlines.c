@@ -15,12 +15,13 @@
 
 /* ============================================================ deadlines */
 
-TBX_TEST(deadlines, zero_or_negative_is_no_deadline)
+/* A negative timeout is a deadline already past (test_deadlines.c). */
+TBX_TEST(deadlines, zero_is_no_deadline)
 {
-    double timeouts[] = {0.0, -1.0, -INFINITY};
+    double timeouts[] = {0.0};
     msgpack_sbuffer sb;
     pack(&sb, "u", (uint64_t)300);
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof timeouts / sizeof timeouts[0]; i++) {
         tbx_opts o = test_opts(*method);
         o.timeout_s = timeouts[i];
         tbx_result r;
@@ -36,6 +37,10 @@ TBX_TEST(deadlines, zero_or_negative_is_no_deadline)
 
 TBX_TEST(deadlines, one_millisecond)
 {
+    /* The server up first: a call made while it starts may meet its
+     * deadline before it has a child, with no signal to send. */
+    if (*method == TBX_FORKSERVER || *method == TBX_POOL)
+        cr_assert_eq(tbx_forkserver_start(NULL), 0);
     msgpack_sbuffer hang, quick;
     pack(&hang, "u", (uint64_t)60000);
     pack(&quick, "s", "quick");

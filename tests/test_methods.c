@@ -317,19 +317,8 @@ static int fds_in_a_server_child(void)
 /* How many children the forkserver has. */
 static int server_children(void)
 {
-    char path[64], buf[8192];
-    pid_t pid = tbx_forkserver_pid();
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    int count = 0;
-    for (char *t = strtok(buf, " \n"); t != NULL; t = strtok(NULL, " \n"))
-        count++;
-    return count;
+    int n = count_children_of(tbx_forkserver_pid());
+    return n < 0 ? 0 : n;
 }
 
 /* A child of the server holds nothing of the server's other calls: as many

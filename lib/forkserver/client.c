@@ -27,32 +27,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define START_TIMEOUT_MS 120000 /* preload hooks may load a model */
 #define STOP_TIMEOUT_MS 5000
-#define SEND_TIMEOUT_S 10 /* a server that stops reading: -EAGAIN */
-
-static void set_send_timeout(int fd)
-{
-    struct timeval tv = {SEND_TIMEOUT_S, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
 
 static pthread_rwlock_t fs_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int fs_conn = -1;
 static pid_t fs_pid;   /* the server, once known */
 static pid_t fs_owner; /* the process that started it: only it stops or reaps
                           it (a forked worker inherits the connection) */
-/* The options of the last explicit start, kept for restarts. */
-static char *fs_env_limits, *fs_env_preload, *fs_env_listen, *fs_env_allow, *fs_executable;
-static char **fs_argv;
 static uint8_t fs_key[TBX__KEY_LEN];
 static int fs_have_key;
-
-
 
 #define SOCKET_ENV "TIMEBOX_FORKSERVER_SOCKET"
 #define KEY_ENV "TIMEBOX_FORKSERVER_KEY"
@@ -64,7 +51,6 @@ void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
     opts->request_timeout_s = 10;
 }
 
-
 /* A process forked by the program (a pre-forked worker) keeps the
  * connection it inherits, but not the warm slots: their children wait for
  * the parent's calls.  The locks, which another thread may have held at the
@@ -72,6 +58,7 @@ void tbx_forkserver_opts_init(tbx_forkserver_opts *opts)
 static void atfork_child(void)
 {
     pthread_rwlock_init(&fs_lock, NULL);
+    tbx__fs_client_start_forget();
     tbx__fs_client_warm_forget();
     tbx__fs_client_pool_forget();
 }
@@ -92,11 +79,52 @@ static void free_argv(char **argv)
     free(argv);
 }
 
-/* Turns opts into what a start needs, kept across restarts. */
-static int remember(const tbx_forkserver_opts *o)
+/* What a start needs, made from its options and kept across restarts. */
+typedef struct fs_settings {
+    char *limits, *preload, *listen, *allow, *exe, **argv;
+    unsigned warm;
+} fs_settings;
+
+static fs_settings fs_set; /* the last explicit start's, kept for restarts */
+
+static void settings_free(fs_settings *st)
 {
-    char limits[96], allow[16 * 12 + 32], *preload = NULL, *exe = NULL, **argv = NULL;
+    free(st->limits);
+    free(st->preload);
+    free(st->listen);
+    free(st->allow);
+    free(st->exe);
+    free_argv(st->argv);
+    memset(st, 0, sizeof *st);
+}
+
+static int same_string(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static int settings_same(const fs_settings *a, const fs_settings *b)
+{
+    size_t i = 0;
+    if (!same_string(a->limits, b->limits) || !same_string(a->preload, b->preload) ||
+        !same_string(a->listen, b->listen) || !same_string(a->allow, b->allow) ||
+        !same_string(a->exe, b->exe) || a->warm != b->warm ||
+        (a->argv == NULL) != (b->argv == NULL))
+        return 0;
+    for (; a->argv != NULL && a->argv[i] != NULL; i++)
+        if (!same_string(a->argv[i], b->argv[i]))
+            return 0;
+    return a->argv == NULL || b->argv[i] == NULL;
+}
+
+/* Turns opts into settings (st zeroed first).  0, TBX_EINVAL, -ENOMEM or
+ * -ENAMETOOLONG, with nothing held on error. */
+static int settings_make(const tbx_forkserver_opts *o, fs_settings *st)
+{
+    char limits[96], allow[16 * 12 + 32];
     size_t len = 1, n = 0;
+    memset(st, 0, sizeof *st);
+    st->warm = o->warm_children;
     snprintf(limits, sizeof limits, "%s=%u:%llu:%u", TBX__FS_LIMITS_VAR, o->max_children,
              (unsigned long long)(o->request_timeout_s > 0 ? o->request_timeout_s * 1000 : 0),
              o->max_per_client);
@@ -106,65 +134,77 @@ static int remember(const tbx_forkserver_opts *o)
     for (size_t i = 0; i < o->nallow_uids; i++)
         at += (size_t)snprintf(allow + at, sizeof allow - at, "%s%u", i ? "," : "",
                                (unsigned)o->allow_uids[i]);
-    char *listen = NULL;
-    if (o->socket_path != NULL) {
-        if (strlen(o->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-            return -ENAMETOOLONG;
-        listen = malloc(sizeof TBX__FS_LISTEN_VAR + strlen(o->socket_path) + 1);
-        if (listen == NULL)
-            return -ENOMEM;
-        sprintf(listen, "%s=%s", TBX__FS_LISTEN_VAR, o->socket_path);
-    }
+    if (o->socket_path != NULL &&
+        strlen(o->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return -ENAMETOOLONG;
     for (const char *const *p = o->preload; p != NULL && *p != NULL; p++) {
-        if (strchr(*p, '\n') != NULL) {
-            free(listen);
+        if (strchr(*p, '\n') != NULL)
             return TBX_EINVAL;
-        }
         len += strlen(*p) + 1;
     }
-    preload = malloc(sizeof TBX__FS_PRELOAD_VAR + len);
-    if (preload == NULL) {
-        free(listen);
-        return -ENOMEM;
+    int ok = (st->preload = malloc(sizeof TBX__FS_PRELOAD_VAR + len)) != NULL;
+    if (ok) {
+        strcpy(st->preload, TBX__FS_PRELOAD_VAR "=");
+        for (const char *const *p = o->preload; p != NULL && *p != NULL; p++)
+            strcat(strcat(st->preload, *p), "\n");
     }
-    strcpy(preload, TBX__FS_PRELOAD_VAR "=");
-    for (const char *const *p = o->preload; p != NULL && *p != NULL; p++)
-        strcat(strcat(preload, *p), "\n");
-    int ok = 1;
-    if (o->executable != NULL)
-        ok = (exe = strdup(o->executable)) != NULL;
+    if (ok && o->socket_path != NULL &&
+        (ok = (st->listen = malloc(sizeof TBX__FS_LISTEN_VAR + strlen(o->socket_path) + 1)) !=
+              NULL))
+        sprintf(st->listen, "%s=%s", TBX__FS_LISTEN_VAR, o->socket_path);
+    if (ok && o->executable != NULL)
+        ok = (st->exe = strdup(o->executable)) != NULL;
     while (ok && o->argv != NULL && o->argv[n] != NULL)
         n++;
     if (ok && o->argv != NULL) {
-        ok = (argv = calloc(n + 1, sizeof *argv)) != NULL;
+        ok = (st->argv = calloc(n + 1, sizeof *st->argv)) != NULL;
         for (size_t i = 0; ok && i < n; i++)
-            ok = (argv[i] = strdup(o->argv[i])) != NULL;
+            ok = (st->argv[i] = strdup(o->argv[i])) != NULL;
     }
-    char *lim = ok ? strdup(limits) : NULL;
-    char *alw = lim != NULL ? strdup(allow) : NULL;
-    if (alw == NULL) {
-        free(lim);
-        free(preload);
-        free(listen);
-        free(exe);
-        free_argv(argv);
+    if (ok)
+        ok = (st->limits = strdup(limits)) != NULL && (st->allow = strdup(allow)) != NULL;
+    if (!ok) {
+        settings_free(st);
         return -ENOMEM;
     }
-    free(fs_env_limits);
-    free(fs_env_preload);
-    free(fs_env_listen);
-    free(fs_env_allow);
-    free(fs_executable);
-    free_argv(fs_argv);
-    tbx__fs_client_warm_set(o->warm_children);
-    tbx__fs_client_pool_set(o->pool_size, o->pool_max_calls);
-    fs_env_limits = lim;
-    fs_env_preload = preload;
-    fs_env_listen = listen;
-    fs_env_allow = alw;
-    fs_executable = exe;
-    fs_argv = argv;
     return 0;
+}
+
+/* Keeps opts' settings for this start and the restarts after it. */
+static int remember(const tbx_forkserver_opts *o)
+{
+    fs_settings st;
+    int rc = settings_make(o, &st);
+    if (rc != 0)
+        return rc;
+    settings_free(&fs_set);
+    fs_set = st;
+    tbx__fs_client_warm_set(st.warm);
+    tbx__fs_client_pool_set(o->pool_size, o->pool_max_calls);
+    return 0;
+}
+
+/* A start asked of a running server: the same options (NULL: the
+ * defaults) are what it already has, 0; others cannot be applied to it,
+ * -EBUSY. */
+static int running_matches(const tbx_forkserver_opts *o)
+{
+    tbx_forkserver_opts defaults;
+    fs_settings want, have = fs_set;
+    tbx_forkserver_opts_init(&defaults);
+    int rc = settings_make(o != NULL ? o : &defaults, &want);
+    if (rc != 0)
+        return rc;
+    int made = have.limits == NULL; /* attached, never started: the defaults */
+    if (made && (rc = settings_make(&defaults, &have)) != 0) {
+        settings_free(&want);
+        return rc;
+    }
+    rc = settings_same(&want, &have) ? 0 : -EBUSY;
+    settings_free(&want);
+    if (made)
+        settings_free(&have);
+    return rc;
 }
 
 /* Waits for the server's first word: it serves, or why it will not. */
@@ -224,7 +264,7 @@ static int start_locked(void)
     pid_t pid;
     if (fs_conn >= 0)
         return 0;
-    if (fs_env_limits == NULL) {
+    if (fs_set.limits == NULL) {
         tbx_forkserver_opts o;
         tbx_forkserver_opts_init(&o);
         if ((rc = remember(&o)) != 0)
@@ -242,13 +282,13 @@ static int start_locked(void)
         /* tbx_set_cgroup_root's choice goes to the server, which makes the
          * cgroups of its children. */
         char cg_env[PATH_MAX + 32];
-        const char *vars[] = {fs_env_limits, fs_env_preload, fs_env_allow, fs_env_listen,
+        const char *vars[] = {fs_set.limits, fs_set.preload, fs_set.allow, fs_set.listen,
                               tbx__cgroup_root_env(cg_env, sizeof cg_env) ? cg_env : NULL};
         const char *env[7] = {TBX__FS_VAR "=3"};
         for (size_t i = 0, k = 1; i < sizeof vars / sizeof vars[0]; i++)
             if (vars[i] != NULL)
                 env[k++] = vars[i];
-        tbx__spawn_spec sp = {fs_executable, fs_argv, {sv[1]}, 1, env, 1, -1, -1};
+        tbx__spawn_spec sp = {fs_set.exe, fs_set.argv, {sv[1]}, 1, env, 1, -1, -1};
         rc = tbx__spawn(&sp, &pid);
     }
     tbx__close(sv[1]);
@@ -262,21 +302,24 @@ static int start_locked(void)
     memcpy(km.key, fs_key, sizeof km.key);
     ssize_t sent = tbx__send_fds(sv[0], &km, sizeof km, NULL, 0, 0);
     memset(&km, 0, sizeof km);
+    /* A server gone before it took its key exited before serving, as one
+     * gone before its first word. */
+    if (sent == -EPIPE || sent == -ECONNRESET)
+        sent = TBX_EEXITED;
     rc = sent == (ssize_t)sizeof km ? await_ready(sv[0], pid) : (int)sent;
     if (rc != 0) {
         tbx__close(sv[0]);
         tbx__kill_reap(pid);
         return rc;
     }
-    set_send_timeout(sv[0]);
     fs_conn = sv[0];
     fs_pid = pid;
     fs_owner = getpid();
-    if (fs_env_listen != NULL) {
+    if (fs_set.listen != NULL) {
         /* Processes this one starts find the shared server without code. */
         char hex[2 * TBX__KEY_LEN + 1];
         tbx__key_format(fs_key, hex);
-        setenv(SOCKET_ENV, strchr(fs_env_listen, '=') + 1, 1);
+        setenv(SOCKET_ENV, strchr(fs_set.listen, '=') + 1, 1);
         setenv(KEY_ENV, hex, 1);
     }
     return 0;
@@ -311,7 +354,6 @@ static int attach_locked(const char *path, const void *key, size_t key_len)
     if (fd < 0)
         return fd;
     stop_locked(); /* a connection we had (inherited, say) is dropped */
-    set_send_timeout(fd);
     struct ucred cred;
     socklen_t len = sizeof cred;
     fs_conn = fd;
@@ -347,20 +389,22 @@ static int connect_locked(void)
 
 int tbx_forkserver_start(const tbx_forkserver_opts *opts)
 {
-    int rc = 0;
+    int rc = 0, running;
     pthread_once(&atfork_once, atfork_register);
+    tbx__fs_client_start_idle(); /* a start under way keeps its settings */
     pthread_rwlock_wrlock(&fs_lock);
-    if (fs_conn < 0) {
-        if (opts != NULL)
-            rc = remember(opts);
-        if (rc == 0)
-            rc = start_locked();
-    } else if (opts != NULL) {
-        /* The pool is this process's, not the server's: its options apply
-         * to a running server too. */
+    running = fs_conn >= 0;
+    if (!running && opts != NULL)
+        rc = remember(opts);
+    else if (running)
+        rc = running_matches(opts);
+    /* The pool is this process's, not the server's: its options apply to a
+     * running server too (running_matches does not compare them). */
+    if (rc == 0 && running && opts != NULL)
         tbx__fs_client_pool_set(opts->pool_size, opts->pool_max_calls);
-    }
     pthread_rwlock_unlock(&fs_lock);
+    if (rc == 0 && !running)
+        rc = tbx__fs_client_start_wait();
     if (rc == 0)
         tbx__fs_client_warm_fill();
     if (rc == 0)
@@ -370,6 +414,7 @@ int tbx_forkserver_start(const tbx_forkserver_opts *opts)
 
 void tbx_forkserver_stop(void)
 {
+    tbx__fs_client_start_idle(); /* else the start would bring it back */
     pthread_rwlock_wrlock(&fs_lock);
     stop_locked();
     pthread_rwlock_unlock(&fs_lock);
@@ -386,51 +431,46 @@ pid_t tbx_forkserver_pid(void)
     return pid;
 }
 
-/* Hands a call's fds to the server (see forkserver.h and wire.h for which, by kind and
- * flags), starting it if none runs, and restarting it once if it died. */
-int tbx__fs_client_hand_over(uint32_t kind, uint32_t flags, uint32_t max_calls, const int *fds,
-                             int nfds)
+/* The connection's side of a hand-over, for client_start.c. */
+int tbx__fs_client_ensure(void)
 {
-    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, max_calls};
-    for (int attempt = 0;; attempt++) {
-        int rc = 0, conn;
-        pid_t server;
-        pthread_rwlock_rdlock(&fs_lock);
-        while ((conn = fs_conn) < 0 && rc == 0) {
-            pthread_rwlock_unlock(&fs_lock);
-            pthread_once(&atfork_once, atfork_register);
-            pthread_rwlock_wrlock(&fs_lock);
-            rc = connect_locked();
-            pthread_rwlock_unlock(&fs_lock);
-            pthread_rwlock_rdlock(&fs_lock);
-        }
-        server = fs_pid;
-        if (rc == 0) {
-            /* Blocking, bounded by SO_SNDTIMEO: the kernel queues only a
-             * few messages (net.unix.max_dgram_qlen) before the server
-             * reads them, which it does at once. */
-            ssize_t n = tbx__send_fds(conn, &hello, sizeof hello, fds, nfds, 0);
-            rc = n < 0 ? (int)n : 0;
-        }
-        pthread_rwlock_unlock(&fs_lock);
-        if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN)
-            return rc;
-        if (attempt == 1)
-            return rc;
-        /* The server died: reap it (if ours) and start, or find, another. */
-        tbx__log(TBX_LOG_WARN, "the forkserver (pid %d) is gone: starting or finding another",
-                 (int)server);
-        pthread_rwlock_wrlock(&fs_lock);
-        if (fs_conn == conn)
-            stop_locked();
-        pthread_rwlock_unlock(&fs_lock);
-    }
+    pthread_once(&atfork_once, atfork_register);
+    pthread_rwlock_wrlock(&fs_lock);
+    int rc = connect_locked();
+    pthread_rwlock_unlock(&fs_lock);
+    return rc;
 }
 
+int tbx__fs_client_send(uint32_t kind, uint32_t flags, uint32_t arg, const int *fds, int nfds,
+                        uint64_t until, int *ret_conn, pid_t *ret_server)
+{
+    tbx__hello hello = {TBX__HELLO_MAGIC, kind, flags, arg};
+    pthread_rwlock_rdlock(&fs_lock);
+    *ret_conn = fs_conn;
+    *ret_server = fs_pid;
+    int rc = fs_conn >= 0 ? tbx__fs_client_send_hello(fs_conn, &hello, fds, nfds, until)
+                          : -ENOTCONN;
+    pthread_rwlock_unlock(&fs_lock);
+    return rc;
+}
 
+int tbx__fs_client_alive(void)
+{
+    pthread_rwlock_rdlock(&fs_lock);
+    struct pollfd p = {fs_conn, POLLRDHUP, 0};
+    int alive = fs_conn >= 0 && poll(&p, 1, 0) >= 0 &&
+                !(p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+    pthread_rwlock_unlock(&fs_lock);
+    return alive;
+}
 
-
-
+void tbx__fs_client_drop(int conn)
+{
+    pthread_rwlock_wrlock(&fs_lock);
+    if (fs_conn == conn)
+        stop_locked();
+    pthread_rwlock_unlock(&fs_lock);
+}
 
 /* A call's child: the parent's server is not its own, in any sense. */
 static void forget_for_call(void)
@@ -443,6 +483,7 @@ static void forget_for_call(void)
     fs_pid = 0;
     fs_owner = 0;
     pthread_rwlock_init(&fs_lock, NULL);
+    tbx__fs_client_start_forget();
     tbx__fs_client_warm_forget();
     tbx__fs_client_warm_set(0); /* a child's calls are cold, unless it asks */
     tbx__fs_client_pool_forget();

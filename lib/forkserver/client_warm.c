@@ -8,6 +8,7 @@
 #include "forkserver/client.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -23,16 +24,21 @@ static warm_slot *warm_pool;
 static unsigned warm_count;
 static atomic_uint warm_target; /* read by every launch, set by a start */
 
+static void warm_free(warm_slot *w)
+{
+    tbx__close(w->control);
+    tbx__close(w->request);
+    tbx__close(w->result);
+    tbx__close(w->bulk);
+    free(w);
+}
+
 static void warm_drop(void)
 {
     while (warm_pool != NULL) {
         warm_slot *w = warm_pool;
         warm_pool = w->next;
-        tbx__close(w->control);
-        tbx__close(w->request);
-        tbx__close(w->result);
-        tbx__close(w->bulk);
-        free(w);
+        warm_free(w);
     }
     warm_count = 0;
 }
@@ -72,8 +78,8 @@ static int warm_add(void)
         rc = tbx__pipe(res, 0);
     if (rc == 0) {
         int fds[4] = {ctl[1], res[1], req[1], bulk};
-        rc = tbx__fs_client_hand_over(TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0, 0, fds,
-                                      bulk >= 0 ? 4 : 3);
+        rc = tbx__fs_client_hand_over(NULL, TBX__HELLO_WARM, bulk >= 0 ? TBX__HELLO_BULK : 0, 0,
+                                      fds, bulk >= 0 ? 4 : 3);
     }
     tbx__close(ctl[1]);
     tbx__close(req[1]);
@@ -111,16 +117,41 @@ void tbx__fs_client_warm_fill(void)
     }
 }
 
+/* Whether the server that made w has let go of its control socket: it
+ * died (or was stopped) since.  The request has not gone out, so a call
+ * that finds its slot stale can go cold instead, fn run at most once. */
+static int warm_stale(const warm_slot *w, int server_alive)
+{
+    if (!server_alive)
+        return 1;
+    struct pollfd p = {w->control, POLLRDHUP, 0};
+    int r;
+    do
+        r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    return r != 0 && (r < 0 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0);
+}
+
+/* A live slot, or NULL; stale ones are discarded on the way (closing our
+ * ends makes an orphaned warm child read EOF and exit). */
 static warm_slot *warm_take(void)
 {
-    pthread_mutex_lock(&warm_lock);
-    warm_slot *w = warm_pool;
-    if (w != NULL) {
-        warm_pool = w->next;
-        warm_count--;
+    /* The server's end of the connection closes as it dies; what it held
+     * of a slot's sockets (a hand-over not yet read) may close later. */
+    int alive = tbx__fs_client_alive();
+    for (;;) {
+        pthread_mutex_lock(&warm_lock);
+        warm_slot *w = warm_pool;
+        if (w != NULL) {
+            warm_pool = w->next;
+            warm_count--;
+        }
+        pthread_mutex_unlock(&warm_lock);
+        if (w == NULL || !warm_stale(w, alive))
+            return w;
+        tbx__log(TBX_LOG_INFO, "a warm child's forkserver is gone: the slot is discarded");
+        warm_free(w);
     }
-    pthread_mutex_unlock(&warm_lock);
-    return w;
 }
 
 int tbx__fs_client_take_warm(tbx__child *child)

@@ -9,6 +9,8 @@
 
 #include "auth.h"
 
+#include <sys/stat.h>
+
 /* The forkserver's environment: its connection's fd, its limits
  * ("max_children:request_timeout_ms"), and shared objects to preload
  * (newline-separated). */
@@ -39,6 +41,7 @@ typedef struct tbx__fs_config {
     int ready_fd;             /* gets an int32 (0 or why not) once serving */
     int write_key;            /* write the key to "<listen_path>.key" */
     int verbose;              /* log each refused client to stderr */
+    int announce;             /* say "serving" on stderr once it serves */
 } tbx__fs_config;
 
 /* Becomes the forkserver: loads preloads, runs preload hooks, listens if
@@ -52,9 +55,12 @@ __attribute__((noreturn)) void tbx__fs_server_run(tbx__fs_config *cfg);
  * else in (shared: other uids are allowed in, so the directory may let them
  * search it, never write, and the socket is made 0666 after it is bound);
  * the socket is bound under umask 0177 (mode 0600 from birth) and a
- * stale socket of ours at path is replaced.  -ENAMETOOLONG when path does not
- * fit in sun_path (never truncated).  Returns the fd or -errno. */
-int tbx__fs_server_listen(const char *path, int shared);
+ * stale socket of ours at path (nobody answers on it) is replaced; a live one
+ * is -EADDRINUSE.  -ENAMETOOLONG when path does not fit in sun_path (never
+ * truncated).  Returns the fd, with the socket's inode in *ret_st (a server
+ * removes only its own socket); or -errno with what is wrong in why. */
+int tbx__fs_server_listen(const char *path, int shared, struct stat *ret_st, char *why,
+                          size_t why_len);
 /* Connects to a shared forkserver at path and authenticates both ways.
  * Returns the connection or -errno / TBX_EPROTO (bad key either way). */
 int tbx__fs_client_connect(const char *path, const uint8_t key[TBX__KEY_LEN], double timeout_s);

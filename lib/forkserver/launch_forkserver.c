@@ -148,7 +148,7 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         bulk = tbx__bulk_create(c->opts.max_result);
         if (bulk >= 0)
             fds[n++] = bulk;
-        rc = tbx__fs_client_hand_over(TBX__HELLO_CALL,
+        rc = tbx__fs_client_hand_over(c, TBX__HELLO_CALL,
                        (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0) |
                            (bulk >= 0 ? TBX__HELLO_BULK : 0),
                        0, fds, n);
@@ -160,6 +160,9 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     int req = rc == 0 ? fcntl(ctl[0], F_DUPFD_CLOEXEC, 0) : -1;
     if (rc == 0 && req < 0)
         rc = -errno;
+    if (rc == TBX_ETIMEDOUT)
+        c->out->message = "deadline passed before the forkserver took the call (it was "
+                          "still starting, or not reading)";
     if (rc != 0) {
         /* Closing our end tells the server, if it has the call, to drop it. */
         tbx__close(ctl[0]);
@@ -177,14 +180,16 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     return 0;
 }
 
-/* A warm child was used: its replacement is ordered now that the call is
- * over.  Ordered sooner, the server would fork it while the call's own child
- * runs, and both the child and the server's news of its exit would wait for
- * the CPU the fork takes. */
+/* The pool is topped up now that the call is over: after a warm child was
+ * used, and after whatever left it short (a server restarted, a stop and a
+ * start, a refill that failed).  Ordered sooner, the server would fork
+ * while the call's own child runs, and both the child and the server's news
+ * of its exit would wait for the CPU the fork takes.  A full pool costs a
+ * comparison. */
 static void forkserver_ended(tbx__call *c)
 {
-    if (c->child.warm)
-        tbx__fs_client_warm_fill();
+    TBX__UNUSED(c);
+    tbx__fs_client_warm_fill();
 }
 
 
@@ -201,6 +206,11 @@ static int forkserver_exited(tbx__call *c)
 
 void tbx__fs_client_kill(tbx__call *c, int sig)
 {
+    /* Still waiting for the server's start: taken back, the call's control
+     * socket closes, and the call ends now, as a call whose server is gone
+     * (its verdict, the deadline or the cancel, already set). */
+    if (tbx__fs_client_withdraw(c))
+        return;
     /* The server signals the group (it alone may, since it reaps); the
      * pidfd reaches the child at once. */
     tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_KILL, .code = sig};
@@ -219,7 +229,9 @@ void tbx__fs_client_kill(tbx__call *c, int sig)
 static void forkserver_signal(tbx__call *c, int sig)
 {
     if (c->child.request_fd < 0)
-        return tbx__fs_client_kill(c, sig);
+        return tbx__fs_client_kill(c, sig); /* which takes back a kept one */
+    if (tbx__fs_client_withdraw(c))
+        return;
     /* The request is still on its way, and a KILL would land in the middle
      * of it: the server hears our end close instead, drops the call, and
      * closes its end (server_silent_cb as for a KILL). */
@@ -259,6 +271,7 @@ static void forkserver_abandon(tbx__call *c)
 const tbx__launcher tbx__launch_forkserver = {
     .name = "forkserver",
     .accepts = TBX__ACCEPTS_STREAMS,
+    .not_started = "a child hook, or the server's fork (the server itself serves)",
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = forkserver_launch,

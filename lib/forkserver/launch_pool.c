@@ -95,7 +95,7 @@ void tbx__fs_client_pool_forget(void)
 
 /* Orders a pooled process from the server: it is forked meanwhile, and
  * reads the first request whenever it comes. */
-static pool_slot *order(int *rc)
+static pool_slot *order(tbx__call *call, int *rc)
 {
     int ctl[2] = {-1, -1}, req[2] = {-1, -1}, res[2] = {-1, -1};
     pool_slot *w = malloc(sizeof *w);
@@ -107,7 +107,8 @@ static pool_slot *order(int *rc)
         *rc = tbx__pipe(res, 0);
     if (*rc == 0) {
         int fds[3] = {ctl[1], res[1], req[1]};
-        *rc = tbx__fs_client_hand_over(TBX__HELLO_POOL, 0, atomic_load(&pool_max_calls), fds, 3);
+        *rc = tbx__fs_client_hand_over(call, TBX__HELLO_POOL, 0, atomic_load(&pool_max_calls), fds,
+                                       3);
     }
     tbx__close(ctl[1]);
     tbx__close(req[1]);
@@ -146,7 +147,7 @@ void tbx__fs_client_pool_fill(void)
         int short_of = nidle < target();
         pthread_mutex_unlock(&pool_lock);
         int rc;
-        pool_slot *w = short_of ? order(&rc) : NULL;
+        pool_slot *w = short_of ? order(NULL, &rc) : NULL;
         if (w == NULL)
             return;
         give_back(w);
@@ -178,7 +179,7 @@ static int pool_launch(tbx__call *c, tbx__child *child)
 {
     int rc = 0;
     pool_slot *w = take();
-    if (w == NULL && (w = order(&rc)) == NULL)
+    if (w == NULL && (w = order(c, &rc)) == NULL)
         return rc;
     /* No pidfd: the server, the process's parent, signals it when asked on
      * the control socket and reports its end there, as for every server
@@ -268,7 +269,7 @@ static void pool_release(tbx__call *c)
         int short_of = nidle < target();
         pthread_mutex_unlock(&pool_lock);
         int rc;
-        if (short_of && (w = order(&rc)) != NULL)
+        if (short_of && (w = order(NULL, &rc)) != NULL)
             give_back(w);
         return;
     }

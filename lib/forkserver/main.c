@@ -281,21 +281,26 @@ int main(int argc, char **argv)
         if (!foreground) {
             (void)setsid();
             int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-            if (null >= 0)
+            if (null > 0) {
                 (void)dup2(null, 0);
+                tbx__close(null);
+            }
         }
         cfg.ready_fd = foreground ? -1 : ready[1];
         if (foreground)
             tbx__close(ready[1]);
-        fprintf(stderr, "timebox-forkserver: pid %d serving on %s\n", (int)getpid(),
-                cfg.listen_path);
+        cfg.announce = 1; /* "serving" once it does, not before */
         tbx__fs_server_run(&cfg); /* never returns */
     }
     tbx__close(ready[1]);
     int32_t code = TBX_EEXITED;
     ssize_t n = tbx__read(ready[0], &code, sizeof code);
     if (n != (ssize_t)sizeof code || code != 0) {
-        fprintf(stderr, "timebox-forkserver: could not start: %s\n",
+        /* It exits once it has said why: reaped here, not left to whoever
+         * adopts it. */
+        int wstatus;
+        (void)tbx__reap(pid, &wstatus, 0);
+        fprintf(stderr, "timebox-forkserver: could not start on %s: %s\n", cfg.listen_path,
                 n != (ssize_t)sizeof code ? "it exited"
                 : code == TBX_EFAILED     ? "a --preload or a preload hook failed (see above)"
                                           : tbx_strerror(code));

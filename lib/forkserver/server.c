@@ -14,12 +14,23 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------- the server */
+
+/* Removes path if it is still the file we made (same device and inode):
+ * a server started on the path since, after ours was removed, keeps its
+ * own. */
+static void unlink_own(const char *path, const struct stat *own)
+{
+    struct stat st;
+    if (lstat(path, &st) == 0 && st.st_dev == own->st_dev && st.st_ino == own->st_ino)
+        (void)unlink(path);
+}
 
 void tbx__fs_server_shutdown(fs_server *srv)
 {
@@ -33,13 +44,12 @@ void tbx__fs_server_shutdown(fs_server *srv)
     tbx__cgroup_cleanup();
     if (srv->subreaper)
         tbx__fs_server_reap_orphans(NULL, 0);
-    if (srv->cfg->listen_path != NULL && srv->cfg->listen_fd < 0) {
-        (void)unlink(srv->cfg->listen_path);
-        if (srv->cfg->write_key) {
-            char key_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
-            snprintf(key_path, sizeof key_path, "%s.key", srv->cfg->listen_path);
-            (void)unlink(key_path);
-        }
+    if (srv->have_socket)
+        unlink_own(srv->cfg->listen_path, &srv->socket_st);
+    if (srv->have_key) {
+        char key_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+        snprintf(key_path, sizeof key_path, "%s.key", srv->cfg->listen_path);
+        unlink_own(key_path, &srv->key_st);
     }
     _exit(0);
 }
@@ -70,15 +80,31 @@ static int load_preloads(const char *preload)
 
 /* The daemon's key, beside its socket in the directory only we can enter,
  * and mode 0600 from birth.  A passed socket outlives us, and so does its key
- * (a client may have read it before we started): one of ours is kept. */
-static int write_key(tbx__fs_config *cfg)
+ * (a client may have read it before we started): one of ours is kept, and
+ * not removed at exit. */
+static int write_key(fs_server *srv, char *why, size_t why_len)
 {
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+    const tbx__fs_config *cfg = srv->cfg;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], hex[2 * TBX__KEY_LEN + 2];
     snprintf(path, sizeof path, "%s.key", cfg->listen_path);
-    if (cfg->listen_fd >= 0 && tbx__key_read(path, cfg->key, 1) == 0)
+    if (cfg->listen_fd >= 0 && tbx__key_read(path, srv->cfg->key, 1) == 0)
         return 0;
-    (void)unlink(path);
-    return tbx__key_write(path, cfg->key);
+    (void)unlink(path); /* a dead server's: the socket beside it was ours to take */
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        int rc = -errno;
+        snprintf(why, why_len, "cannot write the key %s: %s", path, strerror(-rc));
+        return rc;
+    }
+    tbx__key_format(cfg->key, hex);
+    hex[2 * TBX__KEY_LEN] = '\n';
+    int rc = tbx__write_all(fd, hex, 2 * TBX__KEY_LEN + 1);
+    if (rc == 0 && fstat(fd, &srv->key_st) == 0)
+        srv->have_key = 1;
+    tbx__close(fd);
+    if (rc != 0)
+        snprintf(why, why_len, "cannot write the key %s: %s", path, strerror(-rc));
+    return rc;
 }
 
 static void report_ready(const tbx__fs_config *cfg, int rc)
@@ -117,15 +143,29 @@ void tbx__fs_server_run(tbx__fs_config *cfg)
         rc = TBX_EFAILED;
     if (rc == 0 && uv_loop_init(&srv.loop) != 0)
         rc = -ENOMEM;
+    char why[TBX__MAX_MESSAGE + 1] = "";
     if (rc == 0 && cfg->listen_fd >= 0) {
-        srv.listen_fd = cfg->listen_fd;
+        srv.listen_fd = cfg->listen_fd; /* passed (systemd): not ours to remove */
     } else if (rc == 0 && cfg->listen_path != NULL) {
-        srv.listen_fd = tbx__fs_server_listen(cfg->listen_path, cfg->nallow > 0);
+        srv.listen_fd = tbx__fs_server_listen(cfg->listen_path, cfg->nallow > 0, &srv.socket_st,
+                                              why, sizeof why);
         if (srv.listen_fd < 0)
             rc = srv.listen_fd;
+        else
+            srv.have_socket = 1;
     }
     if (rc == 0 && cfg->write_key)
-        rc = write_key(cfg);
+        rc = write_key(&srv, why, sizeof why);
+    /* The daemon's user hears why it will not serve, or that it does. */
+    if (rc != 0 && why[0] != '\0' && cfg->conn < 0)
+        fprintf(stderr, "timebox-forkserver: %s\n", why);
+    if (rc == 0 && cfg->announce)
+        fprintf(stderr, "timebox-forkserver: pid %d serving on %s\n", (int)getpid(),
+                cfg->listen_path);
+    if (rc != 0 && srv.have_socket) {
+        unlink_own(cfg->listen_path, &srv.socket_st);
+        srv.have_socket = 0;
+    }
     report_ready(cfg, rc);
     if (cfg->conn >= 0 && tbx__fs_server_client_new(&srv, cfg->conn, 1) == NULL)
         _exit(1);
@@ -171,6 +211,10 @@ void tbx__fs_server_maybe_serve(void)
     char tail;
     if (v == NULL || sscanf(v, "%d%c", &cfg.conn, &tail) != 1)
         return;
+    /* Placed by spawn without close-on-exec: a program a preload hook or the
+     * server runs (system(), exec) must not inherit the creator's
+     * connection. */
+    (void)fcntl(cfg.conn, F_SETFD, FD_CLOEXEC);
     if (limits != NULL && sscanf(limits, "%u:%llu:%u", &cfg.max_children, &timeout_ms,
                                  &cfg.max_per_client) != 3)
         cfg.max_children = 0, timeout_ms = 0, cfg.max_per_client = 0;

@@ -185,8 +185,9 @@ static void close_inherited(void *arg)
  * are not the caller's: they go back to default, which also makes every
  * reset_signals request already met, at the cost of the few the server
  * changed rather than all 62. */
-static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask)
+static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask, pid_t server)
 {
+    spec->parent_pid = server; /* taken before the fork: it may be gone */
     spec->default_signals = &c->srv->handled;
     spec->reset_signals = 0;
     spec->parent_mask = mask; /* the server's, not the blocked one */
@@ -198,20 +199,20 @@ static void server_steps(tbx__child_spec *spec, fs_call *c, const sigset_t *mask
 }
 
 /* The child: it keeps nothing of the server's but its call's descriptors. */
-__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask)
+__attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask, pid_t server)
 {
     tbx__child_spec spec;
     if (c->request_fd >= 0) { /* warm, pool: the requests come from the caller */
         memset(&spec, 0, sizeof spec);
-        server_steps(&spec, c, mask);
+        server_steps(&spec, c, mask, server);
         spec.backtrace_fd = spec.bulk_fd = -1;
         tbx__child_setup(&spec);
         if (c->pool)
             tbx__pool_serve(c->request_fd, c->result_fd, c->pool_calls);
-        tbx__worker_serve(c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
+        tbx__worker_serve(server, c->request_fd, c->result_fd, -1, c->bulk_fd, 1);
     }
     tbx__request_spec(&c->rq, c->result_fd, &spec);
-    server_steps(&spec, c, mask);
+    server_steps(&spec, c, mask, server);
     spec.backtrace_fd = c->backtrace_fd;
     spec.bulk_fd = c->bulk_fd;
     tbx__child_main(&spec);
@@ -243,9 +244,9 @@ void tbx__fs_server_start_child(fs_call *c)
         kind = TBX_CONTAIN_CGROUP;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = tbx__sys.fork();
+    pid_t server = getpid(), pid = tbx__sys.fork();
     if (pid == 0)
-        run_child(c, &old);
+        run_child(c, &old, server);
     int err = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
     tbx__close(c->cgroup.procs_fd); /* the child's to write to */
@@ -291,7 +292,11 @@ void tbx__fs_server_start_child(fs_call *c)
     if (c->rq.h.deadline_ns != 0)
         at = c->rq.h.deadline_ns;
     else if (c->rq.h.timeout_ns != 0)
-        at = tbx__now_ns() + c->rq.h.timeout_ns;
+        /* A soft deadline counts from fn's start, which the server does not
+         * see; the start itself is bounded by the same timeout from the
+         * call, which came before this fork.  So the caller's deadline is
+         * at most two timeouts from now: the backstop never comes first. */
+        at = tbx__now_ns() + 2 * c->rq.h.timeout_ns;
     if (at != 0)
         (void)tbx__deadline_start(&c->deadline, &srv->loop, at + grace + BACKSTOP_SLACK_NS);
     else

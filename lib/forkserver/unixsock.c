@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -36,8 +37,8 @@ static int make_address(const char *path, struct sockaddr_un *sa)
 
 /* The socket's directory: ours, and closed to everyone else (or, when other
  * uids are allowed in, at least closed to their writing: nobody else may
- * replace the socket). */
-static int check_directory(const char *path, int shared)
+ * replace the socket).  A refusal says what is wrong in why. */
+static int check_directory(const char *path, int shared, char *why, size_t why_len)
 {
     char *copy = strdup(path);
     if (copy == NULL)
@@ -45,33 +46,73 @@ static int check_directory(const char *path, int shared)
     const char *dir = dirname(copy);
     struct stat st;
     int rc = 0;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
-    else if (lstat(dir, &st) != 0)
+        snprintf(why, why_len, "cannot make the directory %s: %s", dir, strerror(-rc));
+    } else if (lstat(dir, &st) != 0) {
         rc = -errno;
-    else if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
-             (st.st_mode & (shared ? 022 : 077)) != 0)
+        snprintf(why, why_len, "cannot examine the directory %s: %s", dir, strerror(-rc));
+    } else if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+               (st.st_mode & (shared ? 022 : 077)) != 0) {
         rc = -EPERM; /* someone else could reach, or replace, the socket */
+        snprintf(why, why_len,
+                 "%s is %s of mode %04o, owner uid %d: the socket's directory must be a "
+                 "directory of uid %d, closed to %s (mode %s)",
+                 dir, S_ISDIR(st.st_mode) ? "a directory" : "not a directory",
+                 (unsigned)(st.st_mode & 07777), (int)st.st_uid, (int)geteuid(),
+                 shared ? "others' writing" : "everyone else", shared ? "0755 at most" : "0700");
+    }
     free(copy);
     return rc;
 }
 
-int tbx__fs_server_listen(const char *path, int shared)
+/* Whether a server answers on the socket at sa: 1 (it is live), 0 (nobody
+ * listens: a socket left by a server that died). */
+static int socket_is_live(const struct sockaddr_un *sa)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return 1; /* cannot tell: leave it alone */
+    int rc;
+    do
+        rc = connect(fd, (const struct sockaddr *)sa, sizeof *sa) != 0 ? errno : 0;
+    while (rc == EINTR);
+    tbx__close(fd);
+    return rc != ECONNREFUSED && rc != ENOENT;
+}
+
+int tbx__fs_server_listen(const char *path, int shared, struct stat *ret_st, char *why,
+                          size_t why_len)
 {
     struct sockaddr_un sa;
     struct stat st;
     int rc = make_address(path, &sa);
+    if (rc == -ENAMETOOLONG)
+        snprintf(why, why_len, "the socket path %s is too long (at most %zu bytes)", path,
+                 sizeof sa.sun_path - 1);
+    else if (rc != 0)
+        snprintf(why, why_len, "no socket path");
     if (rc == 0)
-        rc = check_directory(path, shared);
+        rc = check_directory(path, shared, why, why_len);
     if (rc != 0)
         return rc;
-    /* A socket left by a server of ours that died is replaced; anything
-     * else at that path is not ours to remove. */
+    /* A socket left by a server of ours that died is replaced; a live one,
+     * or anything else at that path, is not ours to remove. */
     if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode) || st.st_uid != geteuid())
+        if (!S_ISSOCK(st.st_mode) || st.st_uid != geteuid()) {
+            snprintf(why, why_len, "%s exists and is not a socket of uid %d (mode %04o, owner uid %d)",
+                     path, (int)geteuid(), (unsigned)(st.st_mode & 07777), (int)st.st_uid);
             return -EEXIST;
-        if (unlink(path) != 0)
-            return -errno;
+        }
+        if (socket_is_live(&sa)) {
+            snprintf(why, why_len, "%s is in use: another server listens there", path);
+            return -EADDRINUSE;
+        }
+        if (unlink(path) != 0) {
+            rc = -errno;
+            snprintf(why, why_len, "cannot remove the stale socket %s: %s", path, strerror(-rc));
+            return rc;
+        }
     }
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
@@ -85,7 +126,12 @@ int tbx__fs_server_listen(const char *path, int shared)
         rc = -errno;
     if (rc == 0 && listen(fd, 128) != 0)
         rc = -errno;
+    /* What the server removes when it ends: this socket, not one that has
+     * replaced it since. */
+    if (rc == 0 && lstat(path, ret_st) != 0)
+        rc = -errno;
     if (rc != 0) {
+        snprintf(why, why_len, "cannot listen on %s: %s", path, strerror(-rc));
         tbx__close(fd);
         return rc;
     }
