@@ -107,6 +107,11 @@ static void *worker_main(void *p)
 TBX_TEST_T(stress, threads_8x50, 300.0)
 {
     struct worker w[THREADS];
+    /* The server up first: a start counts against each call's deadline, and
+     * a short one can pass, with no child yet, while a slow (sanitized)
+     * server starts; this test is about the calls, not the start. */
+    if (*method == TBX_FORKSERVER || *method == TBX_POOL)
+        cr_assert_eq(tbx_forkserver_start(NULL), 0);
     for (int t = 0; t < THREADS; t++) {
         memset(&w[t], 0, sizeof w[t]);
         w[t].method = *method;
