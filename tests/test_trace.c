@@ -261,6 +261,13 @@ static void threads_body(int ready_fd, void *arg)
 TBX_PLAIN_TEST(trace, lists_every_thread_with_fns_first)
 {
     need_tracer();
+#if defined(__SANITIZE_ADDRESS__)
+    /* A forked child's new threads start in the sanitizer's own set-up,
+     * which can wait on its allocator's lock before they reach their
+     * function: where they are is then not where this test expects. */
+    cr_skip_test("the threads of a child forked under AddressSanitizer may not reach their "
+                 "functions");
+#endif
     spin_counter = shared_counter();
     pid_t pid = start_child(threads_body, NULL, 0);
     wait_spinning();
