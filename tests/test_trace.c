@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,12 +349,17 @@ TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_in_malloc)
     end_child(pid);
 }
 
+/* Threads of deep_body that have reached the bottom of their recursion. */
+static unsigned deep_threads_down;
+
 __attribute__((noinline)) static void recurse_then_spin(int depth)
 {
-    if (depth > 0)
+    if (depth > 0) {
         recurse_then_spin(depth - 1);
-    else
+    } else {
+        __atomic_add_fetch(&deep_threads_down, 1, __ATOMIC_RELEASE);
         spin_with_signals_blocked();
+    }
     NOT_A_TAIL_CALL();
 }
 
@@ -372,6 +378,10 @@ static void deep_body(int ready_fd, void *arg)
         if (pthread_create(&t, NULL, deep_thread, NULL) != 0)
             _exit(1);
     }
+    /* Ready only once every thread is deep: on a loaded machine a thread just
+     * created may not have run yet, and its stack would be a few frames. */
+    while (__atomic_load_n(&deep_threads_down, __ATOMIC_ACQUIRE) < 40)
+        sched_yield();
     (void)write(ready_fd, "r", 1);
     recurse_then_spin(200);
 }
