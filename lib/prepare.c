@@ -96,6 +96,7 @@ static void reset_child(tbx__call *c)
     c->child.request_fd = -1;
     c->child.control_fd = -1;
     c->child.bulk_fd = -1;
+    c->child.result_sock = 0;
     c->control_fd_in = -1;
     c->cancel_fd = -1;
     for (int i = 0; i < TBX__NSTREAMS; i++)

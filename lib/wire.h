@@ -201,6 +201,10 @@ void tbx__payload_free(char *payload, char *map);
  *           page of our own (TBX__MAP_HEADER's role: tbx__payload_free
  *           frees it).  0, TBX_EPROTO (the child lied), or -errno. */
 int tbx__bulk_create(uint64_t max_result);
+/* A child's bulk_fd that says: make the memfd yourself when the result grows
+ * past TBX__BIG_PAYLOAD, and send it with the OK_BULK header (SCM_RIGHTS)
+ * down the result socket.  The parent holds no memfd while the call runs. */
+#define TBX__BULK_MAKE (-2)
 int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map);
 /* 0 if fd is a sealable memfd with no seal yet, as bulk_create makes them
  * (the forkserver checks what a client sends); TBX_EPROTO otherwise. */
