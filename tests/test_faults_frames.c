@@ -24,10 +24,11 @@
  * the inodes of the pipes it had) and does have open now (the caller sends
  * its pid; its engine holds the read end).  That leaves out the pipes a
  * child has of its own, such as libuv's signal lock, which libuv makes anew
- * in every fork child.  A fork child's result descriptor is a socket: one
- * the caller made (its peer's credentials say the caller's pid), blocking,
- * not there before the call, and closed by the caller since (the caller
- * keeps the other end, which the child inherited too), when no pipe is.  Not exactly one: _exit(77 + how many). */
+ * in every fork child.  A fork or spawn child's result descriptor is a
+ * socket instead, found where no pipe is: one the caller made (its peer's
+ * credentials say the caller's pid), blocking, not there before the call,
+ * and closed by the caller since (the caller keeps the other end, which a
+ * fork child inherits too).  Not exactly one: _exit(77 + how many). */
 static unsigned long pipe_inode(const char *target)
 {
     unsigned long ino = 0;
@@ -96,8 +97,7 @@ static int find_result_fd_once(const msgpack_object *known, pid_t caller)
             found_sock = -2;
         }
     }
-    /* A worker's request socket passes the socket test: a result pipe, if
-     * there is one, is the result descriptor. */
+    /* A socket passes for the result only where no pipe does. */
     if (n == 0 && found_sock >= 0) {
         found = found_sock;
         n = 1;
@@ -469,8 +469,9 @@ TBX_TEST(frames, second_start_is_eproto)
  * TBX_EPROTO too. */
 TBX_TEST(frames, forged_bulk_memfds_are_eproto)
 {
-    if (*method != TBX_FORK)
-        cr_skip_test("the caller makes this method's memfd: only fork's child sends one");
+    if (*method != TBX_FORK && *method != TBX_SPAWN)
+        cr_skip_test("the caller makes this method's memfd: only a fork or spawn child "
+                     "sends one");
     static const char *what[] = {"good", "two fds", "unsealed", "of another size", "no fd"};
     for (int how = 0; how < NFDS_HOW; how++) {
         struct raw b = {.len = 0};
