@@ -8,7 +8,8 @@
  * lock and calls no malloc.  The arguments were unpacked by the parent; the
  * result is packed into a buffer on this stack, which grows with mmap and
  * mremap (system calls, not the allocator) when the result is large; past
- * TBX__BIG_PAYLOAD it goes on into the call's bulk memfd (bulk.c).  A child
+ * TBX__BIG_PAYLOAD it goes on into the call's bulk memfd (bulk.c), which a
+ * fork or spawn child makes itself at that moment.  A child
  * forked from a threaded caller therefore cannot deadlock on an allocator
  * lock inside timebox.  The child always ends with _exit.
  * =============================================================

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "helpers.h"
+#include "../lib/os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -174,23 +175,8 @@ static int fn_raw_fds(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     fds[0] = forged_memfd(how == FDS_SHORT ? 1 : 0, how != FDS_UNSEALED);
     if (how == FDS_TWO)
         fds[nfds++] = forged_memfd(0, 1);
-    union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct iovec iov = {(void *)a[0].via.bin.ptr, a[0].via.bin.size};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        memset(&u, 0, sizeof u);
-        msg.msg_control = u.buf;
-        msg.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
-    }
-    _exit(sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)iov.iov_len ? 0 : 75);
+    size_t len = a[0].via.bin.size;
+    _exit(tbx__send_fds(fd, a[0].via.bin.ptr, len, fds, nfds, 0) == (ssize_t)len ? 0 : 75);
 }
 TBX_REGISTER(fn_raw_fds);
 
