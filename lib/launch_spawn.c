@@ -207,7 +207,7 @@ static void contain(tbx__call *c, pid_t pid)
     if (!c->opts.contain || tbx__cgroup_take(&c->cgroup) != 0)
         return;
     int rc = tbx__cgroup_move(&c->cgroup, pid);
-    tbx__close(c->cgroup.procs_fd); /* a call holds the directory only */
+    tbx__close(c->cgroup.procs_fd); /* the leaf is reopened by its path to kill it */
     c->cgroup.procs_fd = -1;
     if (rc == 0) {
         c->containment = TBX_CONTAIN_CGROUP;

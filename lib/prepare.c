@@ -30,7 +30,7 @@ void tbx_opts_init(tbx_opts *opts)
 /* What every method needs checked: 0 or TBX_EINVAL. */
 static int check_common(tbx__call *c, const void *args, size_t args_len, const tbx_opts *opts)
 {
-    c->cgroup.dirfd = c->cgroup.procs_fd = -1; /* a call refused or queued has none */
+    c->cgroup = (tbx__cgroup)TBX__CGROUP_INIT; /* a call refused or queued has none */
     if (opts != NULL)
         c->opts = *opts;
     else
