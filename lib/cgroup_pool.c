@@ -290,6 +290,10 @@ int tbx__cgroup_kill(tbx__cgroup *cg)
     int dirfd = tbx__cgroup_open_dir(cg);
     int rc = dirfd >= 0 ? tbx__cgroup_kill_dir(dirfd) : dirfd;
     tbx__close(dirfd);
+    /* A leaf removed from outside held no process: cgroup v2 removes only
+     * an empty cgroup.  The next take makes it again. */
+    if (rc == -ENOENT)
+        rc = 0;
     if (rc != 0)
         tbx__log(TBX_LOG_WARN, "a call's cgroup %s/c%u could not be emptied: %s",
                  tbx__cg.base, cg->slot, strerror(-rc));

@@ -202,6 +202,38 @@ TBX_PLAIN_TEST(cgroup, kill_removes_cgroups_made_below_the_leaf)
     tbx__cgroup_cleanup();
 }
 
+/* A lent leaf costs its call no descriptor once the child is in (the
+ * launcher closes cgroup.procs): the call's end opens it by its path, which
+ * only the process that took it may do; a leaf removed meanwhile from
+ * outside was empty, and its kill succeeds. */
+TBX_PLAIN_TEST(cgroup, a_lent_leaf_holds_no_descriptor)
+{
+    need_cgroups();
+    int before = count_fds();
+    tbx__cgroup cg;
+    cr_assert_eq(tbx__cgroup_take(&cg), 0);
+    close(cg.procs_fd); /* as a launcher does once its child is in */
+    cg.procs_fd = -1;
+    cr_assert_eq(count_fds(), before, "a lent leaf holds a descriptor");
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0)
+        _exit(tbx__cgroup_open_dir(&cg) == -ESRCH ? 0 : 1);
+    int st;
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a fork child opened its parent's leaf");
+
+    char path[PATH_MAX + 32];
+    leaf_dir(&cg, path, sizeof path);
+    cr_assert_eq(rmdir(path), 0, "%s: %s", path, strerror(errno));
+    cr_assert_eq(tbx__cgroup_kill(&cg), 0);
+    tbx__cgroup_give(&cg, 1);
+    cr_assert_eq(tbx__cgroup_take(&cg), 0, "the leaf is made again");
+    tbx__cgroup_give(&cg, 1);
+    tbx__cgroup_cleanup();
+    cr_assert_eq(count_fds(), before);
+}
+
 /* Leaves are reused: the same one comes back once given back empty; calls in
  * flight each have their own; at most a few idle ones are kept; cleanup
  * removes the base. */
