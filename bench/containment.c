@@ -165,7 +165,9 @@ int main(int argc, char **argv)
     snprintf(fresh, sizeof fresh, "%s/fresh", tbx__cg.base);
 
     measure_ctx m;
-    m.dirfd = held.dirfd;
+    m.dirfd = tbx__cgroup_open_dir(&held);
+    if (m.dirfd < 0)
+        bench_die("tbx__cgroup_open_dir");
     m.fresh = fresh;
     for (int i = 0; i < 4; i++) {
         tbx_opts_init(&m.opts[i]);
@@ -174,6 +176,7 @@ int main(int argc, char **argv)
     }
     bench_series s[KINDS];
     bench_interleave(s, names, KINDS, n, WARMUP, measure, &m);
+    close(m.dirfd);
     tbx__cgroup_give(&held, 1);
 
     bench_row rows[KINDS];

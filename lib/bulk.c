@@ -4,10 +4,11 @@
  * socket.
  *
  * Through a pipe, every byte of a result is copied twice (into the pipe,
- * out of it) into pages the parent has just faulted in.  Instead the parent
- * gives each call a memfd; a child whose result grows past TBX__BIG_PAYLOAD
- * packs into pages of that memfd, seals it (no more writes, no resizing) and
- * says so in a header.  The parent maps the pages it finds: the result was
+ * out of it) into pages the parent has just faulted in.  Instead a child
+ * whose result grows past TBX__BIG_PAYLOAD packs into pages of a memfd,
+ * seals it (no more writes, no resizing) and says so in a header.  A fork or
+ * spawn child makes that memfd then and sends it with the header over its
+ * result socket; the forkserver's caller gives each call one up front.  The parent maps the pages it finds: the result was
  * written once, by the child, and never copied.
  *
  * The seals are what make the pages trustworthy: once F_SEAL_WRITE is set no

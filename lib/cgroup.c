@@ -263,7 +263,6 @@ static int try_join(void)
     if (rc == 0)
         rc = child_joins(cg.procs_fd);
     tbx__close(cg.procs_fd);
-    tbx__close(cg.dirfd);
     if (rc != 0) {
         char leaf[PATH_MAX + 8];
         snprintf(leaf, sizeof leaf, "%s/c0", tbx__cg.base);

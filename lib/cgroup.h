@@ -22,14 +22,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* A leaf lent to one call. */
+/* A leaf lent to one call.  It holds no descriptor while the call runs:
+ * base/c<slot> is the call's own from take to give (no other call is lent
+ * that slot meanwhile, and the base stays while a leaf is busy), so the
+ * leaf is opened by that path when it is killed, and a call in flight
+ * costs no descriptor for its containment. */
 typedef struct tbx__cgroup {
-    int dirfd;    /* the leaf directory (O_RDONLY | O_DIRECTORY, CLOEXEC) */
-    int procs_fd; /* its cgroup.procs, opened for writing (CLOEXEC) */
+    int procs_fd;  /* its cgroup.procs, opened for writing (CLOEXEC) by
+                      take; the launcher closes it once the child is in */
+    int held;      /* 1 from take to give */
     unsigned slot; /* its place in the pool */
 } tbx__cgroup;
 
-#define TBX__CGROUP_INIT {-1, -1, 0}
+#define TBX__CGROUP_INIT {-1, 0, 0}
 
 /* How long tbx__cgroup_kill waits for a killed cgroup to empty: processes
  * killed with SIGKILL exit in microseconds, unless stuck in the kernel. */
@@ -54,6 +59,11 @@ int tbx__cgroup_take(tbx__cgroup *cg);
  * whose cgroup.procs procs_fd is, and closes procs_fd.  0 or -errno. */
 int tbx__cgroup_join(int procs_fd);
 
+/* Opens the leaf's directory (O_RDONLY | O_DIRECTORY, CLOEXEC) by its
+ * path, in the process that took it.  The descriptor, or -ESRCH on a leaf
+ * not held (or taken in the process we were forked from), or -errno. */
+int tbx__cgroup_open_dir(const tbx__cgroup *cg);
+
 /* Parent side: moves pid into the leaf (a child that could not join itself,
  * such as a spawned program).  0 or -errno. */
 int tbx__cgroup_move(const tbx__cgroup *cg, pid_t pid);
@@ -62,11 +72,12 @@ int tbx__cgroup_move(const tbx__cgroup *cg, pid_t pid);
  * freezing it and killing each one where the kernel has no cgroup.kill),
  * then waits up to TBX__CGROUP_EMPTY_WAIT_NS until none is left and removes
  * any cgroup made below it.  0 once empty, -ETIMEDOUT or -errno otherwise.
- * An empty leaf costs one read. */
+ * The leaf is opened by its path (tbx__cgroup_open_dir); an empty one
+ * costs two opens and one read. */
 int tbx__cgroup_kill(tbx__cgroup *cg);
 
 /* Gives the leaf back: reused if it is empty (clean), removed otherwise or
- * when the pool holds enough.  Closes its descriptors.  No-op on a leaf
+ * when the pool holds enough.  Closes procs_fd if still open.  No-op on a leaf
  * never taken. */
 void tbx__cgroup_give(tbx__cgroup *cg, int clean);
 

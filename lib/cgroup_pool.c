@@ -58,24 +58,37 @@ static int leaf_path(size_t slot, char *path, size_t len)
 
 int tbx__cgroup_open_leaf(size_t slot, tbx__cgroup *cg)
 {
-    char path[PATH_MAX + 32];
-    int rc = leaf_path(slot, path, sizeof path);
+    char path[PATH_MAX + 48];
+    int rc = leaf_path(slot, path, sizeof path - 16);
     if (rc != 0)
         return rc;
     if (mkdir(path, 0755) != 0 && errno != EEXIST)
         return -errno;
-    cg->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (cg->dirfd < 0)
+    strcat(path, "/cgroup.procs");
+    cg->procs_fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (cg->procs_fd < 0)
         return -errno;
-    cg->procs_fd = openat(cg->dirfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
-    if (cg->procs_fd < 0) {
-        rc = -errno;
-        tbx__close(cg->dirfd);
-        cg->dirfd = -1;
-        return rc;
-    }
     cg->slot = (unsigned)slot;
     return 0;
+}
+
+int tbx__cgroup_open_dir(const tbx__cgroup *cg)
+{
+    char path[PATH_MAX + 32];
+    int rc = -ESRCH;
+    if (!cg->held)
+        return rc;
+    /* The base is this process's: a leaf taken in the process we were
+     * forked from is not ours to open (its path names our base's). */
+    pthread_mutex_lock(&tbx__cg.lock);
+    if (tbx__cg.owner == getpid() && cg->slot < tbx__cg.nleaves &&
+        tbx__cg.leaves[cg->slot] == TBX__LEAF_BUSY)
+        rc = leaf_path(cg->slot, path, sizeof path);
+    pthread_mutex_unlock(&tbx__cg.lock);
+    if (rc != 0)
+        return rc;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return fd >= 0 ? fd : -errno;
 }
 
 /* A free slot, marked busy: an idle leaf first (*fresh = 0), else a slot
@@ -109,7 +122,8 @@ static long slot_claim(int *fresh)
 int tbx__cgroup_take(tbx__cgroup *cg)
 {
     int fresh;
-    cg->dirfd = cg->procs_fd = -1;
+    cg->procs_fd = -1;
+    cg->held = 0;
     pthread_mutex_lock(&tbx__cg.lock);
     tbx__cgroup_ensure();
     long slot = tbx__cg.available == 1 ? slot_claim(&fresh) : -ENOENT;
@@ -118,6 +132,7 @@ int tbx__cgroup_take(tbx__cgroup *cg)
         return (int)slot;
     /* Outside the lock: a mkdir is tens of microseconds. */
     int rc = tbx__cgroup_open_leaf((size_t)slot, cg);
+    cg->held = rc == 0;
     if (rc != 0) {
         pthread_mutex_lock(&tbx__cg.lock);
         tbx__cg.leaves[slot] = TBX__LEAF_DIRTY;
@@ -270,11 +285,17 @@ int tbx__cgroup_kill_dir(int dirfd)
 
 int tbx__cgroup_kill(tbx__cgroup *cg)
 {
-    if (cg->dirfd < 0)
+    if (!cg->held)
         return 0;
-    int rc = tbx__cgroup_kill_dir(cg->dirfd);
+    int dirfd = tbx__cgroup_open_dir(cg);
+    int rc = dirfd >= 0 ? tbx__cgroup_kill_dir(dirfd) : dirfd;
+    tbx__close(dirfd);
+    /* A leaf removed from outside held no process: cgroup v2 removes only
+     * an empty cgroup.  The next take makes it again. */
+    if (rc == -ENOENT)
+        rc = 0;
     if (rc != 0)
-        tbx__log(TBX_LOG_WARN, "a call's cgroup %s/c%u is not empty after SIGKILL: %s",
+        tbx__log(TBX_LOG_WARN, "a call's cgroup %s/c%u could not be emptied: %s",
                  tbx__cg.base, cg->slot, strerror(-rc));
     return rc;
 }
@@ -292,7 +313,7 @@ static int leaf_remove(size_t slot)
 
 void tbx__cgroup_give(tbx__cgroup *cg, int clean)
 {
-    if (cg->dirfd < 0)
+    if (!cg->held)
         return;
     tbx__close(cg->procs_fd);
     pthread_mutex_lock(&tbx__cg.lock);
@@ -307,13 +328,13 @@ void tbx__cgroup_give(tbx__cgroup *cg, int clean)
         }
     }
     pthread_mutex_unlock(&tbx__cg.lock);
-    tbx__close(cg->dirfd);
-    cg->dirfd = cg->procs_fd = -1;
+    cg->procs_fd = -1;
+    cg->held = 0;
 }
 
 void tbx__cgroup_end(tbx__cgroup *cg)
 {
-    if (cg->dirfd >= 0)
+    if (cg->held)
         tbx__cgroup_give(cg, tbx__cgroup_kill(cg) == 0);
 }
 

@@ -8,7 +8,8 @@
  * lock and calls no malloc.  The arguments were unpacked by the parent; the
  * result is packed into a buffer on this stack, which grows with mmap and
  * mremap (system calls, not the allocator) when the result is large; past
- * TBX__BIG_PAYLOAD it goes on into the call's bulk memfd (bulk.c).  A child
+ * TBX__BIG_PAYLOAD it goes on into the call's bulk memfd (bulk.c), which a
+ * fork or spawn child makes itself at that moment.  A child
  * forked from a threaded caller therefore cannot deadlock on an allocator
  * lock inside timebox.  The child always ends with _exit.
  * =============================================================
@@ -46,7 +47,9 @@ typedef struct result_buf {
     int failed;
     int fail_code;
     int out_of_memory;
-    int bulk_fd;          /* the call's memfd; -1: none */
+    int bulk_fd;          /* the call's memfd; -1: none; TBX__BULK_MAKE:
+                             made here when needed, sent with the header */
+    int bulk_own;         /* 1: bulk_fd was made here: it goes with the header */
     int in_bulk;          /* the result goes into bulk_fd: data stages it */
     size_t bulk_len;      /* bytes already written to bulk_fd */
     char *data;
@@ -126,7 +129,7 @@ static int bulk_write(result_buf *rb, const char *buf, size_t len)
 static int bulk_usable(const result_buf *rb)
 {
     struct rlimit r;
-    return rb->bulk_fd >= 0 && getrlimit(RLIMIT_FSIZE, &r) == 0 &&
+    return (rb->bulk_fd >= 0 || rb->bulk_fd == TBX__BULK_MAKE) && getrlimit(RLIMIT_FSIZE, &r) == 0 &&
            (r.rlim_cur == RLIM_INFINITY || r.rlim_cur >= rb->max);
 }
 
@@ -143,8 +146,13 @@ static int result_write(void *data, const char *buf, size_t len)
     }
     if (!rb->in_bulk && rb->len + len > TBX__BIG_PAYLOAD && rb->len + len > rb->cap &&
         bulk_usable(rb)) {
+        if (rb->bulk_fd == TBX__BULK_MAKE) {
+            /* None, or no memfd: the socket carries it all. */
+            rb->bulk_fd = tbx__sys.memfd_create("timebox-result", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+            rb->bulk_own = rb->bulk_fd >= 0;
+        }
         /* What is packed so far goes first; data stages the rest. */
-        if (pwrite_all(rb->bulk_fd, rb->data, rb->len, 0) == 0) {
+        if (rb->bulk_fd >= 0 && pwrite_all(rb->bulk_fd, rb->data, rb->len, 0) == 0) {
             rb->in_bulk = 1;
             rb->bulk_len = rb->len;
         }
@@ -215,7 +223,11 @@ static int send_bulk(int fd, result_buf *rb, uint32_t pool)
     if (fcntl(rb->bulk_fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) ==
         0) {
         tbx__frame_header h = {TBX__FRAME_MAGIC, TBX__FRAME_OK_BULK, 0, pool, rb->len};
-        return tbx__write_all(fd, &h, sizeof h);
+        if (!rb->bulk_own)
+            return tbx__write_all(fd, &h, sizeof h);
+        /* The memfd rides on the header's bytes; once sent, it lives on in
+         * the socket's queue even if this process ends at once. */
+        return tbx__send_fds(fd, &h, sizeof h, &rb->bulk_fd, 1, 0) == (ssize_t)sizeof h ? 0 : -1;
     }
     void *p = mmap(NULL, rb->len, PROT_READ, MAP_SHARED, rb->bulk_fd, 0);
     if (p == MAP_FAILED)
@@ -293,6 +305,7 @@ int tbx__child_run(const tbx__child_spec *spec, int hooks, tbx__child_end_fn *en
     rb.magic = RESULT_MAGIC;
     rb.failed = rb.fail_code = rb.out_of_memory = 0;
     rb.bulk_fd = spec->bulk_fd;
+    rb.bulk_own = 0;
     rb.in_bulk = 0;
     rb.bulk_len = 0;
     rb.data = rb.inline_data;
@@ -318,6 +331,8 @@ int tbx__child_run(const tbx__child_spec *spec, int hooks, tbx__child_end_fn *en
     }
     if (rb.data != rb.inline_data)
         (void)munmap(rb.data, rb.cap);
+    if (rb.bulk_own) /* a pooled process serves on: its memfd may not pile up */
+        tbx__close(rb.bulk_fd);
     self.in_child = 0;
     self.deadline_ns = 0;
     return rc;

@@ -84,6 +84,9 @@ static void map_payload(tbx__call *c)
 static void on_header(tbx__call *c)
 {
     int rc = tbx__frame_check(&c->hdr, c->opts.max_result, c->child.pooled);
+    if (rc == 0 && c->child.result_sock && c->child.bulk_fd >= 0 &&
+        c->hdr.kind != TBX__FRAME_OK_BULK)
+        rc = TBX_EPROTO; /* a memfd with any other frame */
     if (rc != 0) {
         reject(c, rc);
         return;
@@ -126,6 +129,26 @@ static void on_header(tbx__call *c)
         frame_complete(c);
 }
 
+/* Reads from the result channel.  A socket may bring one descriptor, the
+ * big result's memfd, with the header's bytes and nowhere else: any other,
+ * a second one, or one cut short is the child's protocol error. */
+static ssize_t read_result(tbx__call *c, void *buf, size_t len)
+{
+    if (!c->child.result_sock)
+        return tbx__read(c->child.result_fd, buf, len);
+    int fd = -1, nfds = 1;
+    ssize_t n = tbx__recv_fds(c->child.result_fd, buf, len, &fd, &nfds, 0);
+    if (n == -EBADMSG)
+        return TBX_EPROTO;
+    if (nfds == 1 && (c->child.bulk_fd >= 0 || c->hdr_got >= sizeof c->hdr)) {
+        tbx__close(fd);
+        return TBX_EPROTO;
+    }
+    if (nfds == 1)
+        c->child.bulk_fd = fd;
+    return n;
+}
+
 /* Reads what the pipe holds now.  Returns when it would block, at EOF, or
  * when the frame is complete (what follows it is never read). */
 static void drain(tbx__call *c)
@@ -133,8 +156,7 @@ static void drain(tbx__call *c)
     while (c->reading) {
         ssize_t n;
         if (c->hdr_got < sizeof c->hdr) {
-            n = tbx__read(c->child.result_fd, (char *)&c->hdr + c->hdr_got,
-                          sizeof c->hdr - c->hdr_got);
+            n = read_result(c, (char *)&c->hdr + c->hdr_got, sizeof c->hdr - c->hdr_got);
         } else {
             /* The buffer grows with the data that arrived, never straight to
              * the length the child claims. */
@@ -143,11 +165,13 @@ static void drain(tbx__call *c)
                 c->sys_error = -ENOMEM;
                 return reject(c, -ENOMEM);
             }
-            n = tbx__read(c->child.result_fd, c->payload + c->payload_got,
-                          c->payload_cap - (size_t)c->payload_got);
+            n = read_result(c, c->payload + c->payload_got,
+                            c->payload_cap - (size_t)c->payload_got);
         }
         if (n == -EAGAIN)
             return;
+        if (n == TBX_EPROTO)
+            return reject(c, TBX_EPROTO);
         if (n <= 0) { /* EOF, or an error on our own pipe */
             if (n < 0)
                 c->sys_error = (int)n;

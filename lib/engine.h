@@ -74,6 +74,8 @@ typedef struct tbx__child {
     int request_fd; /* -1, or our end of a socket the request goes down */
     int control_fd; /* forkserver: the call's control socket; -1 otherwise */
     int bulk_fd;   /* -1, or a memfd a big result comes back in (bulk.c) */
+    int result_sock; /* 1: result_fd is a socket, and a big result's memfd
+                        comes from the child with its OK_BULK header */
     int worker;    /* 1: a child that says START before fn (tbx__says_start) */
     int warm;      /* 1: a warm child, taken from the pool */
     int pooled;    /* 1: a pooled process (TBX_POOL), which outlives the call:

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdio_ext.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,10 +67,12 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     sigset_t all, old;
     tbx__child_spec spec;
 
-    rc = tbx__pipe(fds, 0);
-    if (rc != 0)
-        return rc;
-    int bulk = tbx__bulk_create(c->opts.max_result);
+    /* A socket, not a pipe, for the result: it costs the same two
+     * descriptors, and the child can send a big result's memfd with its
+     * header, so that no call holds a memfd it may never need. */
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+        return -errno;
+    int bulk = c->opts.max_result >= TBX__BIG_PAYLOAD ? TBX__BULK_MAKE : -1;
     fill_spec(c, &spec, fds[1], bulk, &old);
     /* A cgroup of the call's own, where one can be had: the child joins it
      * first thing.  clone3(CLONE_INTO_CGROUP) would join at birth, but a raw
@@ -94,7 +97,6 @@ static int fork_launch(tbx__call *c, tbx__child *child)
     c->cgroup.procs_fd = -1;
     if (pid < 0) {
         tbx__close(fds[0]);
-        tbx__close(bulk);
         tbx__cgroup_give(&c->cgroup, 1);
         return -err;
     }
@@ -102,7 +104,7 @@ static int fork_launch(tbx__call *c, tbx__child *child)
 
     child->pid = pid;
     child->result_fd = fds[0];
-    child->bulk_fd = bulk;
+    child->result_sock = 1;
     child->pidfd = tbx__pidfd_open(pid);
     if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
         /* An old kernel; or a host's waitpid(-1) reaped a quick child
@@ -115,8 +117,6 @@ static int fork_launch(tbx__call *c, tbx__child *child)
         tbx__kill_reap(pid);
         tbx__cgroup_end(&c->cgroup);
         tbx__close(fds[0]);
-        tbx__close(bulk);
-        child->bulk_fd = -1;
         return rc;
     }
     return 0;

@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define FIRST_FREE_FD 7 /* 3 request, 4 result, then backtrace, bulk */
+#define FIRST_FREE_FD 6 /* 3 request, 4 result, then backtrace */
 
 extern char **environ;
 
@@ -207,7 +207,7 @@ static void contain(tbx__call *c, pid_t pid)
     if (!c->opts.contain || tbx__cgroup_take(&c->cgroup) != 0)
         return;
     int rc = tbx__cgroup_move(&c->cgroup, pid);
-    tbx__close(c->cgroup.procs_fd); /* a call holds the directory only */
+    tbx__close(c->cgroup.procs_fd); /* the leaf is reopened by its path to kill it */
     c->cgroup.procs_fd = -1;
     if (rc == 0) {
         c->containment = TBX_CONTAIN_CGROUP;
@@ -221,26 +221,26 @@ static void contain(tbx__call *c, pid_t pid)
 static int spawn_launch(tbx__call *c, tbx__child *child)
 {
     int sv[2] = {-1, -1}, res[2] = {-1, -1}, rc;
-    int bulk = tbx__bulk_create(c->opts.max_result);
+    /* The result comes back on a socket, as fork's: the worker makes a big
+     * result's memfd itself and sends it with the header. */
+    int bulk = c->opts.max_result >= TBX__BIG_PAYLOAD ? TBX__BULK_MAKE : -1;
     pid_t pid;
 
-    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        return -errno;
+    if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, res) != 0)
         rc = -errno;
-        tbx__close(bulk);
-        return rc;
-    }
-    rc = tbx__pipe(res, 0);
+    else
+        rc = 0;
     if (rc == 0)
         rc = lift(&sv[1]);
     if (rc == 0)
         rc = lift(&res[1]);
-    /* The captured streams go onto 1 and 2, the backtrace pipe and the
-     * bulk memfd onto 5 and 6 (or 5 alone): lifted above them first. */
+    /* The captured streams go onto 1 and 2, the backtrace pipe onto 5:
+     * lifted above them first. */
     for (int i = 0; rc == 0 && i < TBX__NSTREAMS; i++)
         if (c->capture[i].child_fd >= 0)
             rc = lift(&c->capture[i].child_fd);
-    if (rc == 0 && bulk >= 0)
-        rc = lift(&bulk);
     if (rc == 0) {
         int bt = c->capture[TBX__BACKTRACE].child_fd;
         tbx__spawn_spec sp = {c->opts.executable, c->opts.argv, {sv[1], res[1]}, 2, NULL,
@@ -249,13 +249,11 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         int bt_at = bt >= 0 ? 3 + sp.nfds : -1;
         if (bt >= 0)
             sp.fds[sp.nfds++] = bt;
-        int bulk_at = bulk >= 0 ? 3 + sp.nfds : -1;
-        if (bulk >= 0)
-            sp.fds[sp.nfds++] = bulk;
-        /* request,result,backtrace,bulk,caller: tbx__worker_maybe_serve
-         * reads it (the caller: the parent the worker dies with) */
+        /* request,result,backtrace,bulk (TBX__BULK_MAKE or none),caller:
+         * tbx__worker_maybe_serve reads it (the caller: the parent the
+         * worker dies with) */
         char var[80];
-        (void)snprintf(var, sizeof var, "TIMEBOX_WORKER=3,4,%d,%d,%d", bt_at, bulk_at,
+        (void)snprintf(var, sizeof var, "TIMEBOX_WORKER=3,4,%d,%d,%d", bt_at, bulk,
                        (int)getpid());
         const char *const env[] = {var, NULL};
         sp.env = env;
@@ -269,13 +267,12 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         /* glibc reports a failed exec here and has reaped that child. */
         tbx__close(sv[0]);
         tbx__close(res[0]);
-        tbx__close(bulk);
         return rc;
     }
     child->pid = pid;
     child->result_fd = res[0];
+    child->result_sock = 1;
     child->request_fd = sv[0];
-    child->bulk_fd = bulk;
     child->worker = 1; /* always START: its absence names a missing tbx_init */
     child->pidfd = tbx__pidfd_open(pid);
     if (child->pidfd == -ENOSYS || child->pidfd == -ESRCH) {
@@ -286,8 +283,6 @@ static int spawn_launch(tbx__call *c, tbx__child *child)
         tbx__cgroup_end(&c->cgroup);
         tbx__close(sv[0]);
         tbx__close(res[0]);
-        tbx__close(bulk);
-        child->bulk_fd = -1;
         return rc;
     }
     return 0;

@@ -30,7 +30,7 @@ void tbx_opts_init(tbx_opts *opts)
 /* What every method needs checked: 0 or TBX_EINVAL. */
 static int check_common(tbx__call *c, const void *args, size_t args_len, const tbx_opts *opts)
 {
-    c->cgroup.dirfd = c->cgroup.procs_fd = -1; /* a call refused or queued has none */
+    c->cgroup = (tbx__cgroup)TBX__CGROUP_INIT; /* a call refused or queued has none */
     if (opts != NULL)
         c->opts = *opts;
     else
@@ -96,6 +96,7 @@ static void reset_child(tbx__call *c)
     c->child.request_fd = -1;
     c->child.control_fd = -1;
     c->child.bulk_fd = -1;
+    c->child.result_sock = 0;
     c->control_fd_in = -1;
     c->cancel_fd = -1;
     for (int i = 0; i < TBX__NSTREAMS; i++)

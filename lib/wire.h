@@ -30,7 +30,10 @@ enum {
                               fatal signal, opts.backtrace_on_crash) and
                               waits, to be traced, then sent it again */
     TBX__FRAME_OK_BULK = 5 /* the result, len bytes, is in the call's bulk
-                              memfd, sealed; nothing follows on the pipe */
+                              memfd, sealed; nothing follows on the pipe.
+                              On a result socket the memfd comes with the
+                              header's bytes, the only descriptor a result
+                              socket may bring */
 };
 
 typedef struct tbx__frame_header {
@@ -189,10 +192,12 @@ int tbx__grow_buffer(char **buf, size_t *cap, uint64_t total);
 #define TBX__MAP_HEADER 64
 void tbx__payload_free(char *payload, char *map);
 
-/* bulk.c: a big result crosses in a memfd instead of the pipe.  The parent
- * makes one per call (bulk_create) and the child, once its result has grown
- * past TBX__BIG_PAYLOAD, packs straight into it, seals it and sends only a
- * TBX__FRAME_OK_BULK header.  The parent maps the sealed pages: no copy
+/* bulk.c: a big result crosses in a memfd instead of the pipe.  The child,
+ * once its result has grown past TBX__BIG_PAYLOAD, packs straight into it,
+ * seals it and sends only a TBX__FRAME_OK_BULK header.  A fork or spawn
+ * child makes the memfd then (TBX__BULK_MAKE) and sends it with the header
+ * over its result socket (SCM_RIGHTS): a call holds none until it needs
+ * one.  A forkserver call's is made by the caller (bulk_create).  The parent maps the sealed pages: no copy
  * through the pipe, and none into a buffer of ours.
  *   create: a memfd (CLOEXEC, sealable), or -1 when max_result leaves no
  *           room for a big result or the kernel has no memfd.
@@ -201,6 +206,10 @@ void tbx__payload_free(char *payload, char *map);
  *           page of our own (TBX__MAP_HEADER's role: tbx__payload_free
  *           frees it).  0, TBX_EPROTO (the child lied), or -errno. */
 int tbx__bulk_create(uint64_t max_result);
+/* A child's bulk_fd that says: make the memfd yourself when the result grows
+ * past TBX__BIG_PAYLOAD, and send it with the OK_BULK header (SCM_RIGHTS)
+ * down the result socket.  The parent holds no memfd while the call runs. */
+#define TBX__BULK_MAKE (-2)
 int tbx__bulk_map(int fd, uint64_t len, char **payload, char **map);
 /* 0 if fd is a sealable memfd with no seal yet, as bulk_create makes them
  * (the forkserver checks what a client sends); TBX_EPROTO otherwise. */

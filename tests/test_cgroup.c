@@ -143,7 +143,10 @@ static void kill_family(void)
     for (int i = 0; i < 2; i++)
         cr_assert(wait_gone(escaped[i], 0), "pid %d survived its cgroup's kill (state %c)",
                   (int)escaped[i], proc_state(escaped[i]));
-    cr_assert_eq(tbx__cgroup_is_populated(cg.dirfd), 0);
+    int dir = tbx__cgroup_open_dir(&cg);
+    cr_assert_geq(dir, 0, "the leaf: %s", strerror(-dir));
+    cr_assert_eq(tbx__cgroup_is_populated(dir), 0);
+    close(dir);
 
     char path[PATH_MAX + 32];
     leaf_dir(&cg, path, sizeof path);
@@ -171,9 +174,11 @@ TBX_PLAIN_TEST(cgroup, kill_removes_cgroups_made_below_the_leaf)
     need_cgroups();
     tbx__cgroup cg;
     cr_assert_eq(tbx__cgroup_take(&cg), 0);
-    cr_assert_eq(mkdirat(cg.dirfd, "nested", 0755), 0);
-    cr_assert_eq(mkdirat(cg.dirfd, "nested/deeper", 0755), 0);
-    int procs = openat(cg.dirfd, "nested/deeper/cgroup.procs", O_WRONLY | O_CLOEXEC);
+    int dir = tbx__cgroup_open_dir(&cg);
+    cr_assert_geq(dir, 0, "the leaf: %s", strerror(-dir));
+    cr_assert_eq(mkdirat(dir, "nested", 0755), 0);
+    cr_assert_eq(mkdirat(dir, "nested/deeper", 0755), 0);
+    int procs = openat(dir, "nested/deeper/cgroup.procs", O_WRONLY | O_CLOEXEC);
     cr_assert_geq(procs, 0);
     pid_t child = fork();
     if (child == 0) {
@@ -184,16 +189,49 @@ TBX_PLAIN_TEST(cgroup, kill_removes_cgroups_made_below_the_leaf)
     }
     close(procs);
     /* The child is in "deeper" once populated says so. */
-    for (int i = 0; i < 1000 && tbx__cgroup_is_populated(cg.dirfd) != 1; i++)
+    for (int i = 0; i < 1000 && tbx__cgroup_is_populated(dir) != 1; i++)
         sleep_s(0.001);
-    cr_assert_eq(tbx__cgroup_is_populated(cg.dirfd), 1);
+    cr_assert_eq(tbx__cgroup_is_populated(dir), 1);
     cr_assert_eq(tbx__cgroup_kill(&cg), 0);
     int st;
     cr_assert_eq(waitpid(child, &st, 0), child);
     cr_assert(WIFSIGNALED(st), "the nested child was not killed: %#x", st);
-    cr_assert_eq(faccessat(cg.dirfd, "nested", F_OK, 0), -1, "the nested cgroup is still there");
+    cr_assert_eq(faccessat(dir, "nested", F_OK, 0), -1, "the nested cgroup is still there");
+    close(dir);
     tbx__cgroup_give(&cg, 1);
     tbx__cgroup_cleanup();
+}
+
+/* A lent leaf costs its call no descriptor once the child is in (the
+ * launcher closes cgroup.procs): the call's end opens it by its path, which
+ * only the process that took it may do; a leaf removed meanwhile from
+ * outside was empty, and its kill succeeds. */
+TBX_PLAIN_TEST(cgroup, a_lent_leaf_holds_no_descriptor)
+{
+    need_cgroups();
+    int before = count_fds();
+    tbx__cgroup cg;
+    cr_assert_eq(tbx__cgroup_take(&cg), 0);
+    close(cg.procs_fd); /* as a launcher does once its child is in */
+    cg.procs_fd = -1;
+    cr_assert_eq(count_fds(), before, "a lent leaf holds a descriptor");
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0)
+        _exit(tbx__cgroup_open_dir(&cg) == -ESRCH ? 0 : 1);
+    int st;
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a fork child opened its parent's leaf");
+
+    char path[PATH_MAX + 32];
+    leaf_dir(&cg, path, sizeof path);
+    cr_assert_eq(rmdir(path), 0, "%s: %s", path, strerror(errno));
+    cr_assert_eq(tbx__cgroup_kill(&cg), 0);
+    tbx__cgroup_give(&cg, 1);
+    cr_assert_eq(tbx__cgroup_take(&cg), 0, "the leaf is made again");
+    tbx__cgroup_give(&cg, 1);
+    tbx__cgroup_cleanup();
+    cr_assert_eq(count_fds(), before);
 }
 
 /* Leaves are reused: the same one comes back once given back empty; calls in

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "helpers.h"
+#include "../lib/os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* ---------------------------------------------- raw frames from the child
@@ -22,11 +25,25 @@
  * the inodes of the pipes it had) and does have open now (the caller sends
  * its pid; its engine holds the read end).  That leaves out the pipes a
  * child has of its own, such as libuv's signal lock, which libuv makes anew
- * in every fork child.  Not exactly one: _exit(77 + how many). */
+ * in every fork child.  A fork or spawn child's result descriptor is a
+ * socket instead, found where no pipe is: one the caller made (its peer's
+ * credentials say the caller's pid), blocking, not there before the call,
+ * and closed by the caller since (the caller keeps the other end, which a
+ * fork child inherits too).  Not exactly one: _exit(77 + how many). */
 static unsigned long pipe_inode(const char *target)
 {
     unsigned long ino = 0;
-    return sscanf(target, "pipe:[%lu]", &ino) == 1 ? ino : 0;
+    if (sscanf(target, "pipe:[%lu]", &ino) == 1 || sscanf(target, "socket:[%lu]", &ino) == 1)
+        return ino;
+    return 0;
+}
+
+/* 1 if fd is a socket whose peer was made by pid (socketpair). */
+static int socket_of(int fd, pid_t pid)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 && cr.pid == pid;
 }
 
 /* The pipe inodes among pid's (0: this process's) descriptors, up to max. */
@@ -44,7 +61,7 @@ static int pipes_of(pid_t pid, unsigned long *ino, int max)
     return n;
 }
 
-static int find_result_fd(const msgpack_object *known, pid_t caller)
+static int find_result_fd_once(const msgpack_object *known, pid_t caller)
 {
     static unsigned long callers[1024];
     int ncallers = pipes_of(caller, callers, 1024);
@@ -52,7 +69,7 @@ static int find_result_fd(const msgpack_object *known, pid_t caller)
     int nfds = list_fds(0, fds, MAX_FDS);
     if (nfds < 0)
         _exit(76);
-    int found = -1, n = 0;
+    int found = -1, found_sock = -1, n = 0;
     for (int k = 0; k < nfds && k < MAX_FDS; k++) {
         int fd = fds[k];
         if (fd < 3)
@@ -61,21 +78,48 @@ static int find_result_fd(const msgpack_object *known, pid_t caller)
         fd_target(fd, target, sizeof target);
         unsigned long ino = pipe_inode(target);
         int fl = fcntl(fd, F_GETFL);
-        if (ino == 0 || fl < 0 || (fl & O_ACCMODE) != O_WRONLY || (fl & O_NONBLOCK))
+        int sock = strncmp(target, "socket:", 7) == 0;
+        if (ino == 0 || fl < 0 || (fl & O_NONBLOCK) ||
+            (fl & O_ACCMODE) != (sock ? O_RDWR : O_WRONLY) || (sock && !socket_of(fd, caller)))
             continue;
         int old = 0, theirs = 0;
         for (uint32_t i = 0; i < known->via.array.size; i++)
             old |= known->via.array.ptr[i].via.u64 == ino;
         for (int i = 0; i < ncallers; i++)
             theirs |= callers[i] == ino;
-        if (!old && theirs) {
+        if (sock) /* the caller holds the other end, of another inode, not this one */
+            theirs = !theirs;
+        if (!old && theirs && !sock) {
             found = fd;
             n++;
+        } else if (!old && theirs && found_sock == -1) {
+            found_sock = fd;
+        } else if (!old && theirs) {
+            found_sock = -2;
         }
     }
-    if (n != 1)
+    /* A socket passes for the result only where no pipe does. */
+    if (n == 0 && found_sock >= 0) {
+        found = found_sock;
+        n = 1;
+    }
+    if (n > 1)
         _exit(77 + (n > 20 ? 20 : n));
-    return found;
+    return n == 1 ? found : -1;
+}
+
+/* The caller closes its copy of a fork child's result socket just after
+ * the fork: until then the socket is not told apart, so none found is
+ * looked for again, for up to two seconds. */
+static int find_result_fd(const msgpack_object *known, pid_t caller)
+{
+    for (int tries = 0; tries < 2000; tries++) {
+        int fd = find_result_fd_once(known, caller);
+        if (fd >= 0)
+            return fd;
+        usleep(1000);
+    }
+    _exit(77);
 }
 
 enum { RAW_EXIT, RAW_RETURN };
@@ -104,6 +148,37 @@ static int fn_raw(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     return msgpack_pack_int(pk, 5);
 }
 TBX_REGISTER(fn_raw);
+
+/* How fn_raw_fds forges the memfd it sends with an OK_BULK header. */
+enum { FDS_GOOD, FDS_TWO, FDS_UNSEALED, FDS_SHORT, FDS_NONE, NFDS_HOW };
+
+/* A memfd holding the 5 bytes [1, "ok"] (and pad more), sealed or not. */
+static int forged_memfd(size_t pad, int seal)
+{
+    static const unsigned char v[] = {0x92, 0x01, 0xa2, 'o', 'k'};
+    int fd = memfd_create("forged", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || write(fd, v, sizeof v) != (ssize_t)sizeof v || ftruncate(fd, 5 + (off_t)pad))
+        _exit(74);
+    if (seal && fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK) != 0)
+        _exit(74);
+    return fd;
+}
+
+/* args as fn_raw's, then how: sends the bytes (an OK_BULK header of 5)
+ * with the descriptors `how` says, in one message, and _exits. */
+static int fn_raw_fds(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx, (void)pk;
+    const msgpack_object *a = args->via.array.ptr;
+    int fd = find_result_fd(&a[1], (pid_t)a[3].via.u64);
+    int how = (int)a[4].via.i64, fds[2] = {-1, -1}, nfds = how == FDS_NONE ? 0 : 1;
+    fds[0] = forged_memfd(how == FDS_SHORT ? 1 : 0, how != FDS_UNSEALED);
+    if (how == FDS_TWO)
+        fds[nfds++] = forged_memfd(0, 1);
+    size_t len = a[0].via.bin.size;
+    _exit(tbx__send_fds(fd, a[0].via.bin.ptr, len, fds, nfds, 0) == (ssize_t)len ? 0 : 75);
+}
+TBX_REGISTER(fn_raw_fds);
 
 /* A frame header as the child writes it (see lib/wire.h: host byte
  * order, magic "TBX1"). */
@@ -137,8 +212,9 @@ static void raw_bytes(struct raw *r, const void *p, size_t len)
     r->len += len;
 }
 
-/* Runs fn_raw with these bytes. */
-static int raw_call(tbx_method m, const struct raw *bytes, int mode, int soft, tbx_result *r)
+/* Runs fn (fn_raw, or fn_raw_fds with its fifth arg, how) with these bytes. */
+static int raw_call_fn(tbx_fn *fn, tbx_method m, const struct raw *bytes, int mode, int soft,
+                       int how, tbx_result *r)
 {
     unsigned long ino[256];
     int n = pipes_of(0, ino, 256);
@@ -146,22 +222,29 @@ static int raw_call(tbx_method m, const struct raw *bytes, int mode, int soft, t
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 4);
+    msgpack_pack_array(&pk, fn == fn_raw ? 4 : 5);
     msgpack_pack_bin_with_body(&pk, bytes->buf, bytes->len);
     msgpack_pack_array(&pk, (size_t)n);
     for (int i = 0; i < n; i++)
         msgpack_pack_uint64(&pk, ino[i]);
     msgpack_pack_int(&pk, mode);
     msgpack_pack_uint64(&pk, (uint64_t)getpid());
+    if (fn != fn_raw)
+        msgpack_pack_int(&pk, how);
     tbx_opts o = test_opts(m);
     o.timeout_s = 60;
     o.hard_timeout = !soft;
-    int rc = tbx_call(fn_raw, sb.data, sb.size, &o, r);
+    int rc = tbx_call(fn, sb.data, sb.size, &o, r);
     msgpack_sbuffer_destroy(&sb);
     check_status(rc, r);
     cr_assert(rc == 0 || r->exit_code < 75 || r->exit_code > 97,
               "the function could not find its result descriptor (exit %d)", r->exit_code);
     return rc;
+}
+
+static int raw_call(tbx_method m, const struct raw *bytes, int mode, int soft, tbx_result *r)
+{
+    return raw_call_fn(fn_raw, m, bytes, mode, soft, 0, r);
 }
 
 /* =============================================================== frames */
@@ -362,5 +445,39 @@ TBX_TEST(frames, second_start_is_eproto)
     raw_hdr(&twice, FRAME_MAGIC, K_START, 0, 0, 0);
     rc = raw_call(*method, &twice, RAW_RETURN, 0, &r);
     cr_assert_eq(rc, TBX_EPROTO, "hard, two STARTs: %s: %s", tbx_err_name(rc), r.message);
+    tbx_result_free(&r);
+}
+
+/* A child whose result descriptor is a socket sends a big result's memfd
+ * with its OK_BULK header: exactly one, sealed against writes and resizing,
+ * of exactly the announced size, or the call is TBX_EPROTO.  (The forged
+ * good one proves the forging: it is taken.)  A memfd with another frame is
+ * TBX_EPROTO too. */
+TBX_TEST(frames, forged_bulk_memfds_are_eproto)
+{
+    if (*method != TBX_FORK && *method != TBX_SPAWN)
+        cr_skip_test("the caller makes this method's memfd: only a fork or spawn child "
+                     "sends one");
+    static const char *what[] = {"good", "two fds", "unsealed", "of another size", "no fd"};
+    for (int how = 0; how < NFDS_HOW; how++) {
+        struct raw b = {.len = 0};
+        raw_hdr(&b, FRAME_MAGIC, K_OK_BULK, 0, 0, 5);
+        tbx_result r;
+        int rc = raw_call_fn(fn_raw_fds, *method, &b, RAW_EXIT, 0, how, &r);
+        if (how == FDS_GOOD) {
+            cr_assert_eq(rc, 0, "%s: %s: %s", what[how], tbx_err_name(rc), r.message);
+            cr_assert(obj_str_eq(&r.value.via.array.ptr[1], "ok"));
+        } else {
+            cr_assert_eq(rc, TBX_EPROTO, "%s: %s", what[how], tbx_err_name(rc));
+        }
+        tbx_result_free(&r);
+    }
+    struct raw ok = {.len = 0};
+    unsigned char v[] = {0x92, 0x01, 0xa2, 'o', 'k'};
+    raw_hdr(&ok, FRAME_MAGIC, K_OK, 0, 0, sizeof v);
+    raw_bytes(&ok, v, sizeof v);
+    tbx_result r;
+    int rc = raw_call_fn(fn_raw_fds, *method, &ok, RAW_EXIT, 0, FDS_GOOD, &r);
+    cr_assert_eq(rc, TBX_EPROTO, "a memfd with an OK frame: %s", tbx_err_name(rc));
     tbx_result_free(&r);
 }

@@ -88,23 +88,33 @@ TBX_PLAIN_TEST(child, spawned_program_dies_before_reading_all_args)
 
 /* ============================================================== results */
 
-static void check_pattern_result(tbx_method m, size_t len, size_t max_result)
+/* Calls fn_pattern for len bytes under max_result (0: the default).  want
+ * 0: the result arrives whole; TBX_ETOOBIG: refused, the child killed if it
+ * was still sending. */
+static void check_pattern(tbx_method m, size_t len, size_t max_result, int want)
 {
     msgpack_sbuffer sb;
     pack(&sb, "u", (uint64_t)len);
     tbx_opts o = test_opts(m);
     o.timeout_s = 200;
-    o.max_result = max_result;
+    if (max_result != 0)
+        o.max_result = max_result;
     tbx_result r;
     int rc = tbx_call(fn_pattern, sb.data, sb.size, &o, &r);
     check_status(rc, &r);
-    cr_assert_eq(rc, 0, "%zu bytes: %s: %s", len, tbx_err_name(rc), r.message);
-    cr_assert_eq(r.value.type, MSGPACK_OBJECT_BIN);
-    cr_assert_eq(r.value.via.bin.size, len);
-    const unsigned char *p = (const unsigned char *)r.value.via.bin.ptr;
-    for (size_t i = 0; i < len; i++)
-        if (p[i] != pattern(i))
-            cr_assert_fail("%zu bytes: byte %zu is %u, not %u", len, i, p[i], pattern(i));
+    cr_assert_eq(rc, want, "%zu bytes, max %zu: %s: %s", len, o.max_result, tbx_err_name(rc),
+                 r.message);
+    if (want != 0) {
+        cr_assert(r.kill_signal == 0 || r.kill_signal == SIGKILL, "kill_signal %d",
+                  r.kill_signal);
+    } else {
+        cr_assert_eq(r.value.type, MSGPACK_OBJECT_BIN);
+        cr_assert_eq(r.value.via.bin.size, len);
+        const unsigned char *p = (const unsigned char *)r.value.via.bin.ptr;
+        for (size_t i = 0; i < len; i++)
+            if (p[i] != pattern(i))
+                cr_assert_fail("%zu bytes: byte %zu is %u, not %u", len, i, p[i], pattern(i));
+    }
     tbx_result_free(&r);
     msgpack_sbuffer_destroy(&sb);
 }
@@ -116,46 +126,36 @@ TBX_TEST(results, around_64kib)
     size_t sizes[] = {65536 - 4, 65536 - 3, 65536 - 2, 65536 - 5, 65536, 65536 + 1,
                       2 * 65536 - 5, 2 * 65536 - 4};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-        check_pattern_result(*method, sizes[i], 0);
+        check_pattern(*method, sizes[i], 0, 0);
     /* Exactly at max_result, and one byte over. */
-    check_pattern_result(*method, 65536, 65536 + 5);
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)65536);
-    tbx_opts o = test_opts(*method);
-    o.max_result = 65536 + 4;
-    tbx_result r;
-    int rc = tbx_call(fn_pattern, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    cr_assert_eq(rc, TBX_ETOOBIG, "%s: %s", tbx_err_name(rc), r.message);
-    tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
+    check_pattern(*method, 65536, 65536 + 5, 0);
+    check_pattern(*method, 65536, 65536 + 4, TBX_ETOOBIG);
+}
+
+/* Past 1 MiB a fork or spawn child makes a memfd for its result and sends
+ * it with the header (the forkserver's caller makes one): the result
+ * arrives whole at exactly max_result, and one byte over is refused. */
+TBX_TEST(results, past_1mib_at_and_over_max_result)
+{
+    const size_t len = (size_t)3 << 20;
+    check_pattern(*method, len, len + 5, 0);
+    check_pattern(*method, len, len + 4, TBX_ETOOBIG);
 }
 
 TBX_TEST(results, result_16mib)
 {
-    check_pattern_result(*method, (size_t)16 << 20, 0);
+    check_pattern(*method, (size_t)16 << 20, 0, 0);
 }
 
 TBX_TEST_T(results, result_100mib, 300.0)
 {
-    check_pattern_result(*method, (size_t)100 << 20, 0);
+    check_pattern(*method, (size_t)100 << 20, 0, 0);
 }
 
 /* 100 MiB against a 64 MiB limit: refused, child killed. */
 TBX_TEST_T(results, result_100mib_over_max_result, 300.0)
 {
-    msgpack_sbuffer sb;
-    pack(&sb, "u", (uint64_t)100 << 20);
-    tbx_opts o = test_opts(*method);
-    o.timeout_s = 200;
-    o.max_result = (size_t)64 << 20;
-    tbx_result r;
-    int rc = tbx_call(fn_pattern, sb.data, sb.size, &o, &r);
-    check_status(rc, &r);
-    cr_assert_eq(rc, TBX_ETOOBIG, "%s: %s", tbx_err_name(rc), r.message);
-    cr_assert(r.kill_signal == 0 || r.kill_signal == SIGKILL, "kill_signal %d", r.kill_signal);
-    tbx_result_free(&r);
-    msgpack_sbuffer_destroy(&sb);
+    check_pattern(*method, (size_t)100 << 20, (size_t)64 << 20, TBX_ETOOBIG);
 }
 
 /* Results nested deeper than msgpack-c unpacks (32), or with a count that

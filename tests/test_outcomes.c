@@ -213,20 +213,38 @@ static int find_bulk_fd(void)
     return found;
 }
 
-/* args [n, how]: how 0: maps the call's bulk memfd writable and keeps it
- * mapped, so that it cannot be sealed; how 1: a file size limit of 64 KiB,
- * which writing past it into the memfd would meet (SIGXFSZ).  Then packs
- * fn_many_ints's result: either way it must come down the pipe instead. */
+/* Maps the call's bulk memfd writable and keeps it mapped, so that it
+ * cannot be sealed.  0, or a tbx_fail code. */
+static int spoil_bulk(msgpack_packer *pk, int fd)
+{
+    if (mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
+        return tbx_fail(pk, 2, "map: %s", strerror(errno));
+    return 0;
+}
+
+/* args [n, how]: how 0: spoils the call's bulk memfd (spoil_bulk), which is
+ * there from the start or, where the child makes it (fork), once the result
+ * has grown past 1 MiB; how 1: a file size limit of 64 KiB, which writing
+ * past it into the memfd would meet (SIGXFSZ).  Then packs fn_many_ints's
+ * result: either way it must come down the pipe instead. */
 static int fn_bulk_unusable(const msgpack_object *args, msgpack_packer *pk, void *ctx)
 {
-    uint64_t how = args->via.array.ptr[1].via.u64;
+    (void)ctx;
+    uint64_t how = args->via.array.ptr[1].via.u64, n = args->via.array.ptr[0].via.u64;
     if (how == 0) {
-        int fd = find_bulk_fd();
-        if (fd < 0)
-            return tbx_fail(pk, 1, "no bulk memfd");
-        if (ftruncate(fd, 4096) != 0 ||
-            mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
-            return tbx_fail(pk, 2, "map: %s", strerror(errno));
+        int fd = find_bulk_fd(), spoiled = fd >= 0;
+        if (spoiled && spoil_bulk(pk, fd) != 0)
+            return 0;
+        msgpack_pack_array(pk, (size_t)n);
+        for (uint64_t i = 0; i < n; i++) {
+            msgpack_pack_uint64(pk, i * 2654435761u);
+            if (!spoiled && i % 4096 == 0 && (fd = find_bulk_fd()) >= 0) {
+                spoiled = 1;
+                if (spoil_bulk(pk, fd) != 0)
+                    return 0;
+            }
+        }
+        return spoiled ? 0 : tbx_fail(pk, 1, "no bulk memfd");
     } else {
         struct rlimit lim = {65536, 65536};
         if (setrlimit(RLIMIT_FSIZE, &lim) != 0)

@@ -106,8 +106,10 @@ static const struct {
 } entries[] = {
     {"fork", SYS_FORK, EAGAIN, M(TBX_FORK), 0},
     {"pipe2", SYS_PIPE2, EMFILE, ALL, 0},
-    {"socketpair", SYS_SOCKETPAIR, ENFILE, M(TBX_SPAWN) | M(TBX_FORKSERVER), 0},
-    {"memfd_create", SYS_MEMFD, ENOMEM, ALL, 1},
+    {"socketpair", SYS_SOCKETPAIR, ENFILE, M(TBX_FORK) | M(TBX_SPAWN) | M(TBX_FORKSERVER), 0},
+    /* A fork or spawn child makes its result's memfd itself, and only for a
+     * big result; spawn's caller makes one for big args. */
+    {"memfd_create", SYS_MEMFD, ENOMEM, ALL & ~M(TBX_FORK), 1},
     {"pidfd_open", SYS_PIDFD, EMFILE, M(TBX_FORK) | M(TBX_SPAWN), 0},
     /* A blocking call's private loop keeps its timerfd from the calls
      * before: a fresh loop (the async sweep) makes one. */

@@ -43,15 +43,19 @@ struct tbx_req {
  * never runs and req is the caller's at once.
  *
  * The loop stays alive while calls are in flight.  Not thread-safe: call it
- * on the loop's thread.  Thousands of calls may be in flight on one loop; each
- * holds 3 to 5 file descriptors with the default max_result: the result
- * pipe, a pidfd and a memfd for a big result; spawn adds the socket its
- * request goes down (until it is sent), the forkserver its control socket
- * and the request's; captured output, a backtrace pipe and big args (a
- * sealed memfd) add one each.  A loop with deadlines shares one timer
- * descriptor among all its calls.  A pooled call (TBX_POOL) holds its
- * process's three (control, request, result).  For 1,000 calls in flight,
- * raise the soft RLIMIT_NOFILE to its hard limit (README, Async API).
+ * on the loop's thread.  Thousands of calls may be in flight on one loop.  A
+ * fork or spawn call holds 2 file descriptors, its result socket and a
+ * pidfd, whatever max_result and contained or not: a big result's memfd is
+ * made by the child, when the result grows past 1 MiB, and sent with it,
+ * and the call's cgroup (opts.contain) is opened by its path when the call
+ * ends, not held; spawn adds the socket its request goes down (until it is
+ * sent).  A forkserver call holds 4: its result pipe, control socket, the
+ * child's pidfd and a memfd for a big result.  Captured output, a backtrace
+ * pipe and big args (a sealed memfd) add one each.  A loop with deadlines
+ * shares one timer descriptor among all its calls.  A pooled call
+ * (TBX_POOL) holds its process's three (control, request, result).  For
+ * 1,000 calls in flight, raise the soft RLIMIT_NOFILE to its hard limit
+ * (README, Async API): timebox leaves the limit alone.
  */
 TBX_EXTERN int tbx_call_async(uv_loop_t *loop, tbx_req *req, tbx_fn *fn,
                               const void *args, size_t args_len,

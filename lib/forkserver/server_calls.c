@@ -215,7 +215,7 @@ void tbx__fs_server_call_new(fs_server *srv, fs_client *client, const tbx__hello
     c->control_fd = control_fd;
     c->result_fd = result_fd;
     c->pidfd = -1;
-    c->cgroup.dirfd = c->cgroup.procs_fd = -1;
+    c->cgroup = (tbx__cgroup)TBX__CGROUP_INIT;
     c->handles = 1;
     c->control_poll.data = c;
     c->next = srv->calls;
