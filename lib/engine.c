@@ -370,11 +370,10 @@ static int watch(tbx__call *c)
 {
     int rc = 0;
     if (c->child.result_watch == NULL) {
-        rc = uv_poll_init(c->loop, &c->result_poll, c->child.result_fd);
+        uv_handle_t *opened;
+        rc = tbx__engine_watch_fd(c, &c->result_poll, c->child.result_fd, &opened);
         if (rc != 0)
             return rc;
-        c->result_poll.data = c;
-        c->open_handles++;
         c->h_result = 1;
     }
     c->reading = 1;

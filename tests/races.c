@@ -136,7 +136,7 @@ static const tbx_method methods[] = {TBX_FORK, TBX_SPAWN, TBX_FORKSERVER};
 
 struct blocking {
     pthread_t t;
-    int index, calls, may_reset;
+    int index, calls, may_reset, pool; /* pool: TBX_POOL only */
 };
 
 static void *blocking_main(void *p)
@@ -144,7 +144,7 @@ static void *blocking_main(void *p)
     struct blocking *b = p;
     for (int i = 0; i < b->calls; i++) {
         int kind = (i + b->index) % K_KINDS;
-        tbx_method m = methods[(i / K_KINDS + b->index) % 3];
+        tbx_method m = b->pool ? TBX_POOL : methods[(i / K_KINDS + b->index) % 3];
         int64_t n = b->index * 1000 + i;
         msgpack_sbuffer sb;
         pack_args(&sb, kind, n);
@@ -158,13 +158,14 @@ static void *blocking_main(void *p)
     return NULL;
 }
 
-static void run_blocking(int threads, int calls, int may_reset)
+static void run_blocking(int threads, int calls, int may_reset, int pool)
 {
     struct blocking b[16];
     for (int i = 0; i < threads; i++) {
         b[i].index = i;
         b[i].calls = calls;
         b[i].may_reset = may_reset;
+        b[i].pool = pool;
         pthread_create(&b[i].t, NULL, blocking_main, &b[i]);
     }
     for (int i = 0; i < threads; i++)
@@ -287,24 +288,6 @@ static void start_pool(void)
         bad("pool: tbx_forkserver_start failed");
 }
 
-static void *pool_main(void *p)
-{
-    struct blocking *b = p;
-    for (int i = 0; i < b->calls; i++) {
-        int kind = (i + b->index) % K_KINDS;
-        int64_t n = b->index * 1000 + i;
-        msgpack_sbuffer sb;
-        pack_args(&sb, kind, n);
-        tbx_opts o = opts_for(TBX_POOL, kind, 0);
-        tbx_result r;
-        tbx_call(fn_race, sb.data, sb.size, &o, &r);
-        check("pool", TBX_POOL, kind, n, &r, b->may_reset);
-        tbx_result_free(&r);
-        msgpack_sbuffer_destroy(&sb);
-    }
-    return NULL;
-}
-
 static void *pool_churn_main(void *p)
 {
     (void)p;
@@ -319,20 +302,12 @@ static void *pool_churn_main(void *p)
 
 static void run_pool(int threads, int calls, int churn)
 {
-    struct blocking b[16];
     pthread_t stopper;
     start_pool();
     atomic_store(&pool_stop, 0);
     if (churn)
         pthread_create(&stopper, NULL, pool_churn_main, NULL);
-    for (int i = 0; i < threads; i++) {
-        b[i].index = i;
-        b[i].calls = calls;
-        b[i].may_reset = churn;
-        pthread_create(&b[i].t, NULL, pool_main, &b[i]);
-    }
-    for (int i = 0; i < threads; i++)
-        pthread_join(b[i].t, NULL);
+    run_blocking(threads, calls, churn, 1);
     atomic_store(&pool_stop, 1);
     if (churn)
         pthread_join(stopper, NULL);
@@ -348,14 +323,14 @@ int main(int argc, char **argv)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
 
-    run_blocking(6, 20 * scale, 0);
+    run_blocking(6, 20 * scale, 0, 0);
     printf("races: blocking threads done (%d calls)\n", atomic_load(&calls_done));
     run_loops(4);
     printf("races: loop threads done (%d calls)\n", atomic_load(&calls_done));
 
     pthread_t churn;
     pthread_create(&churn, NULL, churn_main, NULL);
-    run_blocking(4, 10 * scale, 1);
+    run_blocking(4, 10 * scale, 1, 0);
     atomic_store(&churn_stop, 1);
     pthread_join(churn, NULL);
     tbx_forkserver_stop();

@@ -23,15 +23,6 @@
 
 static const unsigned char nil[1] = {0xc0};
 
-static void start_pool(unsigned size, unsigned max_calls)
-{
-    tbx_forkserver_opts fo;
-    tbx_forkserver_opts_init(&fo);
-    fo.pool_size = size;
-    fo.pool_max_calls = max_calls;
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
-}
-
 static tbx_opts pool_opts(void)
 {
     tbx_opts o = test_opts(TBX_POOL);

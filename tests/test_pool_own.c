@@ -20,14 +20,6 @@ static int fn_pid(const msgpack_object *args, msgpack_packer *pk, void *ctx)
 }
 TBX_REGISTER(fn_pid);
 
-static void start_pool(unsigned size)
-{
-    tbx_forkserver_opts fo;
-    tbx_forkserver_opts_init(&fo);
-    fo.pool_size = size;
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
-}
-
 /* One call by pool; its process's pid, or -1 if it failed or was not kept. */
 static pid_t pool_call(void)
 {
@@ -56,7 +48,7 @@ static void *caller(void *arg)
 
 TBX_PLAIN_TEST(pool_own, threads_calls_are_served_and_nothing_outlives_a_thread)
 {
-    start_pool(1);
+    start_pool(1, 0);
     pthread_t t[3];
     int ok[3];
     for (int i = 0; i < 3; i++)
@@ -68,8 +60,8 @@ TBX_PLAIN_TEST(pool_own, threads_calls_are_served_and_nothing_outlives_a_thread)
     cr_assert_gt(pool_call(), 0);
 }
 
-/* A thread makes a call and waits; the main thread calls meanwhile, then
- * the thread calls again, and ends. */
+/* A thread makes a call and waits while the main thread does something
+ * (between), then calls again, and ends. */
 typedef struct {
     sem_t called, go;
     pid_t first, second;
@@ -86,64 +78,53 @@ static void *call_wait_call(void *arg)
     return NULL;
 }
 
+static void take_turns(turns *tu, void (*between)(void))
+{
+    sem_init(&tu->called, 0, 0);
+    sem_init(&tu->go, 0, 0);
+    start_pool(1, 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, call_wait_call, tu), 0);
+    while (sem_wait(&tu->called) != 0)
+        ;
+    between();
+    sem_post(&tu->go);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    sem_destroy(&tu->called);
+    sem_destroy(&tu->go);
+    cr_assert_gt(tu->first, 0);
+    cr_assert_gt(tu->second, 0);
+}
+
+static pid_t main_pid; /* the main thread's call, between the thread's two */
+
+static void call_between(void)
+{
+    main_pid = pool_call();
+}
+
 /* The idle process a thread's call kept (watched on that thread's loop)
  * serves the next call of any thread: pool_size counts it, and another
  * thread does not start a process of its own. */
 TBX_PLAIN_TEST(pool_own, a_threads_idle_process_serves_another_thread)
 {
     turns tu;
-    sem_init(&tu.called, 0, 0);
-    sem_init(&tu.go, 0, 0);
-    start_pool(1);
-    pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, call_wait_call, &tu), 0);
-    while (sem_wait(&tu.called) != 0)
-        ;
-    pid_t mine = pool_call();
-    sem_post(&tu.go);
-    cr_assert_eq(pthread_join(t, NULL), 0);
-    cr_assert_gt(tu.first, 0);
-    cr_assert_eq(mine, tu.first, "another thread's idle process was not used");
+    take_turns(&tu, call_between);
+    cr_assert_eq(main_pid, tu.first, "another thread's idle process was not used");
     cr_assert_eq(tu.second, tu.first, "the process did not go back to the thread");
-    sem_destroy(&tu.called);
-    sem_destroy(&tu.go);
 }
 
-/* A thread makes a call, waits while the main thread stops the pool and
- * starts it again, then calls again. */
-typedef struct {
-    sem_t called, restarted;
-    pid_t before, after;
-} handover;
-
-static void *call_twice(void *arg)
+static void restart(void)
 {
-    handover *h = arg;
-    h->before = pool_call();
-    sem_post(&h->called);
-    while (sem_wait(&h->restarted) != 0)
-        ;
-    h->after = pool_call();
-    return NULL;
+    tbx_forkserver_stop();
+    start_pool(1, 0);
 }
 
+/* A stop lets go of a process watched on another thread's loop; that
+ * thread's next call gets a process of the new pool. */
 TBX_PLAIN_TEST(pool_own, a_stop_on_another_thread_lets_a_threads_process_go)
 {
-    handover h;
-    sem_init(&h.called, 0, 0);
-    sem_init(&h.restarted, 0, 0);
-    start_pool(1);
-    pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, call_twice, &h), 0);
-    while (sem_wait(&h.called) != 0)
-        ;
-    tbx_forkserver_stop();
-    start_pool(1);
-    sem_post(&h.restarted);
-    cr_assert_eq(pthread_join(t, NULL), 0);
-    cr_assert_gt(h.before, 0);
-    cr_assert_gt(h.after, 0);
-    cr_assert_neq(h.after, h.before, "a process of the stopped pool served a call");
-    sem_destroy(&h.called);
-    sem_destroy(&h.restarted);
+    turns tu;
+    take_turns(&tu, restart);
+    cr_assert_neq(tu.second, tu.first, "a process of the stopped pool served a call");
 }

@@ -63,22 +63,24 @@ static void idle_news(tbx__pool_slot *w)
     uv_poll_stop(&w->control_h);
 }
 
-static void result_cb(uv_poll_t *h, int status, int events)
+#define SLOT_OF(h, member) ((tbx__pool_slot *)((char *)(h) - offsetof(tbx__pool_slot, member)))
+
+static void news(tbx__pool_slot *w, uv_poll_cb call_cb, uv_poll_t *h, int status, int events)
 {
-    tbx__pool_slot *w = (tbx__pool_slot *)((char *)h - offsetof(tbx__pool_slot, result_h));
     if (w->call != NULL)
-        tbx__engine_result_cb(h, status, events);
+        call_cb(h, status, events);
     else
         idle_news(w);
 }
 
+static void result_cb(uv_poll_t *h, int status, int events)
+{
+    news(SLOT_OF(h, result_h), tbx__engine_result_cb, h, status, events);
+}
+
 static void control_cb(uv_poll_t *h, int status, int events)
 {
-    tbx__pool_slot *w = (tbx__pool_slot *)((char *)h - offsetof(tbx__pool_slot, control_h));
-    if (w->call != NULL)
-        tbx__fs_client_control_cb(h, status, events);
-    else
-        idle_news(w);
+    news(SLOT_OF(h, control_h), tbx__fs_client_control_cb, h, status, events);
 }
 
 static void closed_cb(uv_handle_t *h)
