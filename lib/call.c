@@ -95,12 +95,15 @@ static int call_blocking(tbx_fn *fn, const char *name, const void *args, size_t 
         }
         c.has_slot = 1;
     }
+    /* The loop is in use (another thread may not close a handle on it). */
+    tbx__private_loop_enter(loop);
     rc = tbx__engine_run(&c);
     if (rc != 0 && c.has_slot) /* no child: finalize never runs */
         tbx__slot_release(1);
     /* On error the loop may still hold closing handles of c: run it dry
      * either way before c leaves the stack. */
     uv_run(loop, UV_RUN_DEFAULT);
+    tbx__private_loop_leave(loop);
     if (rc != 0)
         return refuse(out, rc);
     rc = out->status;

@@ -83,10 +83,18 @@ static void heap_remove(tbx__timers *t, tbx__deadline *d)
     sift_down(t, last->index);
 }
 
-/* Points the timerfd at the earliest deadline, if that changed. */
+/* Points the timerfd at the earliest deadline when it is set later than
+ * that, or not set.  A timerfd set earlier than needed (the deadline it was
+ * set for is gone, or a later one came) is left as it is: it fires early,
+ * finds nothing due, and is set again then.  Calls made one after another
+ * with the same timeout, whose deadlines only grow, thus set it once per
+ * timeout rather than twice per call (set at the start, cleared at the
+ * end); no deadline is ever late for it. */
 static void rearm(tbx__timers *t)
 {
     uint64_t want = t->n > 0 ? t->heap[0]->when_ns : 0;
+    if (t->armed_ns != 0 && (want == 0 || t->armed_ns <= want))
+        return;
     if (want == t->armed_ns)
         return;
     /* A deadline already past still arms: the kernel fires at once. */

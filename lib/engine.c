@@ -32,7 +32,10 @@
 static void stop_reading(tbx__call *c)
 {
     if (c->reading) {
-        uv_poll_stop(&c->result_poll);
+        /* A launcher's handle (result_watch) is left started, so that it
+         * costs no system call: an event on it is stopped when it comes. */
+        if (c->h_result)
+            uv_poll_stop(&c->result_poll);
         c->reading = 0;
     }
 }
@@ -190,10 +193,14 @@ static void drain(tbx__call *c)
     }
 }
 
-static void result_cb(uv_poll_t *h, int status, int events)
+void tbx__engine_result_cb(uv_poll_t *h, int status, int events)
 {
     tbx__call *c = h->data;
     TBX__UNUSED(events);
+    if (!c->reading) {
+        uv_poll_stop(h); /* the launcher's (stop_reading) */
+        return;
+    }
     if (status < 0) {
         c->sys_error = status;
         stop_reading(c);
@@ -361,12 +368,14 @@ int tbx__engine_watch_fd(tbx__call *c, uv_poll_t *p, int fd, uv_handle_t **h)
 
 static int watch(tbx__call *c)
 {
-    int rc = uv_poll_init(c->loop, &c->result_poll, c->child.result_fd);
-    if (rc != 0)
-        return rc;
-    c->result_poll.data = c;
-    c->open_handles++;
-    c->h_result = 1;
+    int rc = 0;
+    if (c->child.result_watch == NULL) {
+        uv_handle_t *opened;
+        rc = tbx__engine_watch_fd(c, &c->result_poll, c->child.result_fd, &opened);
+        if (rc != 0)
+            return rc;
+        c->h_result = 1;
+    }
     c->reading = 1;
     if (rc == 0) {
         uv_handle_t *h = NULL;
@@ -388,8 +397,8 @@ static int watch(tbx__call *c)
             rc = uv_poll_start(&k->poll, UV_READABLE, stream_cb);
         }
     }
-    if (rc == 0)
-        rc = uv_poll_start(&c->result_poll, UV_READABLE, result_cb);
+    if (rc == 0 && c->h_result)
+        rc = uv_poll_start(&c->result_poll, UV_READABLE, tbx__engine_result_cb);
     if (rc == 0)
         rc = tbx__request_start(c);
     if (rc == 0)

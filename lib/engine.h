@@ -82,6 +82,13 @@ typedef struct tbx__child {
                       its result frames carry its word on the call (wire.h),
                       and its request socket stays open */
     void *slot;    /* pooled: its launcher's record of the process */
+    uv_poll_t *result_watch; /* NULL, or the launcher's own handle on the
+                                result pipe, started before the call and
+                                kept after it (a pooled process's, on a
+                                thread's private loop): its callback passes
+                                the call's events to tbx__engine_result_cb
+                                (data = the call), and the engine opens no
+                                result_poll of its own */
 } tbx__child;
 
 /* The launcher interface: one per start method, each in its own file, each
@@ -177,6 +184,11 @@ void tbx__own_abandon(tbx__call *call);
  * unpack_args: the args unpacked in the parent (a fork child reads them in
  *   memory).  */
 void tbx__engine_child_ended(tbx__call *call, int wstatus, int trailing);
+/* The result pipe's callback (data = the call), for a launcher whose handle
+ * watches the pipe (tbx__child.result_watch).  On such a handle, an event
+ * that comes when the call reads no more stops it: a launcher keeps only a
+ * handle still active. */
+void tbx__engine_result_cb(uv_poll_t *h, int status, int events);
 /* For a launcher's watch: opens poll p on fd for the call (counted in its
  * handles, data = call) and sets *h to it; the caller starts it.  0 or a
  * libuv error (then nothing was opened). */

@@ -15,7 +15,11 @@
 #include <stdlib.h>
 
 typedef struct private_loop {
-    uv_loop_t loop;
+    uv_loop_t loop;            /* first: a loop's address is its record's */
+    pthread_mutex_t busy;      /* held while the loop is used: by its thread
+                                  through a blocking call, as it ends, or by
+                                  another thread that closes a handle on it
+                                  (tbx__private_loop_trylock); recursive */
     struct private_loop *next;
 } private_loop;
 
@@ -24,6 +28,7 @@ static pthread_once_t loop_once = PTHREAD_ONCE_INIT;
 static _Thread_local uv_loop_t *thread_loop;
 static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
 static private_loop *loops;
+static void (*_Atomic on_end)(uv_loop_t *loop);
 
 static void loop_destroy(void *p)
 {
@@ -36,11 +41,20 @@ static void loop_destroy(void *p)
         }
     }
     pthread_mutex_unlock(&loops_lock);
-    /* Blocking calls leave nothing on it but the pinned timer, closed here. */
+    /* Blocking calls leave nothing on it but the pinned timer and what
+     * on_end closes (a pooled process kept watched), closed here. */
+    void (*end)(uv_loop_t *) = on_end;
+    pthread_mutex_lock(&pl->busy);
+    if (end != NULL)
+        end(&pl->loop);
     tbx__deadline_unpin(&pl->loop);
     uv_run(&pl->loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&pl->loop) == 0)
+    int closed = uv_loop_close(&pl->loop) == 0;
+    pthread_mutex_unlock(&pl->busy);
+    if (closed) {
+        pthread_mutex_destroy(&pl->busy);
         free(pl);
+    }
 }
 
 static void atfork_child(void)
@@ -65,6 +79,31 @@ static void loop_init_once(void)
     tbx__forget_register(TBX__FORGET_LOOPS, atfork_child, NULL);
 }
 
+int tbx__private_loop_is(uv_loop_t *loop)
+{
+    return loop != NULL && loop == thread_loop;
+}
+
+void tbx__private_loop_on_end(void (*fn)(uv_loop_t *loop))
+{
+    on_end = fn;
+}
+
+void tbx__private_loop_enter(uv_loop_t *loop)
+{
+    pthread_mutex_lock(&((private_loop *)loop)->busy);
+}
+
+void tbx__private_loop_leave(uv_loop_t *loop)
+{
+    pthread_mutex_unlock(&((private_loop *)loop)->busy);
+}
+
+int tbx__private_loop_trylock(uv_loop_t *loop)
+{
+    return pthread_mutex_trylock(&((private_loop *)loop)->busy) == 0;
+}
+
 uv_loop_t *tbx__private_loop(void)
 {
     if (thread_loop != NULL)
@@ -73,7 +112,14 @@ uv_loop_t *tbx__private_loop(void)
     private_loop *pl = malloc(sizeof *pl);
     if (pl == NULL)
         return NULL;
-    if (uv_loop_init(&pl->loop) != 0) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    int rc = pthread_mutex_init(&pl->busy, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0 || uv_loop_init(&pl->loop) != 0) {
+        if (rc == 0)
+            pthread_mutex_destroy(&pl->busy);
         free(pl);
         return NULL;
     }

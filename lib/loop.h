@@ -39,5 +39,20 @@ void tbx__deadline_unpin(uv_loop_t *loop);
 /* The calling thread's private loop for blocking calls, made on first use;
  * NULL if it cannot be made. */
 uv_loop_t *tbx__private_loop(void);
+/* 1 if loop is the calling thread's private loop. */
+int tbx__private_loop_is(uv_loop_t *loop);
+/* fn runs on a thread's private loop as the thread ends (its lock held),
+ * before the loop runs its last closes: handles that outlive the calls on
+ * it (one user per process: the pool's) are closed there. */
+void tbx__private_loop_on_end(void (*fn)(uv_loop_t *loop));
+/* A private loop's lock (recursive): held by its thread while a blocking
+ * call runs on it (enter, leave), so that another thread may close a
+ * handle that outlives the calls on it when the loop is not in use, and
+ * only then (trylock: 1 if it got the lock; then leave).  A loop whose
+ * thread has ended is gone: a handle on it is found under a lock that its
+ * on_end takes too. */
+void tbx__private_loop_enter(uv_loop_t *loop);
+void tbx__private_loop_leave(uv_loop_t *loop);
+int tbx__private_loop_trylock(uv_loop_t *loop);
 
 #endif /* TBX_LOOP_H */

@@ -26,7 +26,8 @@ room_of() {
     forkserver/forkserver.h | forkserver/auth.h | forkserver/unixsock.c | forkserver/auth.c)
         echo fs_common ;;
     forkserver/client.h | forkserver/client.c | forkserver/client_start.c | \
-        forkserver/client_warm.c | forkserver/launch_forkserver.c | forkserver/launch_pool.c)
+        forkserver/client_warm.c | forkserver/launch_forkserver.c | forkserver/launch_pool.c | \
+        forkserver/pool.h | forkserver/pool_own.c)
         echo fs_client ;;
     forkserver/server.h | forkserver/server*.c | forkserver/pool_serve.c | forkserver/main.c | \
         forkserver/sd_daemon.h | forkserver/sd_daemon*.c) echo fs_server ;;
@@ -54,7 +55,7 @@ declare -A allowed=(
     # Every process at its start: becomes a worker or a server, or returns.
     [init]="child.h forkserver/forkserver.h"
     [fs_common]="forkserver/forkserver.h forkserver/auth.h wire.h"
-    [fs_client]="forkserver/client.h engine.h forkserver/forkserver.h"
+    [fs_client]="forkserver/client.h forkserver/pool.h engine.h forkserver/forkserver.h"
     # The daemon's systemd glue (sd_daemon.h) is the daemon's alone.
     [fs_server]="forkserver/server.h forkserver/sd_daemon.h child.h loop.h forkserver/forkserver.h cgroup.h ../cgroup.h trace.h"
 )

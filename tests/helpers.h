@@ -58,6 +58,9 @@ void tbx_fixture_check(void);
  * its server itself. */
 void check_forkserver(void);
 void stop_forkserver(void);
+/* Starts the forkserver with a pool of size processes, each replaced after
+ * max_calls calls (0: never); asserts it started. */
+void start_pool(unsigned size, unsigned max_calls);
 
 /* A test run once per start method; the body sees `const tbx_method *method`.
  * Criterion ends a test that runs over 120 s (a hang, not a slow machine);

@@ -278,3 +278,12 @@ void stop_forkserver(void)
     check_forkserver();
     tbx_forkserver_stop();
 }
+
+void start_pool(unsigned size, unsigned max_calls)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.pool_size = size;
+    fo.pool_max_calls = max_calls;
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+}

@@ -9,7 +9,10 @@
  *   2. threads each running a libuv loop of their own with async calls and
  *      cancels;
  *   3. the process-wide set-up changed while calls run: default method,
- *      spawn executable, child hooks, forkserver start/stop.
+ *      spawn executable, child hooks, forkserver start/stop;
+ *   4. threads sharing a small TBX_POOL (each thread's blocking calls keep
+ *      their process watched on its own loop, others take it over), while
+ *      another thread stops and restarts the pool.
  *
  * Exit status 0 when every call gave what its kind says; TSan makes it 66
  * when it reports a race.
@@ -79,7 +82,7 @@ static void check(const char *where, tbx_method m, int kind, int64_t n, const tb
     int rc = r->status;
     int ok;
     atomic_fetch_add(&calls_done, 1);
-    if (may_reset && rc == -ECONNRESET && m == TBX_FORKSERVER)
+    if (may_reset && rc == -ECONNRESET && (m == TBX_FORKSERVER || m == TBX_POOL))
         return;
     if (may_reset && rc == TBX_EINVAL && m != TBX_FORK && r->message != NULL &&
         strstr(r->message, "tbx_add_child_hook") != NULL)
@@ -133,7 +136,7 @@ static const tbx_method methods[] = {TBX_FORK, TBX_SPAWN, TBX_FORKSERVER};
 
 struct blocking {
     pthread_t t;
-    int index, calls, may_reset;
+    int index, calls, may_reset, pool; /* pool: TBX_POOL only */
 };
 
 static void *blocking_main(void *p)
@@ -141,7 +144,7 @@ static void *blocking_main(void *p)
     struct blocking *b = p;
     for (int i = 0; i < b->calls; i++) {
         int kind = (i + b->index) % K_KINDS;
-        tbx_method m = methods[(i / K_KINDS + b->index) % 3];
+        tbx_method m = b->pool ? TBX_POOL : methods[(i / K_KINDS + b->index) % 3];
         int64_t n = b->index * 1000 + i;
         msgpack_sbuffer sb;
         pack_args(&sb, kind, n);
@@ -155,13 +158,14 @@ static void *blocking_main(void *p)
     return NULL;
 }
 
-static void run_blocking(int threads, int calls, int may_reset)
+static void run_blocking(int threads, int calls, int may_reset, int pool)
 {
     struct blocking b[16];
     for (int i = 0; i < threads; i++) {
         b[i].index = i;
         b[i].calls = calls;
         b[i].may_reset = may_reset;
+        b[i].pool = pool;
         pthread_create(&b[i].t, NULL, blocking_main, &b[i]);
     }
     for (int i = 0; i < threads; i++)
@@ -271,6 +275,45 @@ static void *churn_main(void *p)
     return NULL;
 }
 
+/* ----------------------------------------------------- 4: the pool */
+
+static atomic_int pool_stop;
+
+static void start_pool(void)
+{
+    tbx_forkserver_opts fo;
+    tbx_forkserver_opts_init(&fo);
+    fo.pool_size = 2;
+    if (tbx_forkserver_start(&fo) != 0)
+        bad("pool: tbx_forkserver_start failed");
+}
+
+static void *pool_churn_main(void *p)
+{
+    (void)p;
+    while (!atomic_load(&pool_stop)) {
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+        tbx_forkserver_stop();
+        start_pool();
+    }
+    return NULL;
+}
+
+static void run_pool(int threads, int calls, int churn)
+{
+    pthread_t stopper;
+    start_pool();
+    atomic_store(&pool_stop, 0);
+    if (churn)
+        pthread_create(&stopper, NULL, pool_churn_main, NULL);
+    run_blocking(threads, calls, churn, 1);
+    atomic_store(&pool_stop, 1);
+    if (churn)
+        pthread_join(stopper, NULL);
+    tbx_forkserver_stop();
+}
+
 int main(int argc, char **argv)
 {
     tbx_init(argc, argv);
@@ -280,17 +323,21 @@ int main(int argc, char **argv)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
 
-    run_blocking(6, 20 * scale, 0);
+    run_blocking(6, 20 * scale, 0, 0);
     printf("races: blocking threads done (%d calls)\n", atomic_load(&calls_done));
     run_loops(4);
     printf("races: loop threads done (%d calls)\n", atomic_load(&calls_done));
 
     pthread_t churn;
     pthread_create(&churn, NULL, churn_main, NULL);
-    run_blocking(4, 10 * scale, 1);
+    run_blocking(4, 10 * scale, 1, 0);
     atomic_store(&churn_stop, 1);
     pthread_join(churn, NULL);
     tbx_forkserver_stop();
+
+    run_pool(4, 10 * scale, 0);
+    run_pool(4, 10 * scale, 1);
+    printf("races: pool threads done (%d calls)\n", atomic_load(&calls_done));
 
     clock_gettime(CLOCK_MONOTONIC, &t1);
     printf("races: %d calls, %d wrong, %.1f s\n", atomic_load(&calls_done),

@@ -16,20 +16,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 static const unsigned char nil[1] = {0xc0};
-
-static void start_pool(unsigned size, unsigned max_calls)
-{
-    tbx_forkserver_opts fo;
-    tbx_forkserver_opts_init(&fo);
-    fo.pool_size = size;
-    fo.pool_max_calls = max_calls;
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
-}
 
 static tbx_opts pool_opts(void)
 {
@@ -93,6 +85,43 @@ static void check_drift(tbx_fn *fn)
 TBX_PLAIN_TEST(pool, a_leaked_descriptor_is_drift_and_replaced)
 {
     check_drift(fn_leak_fd);
+}
+
+/* A descriptor left at a high number, past the table the process started
+ * with (which grows to hold it), is drift all the same: at 900 the table
+ * grows to 1,024 entries, and at 5,000 (where the descriptor limit allows)
+ * past what the process counts in one poll. */
+static int leak_fd_at(msgpack_packer *pk, int want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return tbx_fail(pk, 1, "getrlimit");
+    int at = rl.rlim_cur != RLIM_INFINITY && (rlim_t)want >= rl.rlim_cur ? (int)rl.rlim_cur - 1
+                                                                         : want;
+    if (dup3(0, at, O_CLOEXEC) != at)
+        return tbx_fail(pk, 1, "dup3");
+    return msgpack_pack_int64(pk, getpid());
+}
+
+static int fn_leak_fd_900(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    return leak_fd_at(pk, 900);
+}
+TBX_REGISTER(fn_leak_fd_900);
+
+static int fn_leak_fd_5000(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    return leak_fd_at(pk, 5000);
+}
+TBX_REGISTER(fn_leak_fd_5000);
+
+TBX_PLAIN_TEST(pool, a_descriptor_leaked_high_is_drift_and_replaced)
+{
+    check_drift(fn_leak_fd_900);
+    tbx_forkserver_stop();
+    check_drift(fn_leak_fd_5000);
 }
 
 /* A thread left running is drift too. */

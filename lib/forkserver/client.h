@@ -39,6 +39,9 @@ int tbx__fs_client_alive(void);
  * (LAUNCHED, EXITED, a server gone), and a signal asked of the server (with
  * the wait for its word after SIGKILL). */
 int tbx__fs_client_watch(tbx__call *call, uv_handle_t **h);
+/* The control socket's callback (data = the call), for the pool's handle
+ * kept on a private loop (launch_pool.c). */
+void tbx__fs_client_control_cb(uv_poll_t *h, int status, int events);
 void tbx__fs_client_kill(tbx__call *call, int sig);
 /* launch_pool.c, for client.c: the pool's options (from a start), its idle
  * processes made up to pool_size (fill) or all let go (drop, with the

@@ -42,7 +42,7 @@ static int ask_trace(tbx__call *c, int sig)
     return 0;
 }
 
-static void control_cb(uv_poll_t *h, int status, int events)
+void tbx__fs_client_control_cb(uv_poll_t *h, int status, int events)
 {
     tbx__call *c = h->data;
     TBX__UNUSED(events);
@@ -196,7 +196,8 @@ static void forkserver_ended(tbx__call *c)
 int tbx__fs_client_watch(tbx__call *c, uv_handle_t **h)
 {
     int rc = tbx__engine_watch_fd(c, &c->control_poll, c->child.control_fd, h);
-    return rc != 0 ? rc : uv_poll_start(&c->control_poll, UV_READABLE, control_cb);
+    return rc != 0 ? rc : uv_poll_start(&c->control_poll, UV_READABLE,
+                                             tbx__fs_client_control_cb);
 }
 
 static int forkserver_exited(tbx__call *c)

@@ -15,8 +15,11 @@
  * cancel or an oversize result, as any server child is (the forkserver
  * launcher's watch and signals serve here too).  At most pool_size slots
  * are kept idle; the rest are closed as their calls end.
+ *
+ * A slot kept by a blocking call stays watched on its thread's private loop
+ * (pool_own.c), and that thread's calls take it first.
  */
-#include "forkserver/client.h"
+#include "forkserver/pool.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -26,12 +29,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-typedef struct pool_slot {
-    struct pool_slot *next;
-    pid_t pid;  /* 0 until a call has read the server's LAUNCHED */
-    int containment; /* what holds it (TBX_CONTAIN_*), from LAUNCHED */
-    int control, request, result;
-} pool_slot;
+typedef tbx__pool_slot pool_slot;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pool_slot *idle;
@@ -39,12 +37,59 @@ static unsigned nidle;
 static atomic_uint pool_size, pool_max_calls;
 static atomic_int configured; /* pool_size was set at the start */
 
+/* Let go while watched on a loop in use (a stop): closed by that loop's
+ * thread, at its next TBX_POOL call or as it ends. */
+static pool_slot *graveyard;
+static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
+
+/* On the thread of the loop watching w, if one does. */
 static void slot_close(pool_slot *w)
 {
-    tbx__close(w->control);
-    tbx__close(w->request);
-    tbx__close(w->result);
-    free(w);
+    tbx__pool_own_close(w);
+}
+
+/* Moves the slots of list watched on loop (every slot, if all) to *out;
+ * under the pool's lock.  Returns how many. */
+static unsigned pick(pool_slot **list, uv_loop_t *loop, int all, pool_slot **out)
+{
+    unsigned n = 0;
+    for (pool_slot **p = list; *p != NULL;) {
+        pool_slot *w = *p;
+        if (all || w->loop == loop) {
+            *p = w->next;
+            w->next = *out;
+            *out = w;
+            n++;
+        } else {
+            p = &w->next;
+        }
+    }
+    return n;
+}
+
+static void close_all(pool_slot *w)
+{
+    while (w != NULL) {
+        pool_slot *next = w->next;
+        slot_close(w);
+        w = next;
+    }
+}
+
+/* A thread's private loop ends: the slots watched on it close with it. */
+static void loop_end(uv_loop_t *loop)
+{
+    pool_slot *gone = NULL;
+    pthread_mutex_lock(&pool_lock);
+    nidle -= pick(&idle, loop, 0, &gone);
+    (void)pick(&graveyard, loop, 0, &gone);
+    pthread_mutex_unlock(&pool_lock);
+    close_all(gone);
+}
+
+static void hook(void)
+{
+    tbx__private_loop_on_end(loop_end);
 }
 
 static unsigned target(void)
@@ -70,27 +115,47 @@ static int pool_ready(void)
 }
 
 /* Idle slots go with the connection they were made on (the server's stop,
- * or a fork child, which must not use its parent's processes). */
+ * or a fork child, which must not use its parent's processes).  One
+ * watched on a loop in use (a blocking call of another thread's) is closed
+ * by that loop's thread. */
 void tbx__fs_client_pool_drop(void)
 {
+    pool_slot *gone = NULL, *w = NULL;
     pthread_mutex_lock(&pool_lock);
-    pool_slot *w = idle;
-    idle = NULL;
+    (void)pick(&idle, NULL, 1, &w);
     nidle = 0;
-    pthread_mutex_unlock(&pool_lock);
     while (w != NULL) {
         pool_slot *next = w->next;
-        slot_close(w);
+        if (w->loop == NULL) {
+            w->next = gone;
+            gone = w;
+        } else if (!tbx__pool_own_close_from(w)) { /* else closed: w is no more */
+            w->next = graveyard;
+            graveyard = w;
+        }
         w = next;
     }
+    pthread_mutex_unlock(&pool_lock);
+    close_all(gone);
 }
 
-/* A fork child: the idle processes serve the parent's calls.  The lock,
- * which another thread may have held at the fork, starts afresh. */
+/* A fork child: the idle processes serve the parent's calls; the loops
+ * that watched some are forgotten (loop.c), their handles with them.  The
+ * lock, which another thread may have held at the fork, starts afresh. */
 void tbx__fs_client_pool_forget(void)
 {
     pthread_mutex_init(&pool_lock, NULL);
-    tbx__fs_client_pool_drop();
+    pool_slot *w = NULL;
+    (void)pick(&idle, NULL, 1, &w);
+    (void)pick(&graveyard, NULL, 1, &w);
+    nidle = 0;
+    while (w != NULL) { /* their memory is left: their handles with it */
+        pool_slot *next = w->next;
+        tbx__close(w->control);
+        tbx__close(w->request);
+        tbx__close(w->result);
+        w = next;
+    }
 }
 
 /* Orders a pooled process from the server: it is forked meanwhile, and
@@ -98,7 +163,7 @@ void tbx__fs_client_pool_forget(void)
 static pool_slot *order(tbx__call *call, int *rc)
 {
     int ctl[2] = {-1, -1}, req[2] = {-1, -1}, res[2] = {-1, -1};
-    pool_slot *w = malloc(sizeof *w);
+    pool_slot *w = tbx__pool_slot_new();
     *rc = w == NULL ? -ENOMEM : 0;
     if (*rc == 0 && (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
                      tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, req) != 0))
@@ -117,10 +182,13 @@ static pool_slot *order(tbx__call *call, int *rc)
         tbx__close(ctl[0]);
         tbx__close(req[0]);
         tbx__close(res[0]);
-        free(w);
+        if (w != NULL)
+            slot_close(w);
         return NULL;
     }
-    *w = (pool_slot){NULL, 0, 0, ctl[0], req[0], res[0]};
+    w->control = ctl[0];
+    w->request = req[0];
+    w->result = res[0];
     return w;
 }
 
@@ -154,22 +222,54 @@ void tbx__fs_client_pool_fill(void)
     }
 }
 
+/* The idle slot to take for a call on loop: one watched there already,
+ * else one watched nowhere, else one taken over from another thread's loop
+ * (out of the list meanwhile: its memory may be reused as it is); under
+ * the pool's lock. */
+static pool_slot *choose(uv_loop_t *loop)
+{
+    pool_slot **at = NULL;
+    for (pool_slot **p = &idle; *p != NULL && at == NULL; p = &(*p)->next)
+        if ((*p)->loop == loop)
+            at = p;
+    for (pool_slot **p = &idle; *p != NULL && at == NULL; p = &(*p)->next)
+        if ((*p)->loop == NULL)
+            at = p;
+    if (at != NULL) {
+        pool_slot *w = *at;
+        *at = w->next;
+        nidle--;
+        return w;
+    }
+    for (pool_slot **p = &idle; *p != NULL; p = &(*p)->next) {
+        pool_slot *w = *p, *got;
+        *p = w->next;
+        if ((got = tbx__pool_own_take_over(w)) != NULL) {
+            nidle--;
+            return got;
+        }
+        *p = w; /* its loop is in use */
+    }
+    return NULL;
+}
+
 /* An idle slot whose process is alive, or NULL.  One that died while idle
- * (its server's news of it waiting on the control socket) is closed. */
-static pool_slot *take(void)
+ * (its server's news of it waiting on the control socket, or seen by its
+ * loop) is closed, as are the ones a stop left to this loop. */
+static pool_slot *take(uv_loop_t *loop)
 {
     for (;;) {
+        pool_slot *gone = NULL;
         pthread_mutex_lock(&pool_lock);
-        pool_slot *w = idle;
-        if (w != NULL) {
-            idle = w->next;
-            nidle--;
-        }
+        if (graveyard != NULL)
+            (void)pick(&graveyard, loop, 0, &gone);
+        pool_slot *w = choose(loop);
         pthread_mutex_unlock(&pool_lock);
+        close_all(gone);
         if (w == NULL)
             return NULL;
         struct pollfd p = {w->control, POLLIN, 0};
-        if (w->pid == 0 || poll(&p, 1, 0) == 0)
+        if (w->pid == 0 || (tbx__pool_own_alive(w) && poll(&p, 1, 0) == 0))
             return w; /* a fresh one has its LAUNCHED waiting: it is read by the call */
         slot_close(w);
     }
@@ -178,7 +278,7 @@ static pool_slot *take(void)
 static int pool_launch(tbx__call *c, tbx__child *child)
 {
     int rc = 0;
-    pool_slot *w = take();
+    pool_slot *w = take(c->loop);
     if (w == NULL && (w = order(c, &rc)) == NULL)
         return rc;
     /* No pidfd: the server, the process's parent, signals it when asked on
@@ -194,6 +294,24 @@ static int pool_launch(tbx__call *c, tbx__child *child)
     child->worker = tbx__says_start(c);
     child->pooled = 1;
     child->slot = w;
+    tbx__pool_own_lend(w, c, child);
+    return 0;
+}
+
+/* A slot of the thread's own is watched already: the call holds a stand-in
+ * handle (a timer never started, which costs no system call), closed with
+ * the call's, so that the call ends through its handles' closes as every
+ * call does.  Any other: the control socket watched for this call. */
+static int pool_watch(tbx__call *c, uv_handle_t **h)
+{
+    if (c->child.result_watch == NULL)
+        return tbx__fs_client_watch(c, h);
+    int rc = uv_timer_init(c->loop, &c->exit_timer);
+    if (rc != 0)
+        return rc;
+    c->exit_timer.data = c;
+    c->open_handles++;
+    *h = (uv_handle_t *)&c->exit_timer;
     return 0;
 }
 
@@ -252,17 +370,20 @@ static void pool_release(tbx__call *c)
         return;
     uint32_t word = c->pool_word;
     /* Not kept: a process the call asked the server to signal (its deadline
-     * came as the result did), which may die under the next call. */
+     * came as the result did), which may die under the next call; one whose
+     * handles stopped (news came that the call did not read). */
     int kept = (word & TBX__POOL_DONE) && c->child.pid > 0 && c->kill_signal == 0 &&
                !(word & (TBX__POOL_DRIFT | TBX__POOL_SPENT | TBX__POOL_RETIRE)) &&
                tbx__request_whole(c) &&
                c->control_got == 0 && c->control_fd_in < 0 && !c->writing;
+    kept = tbx__pool_own_reclaim(w, c) && kept;
     if (!kept) {
         /* The engine closes its descriptors with the call's, which lets the
          * process go, if it has not gone already.  Its replacement is
          * ordered now that the call is over (not while it ran, competing
          * with it for a CPU), if the idle ones are short. */
-        free(w);
+        w->control = w->request = w->result = -1; /* the call's to close */
+        slot_close(w);
         tbx__close(c->child.request_fd); /* tbx__request_end left it open */
         c->child.request_fd = -1;
         pthread_mutex_lock(&pool_lock);
@@ -276,7 +397,9 @@ static void pool_release(tbx__call *c)
     w->pid = c->child.pid;
     w->containment = c->containment;
     c->child.control_fd = c->child.request_fd = c->child.result_fd = -1;
-    give_back(w);
+    pthread_once(&hook_once, hook);
+    if (tbx__pool_own_keep(w, c))
+        give_back(w);
 }
 
 /* The result frame is whole: with the process's word on the call (DONE),
@@ -336,7 +459,7 @@ const tbx__launcher tbx__launch_pool = {
     .max_args = TBX__MAX_ARGS,
     .prepare = tbx__request_build,
     .launch = pool_launch,
-    .watch = tbx__fs_client_watch,
+    .watch = pool_watch,
     .exited = pool_exited,
     .signal = tbx__fs_client_kill,
     .backtrace = pool_backtrace,

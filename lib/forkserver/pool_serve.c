@@ -9,13 +9,15 @@
  *     is written (the process is their subreaper, so a grandchild whose
  *     parent died, or one that moved to another session or group, is still
  *     found among its children);
- *   - signal dispositions the call changed are put back to the defaults
- *     (read from /proc/self/status: only the ones it changed), the mask
- *     emptied;
  *   - its fingerprint, taken when it started (open descriptors, threads,
  *     resident size), is checked: a process with more descriptors or threads
  *     than then, or whose resident size grew past the bound, says DRIFT in
  *     the frame and exits, to be replaced;
+ *   - signal dispositions the call changed are put back to the defaults
+ *     (read from /proc/self/status: only the ones it changed), the mask
+ *     emptied: after the frame, off the caller's wait (a status read is
+ *     the dearest part of the check), but before the next request is read,
+ *     so that the next call finds them reset all the same;
  *   - resource limits cannot be raised back: a call that set some says
  *     RETIRE and the process exits after it;
  *   - after max_calls calls it says SPENT and exits.
@@ -31,14 +33,21 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* The largest descriptor table counted by poll (an array of this many
+ * pollfds on the stack); a bigger one is counted from /proc/self/fd. */
+#define POLL_FDS_MAX 1024
 
 /* How far the resident size may grow past its size at the first call's end
  * before the process counts as drifted: room for the allocator's caches. */
@@ -48,6 +57,11 @@ typedef struct pool_state {
     int req_fd, res_fd;
     int status_fd, fd_dir;  /* /proc/self/status and /proc/self/fd, kept
                                open: read again per call, not reopened */
+    int task_dir, statm_fd; /* /proc/self/task and /proc/self/statm, the
+                               same, where the kernel counts descriptors */
+    int fd_counted;        /* 1: fstat of /proc/self/fd counts them (Linux
+                              6.2 and later) */
+    long page_kib;         /* a page's size in KiB */
     unsigned max_calls, calls;
     int fds, threads;      /* the fingerprint: when it started */
     long rss_kib;          /* after its first call; -1 until then */
@@ -57,6 +71,7 @@ typedef struct pool_state {
 
 typedef struct proc_status {
     int threads;
+    int fd_size;            /* the descriptor table's size: every open one is below */
     long rss_kib;
     uint64_t caught, ignored, blocked;
 } proc_status;
@@ -78,6 +93,7 @@ static int read_status(int fd, proc_status *st)
     memset(st, 0, sizeof *st);
     st->threads = (p = strstr(buf, "\nThreads:")) != NULL ? atoi(p + 9) : -1;
     st->rss_kib = (p = strstr(buf, "\nVmRSS:")) != NULL ? atol(p + 7) : -1;
+    st->fd_size = (p = strstr(buf, "\nFDSize:")) != NULL ? atoi(p + 8) : -1;
     if ((p = strstr(buf, "\nSigIgn:")) != NULL)
         st->ignored = strtoull(p + 8, NULL, 16);
     if ((p = strstr(buf, "\nSigCgt:")) != NULL)
@@ -88,7 +104,7 @@ static int read_status(int fd, proc_status *st)
 }
 
 /* Open descriptors, from /proc/self/fd read afresh from its start. */
-static int count_fds(int dir)
+static int list_fds(int dir)
 {
     char buf[8192];
     int n = 0;
@@ -108,6 +124,62 @@ static int count_fds(int dir)
             at += e->d_reclen;
         }
     }
+}
+
+/* Open descriptors.  Each one is below the table's size (FDSize, read from
+ * status just before, in this process of one thread), so one poll of that
+ * many entries, asking for no event, counts them: a closed one answers
+ * POLLNVAL.  That costs a fifth of the three system calls listing
+ * /proc/self/fd (0.4 us against 2 here), which a table too big for the
+ * array, or a poll that fails, falls back to. */
+static int count_fds(int dir, int fd_size)
+{
+    struct pollfd p[POLL_FDS_MAX];
+    if (fd_size <= 0 || fd_size > POLL_FDS_MAX)
+        return list_fds(dir);
+    for (int i = 0; i < fd_size; i++)
+        p[i] = (struct pollfd){i, 0, 0};
+    int r;
+    do
+        r = poll(p, (nfds_t)fd_size, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return list_fds(dir);
+    int n = 0;
+    for (int i = 0; i < fd_size; i++)
+        n += !(p[i].revents & POLLNVAL);
+    return n;
+}
+
+/* Descriptors, threads and resident size: the fingerprint, on the
+ * caller's wait.  Where the kernel counts descriptors in the size of
+ * /proc/self/fd (6.2 and later), three cheap system calls (about 1 us here,
+ * against 4 for status and a poll): that size, the link count of
+ * /proc/self/task (two plus a link per thread), the resident pages of
+ * /proc/self/statm.  Elsewhere status gives threads, resident size and the
+ * table's size for count_fds.  -1 if something cannot be read. */
+static int fingerprint(const pool_state *ps, proc_status *st, int *fds)
+{
+    struct stat fd_st, task_st;
+    char buf[128];
+    if (!ps->fd_counted)
+        return read_status(ps->status_fd, st) != 0 ||
+                       (*fds = count_fds(ps->fd_dir, st->fd_size)) < 0
+                   ? -1
+                   : 0;
+    memset(st, 0, sizeof *st);
+    ssize_t n;
+    do
+        n = pread(ps->statm_fd, buf, sizeof buf - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0 || fstat(ps->fd_dir, &fd_st) != 0 || fstat(ps->task_dir, &task_st) != 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strchr(buf, ' '); /* the second field: resident pages */
+    st->rss_kib = p != NULL ? atol(p + 1) * ps->page_kib : -1;
+    st->threads = (int)task_st.st_nlink - 2;
+    *fds = fd_st.st_size > 0 && fd_st.st_size < INT_MAX ? (int)fd_st.st_size : -1;
+    return st->threads > 0 && st->rss_kib >= 0 && *fds > 0 ? 0 : -1;
 }
 
 /* This process's children, from every thread's children list; up to max. */
@@ -173,17 +245,17 @@ static void reset_signals(const proc_status *st)
         (void)sigprocmask(SIG_SETMASK, &empty, NULL);
 }
 
-/* After fn, before its frame: the call's end here.  The frame's pool word. */
+/* After fn, before its frame: what the frame tells (the call's descendants
+ * dead, the fingerprint checked).  The frame's pool word. */
 static uint32_t call_end(void *arg)
 {
     pool_state *ps = arg;
     proc_status st;
     uint32_t word = TBX__POOL_DONE;
     kill_descendants();
-    int fds = count_fds(ps->fd_dir);
-    if (read_status(ps->status_fd, &st) != 0 || fds < 0)
-        return word | TBX__POOL_DRIFT;
-    reset_signals(&st);
+    int fds = -1;
+    if (fingerprint(ps, &st, &fds) != 0)
+        return ps->word = word | TBX__POOL_DRIFT;
     if (ps->rss_kib < 0)
         ps->rss_kib = st.rss_kib; /* the first call sets the bar */
     if (fds > ps->fds || st.threads > ps->threads || st.rss_kib > ps->rss_kib + RSS_SLACK_KIB)
@@ -228,9 +300,22 @@ static void serve_one(pool_state *ps, tbx__request *rq)
         _exit(126);
 }
 
+/* After the frame, before the next request: the process goes as its frame
+ * said, or its signals are put back for the next call. */
+static void after_frame(pool_state *ps)
+{
+    proc_status st;
+    if (ps->word & (TBX__POOL_DRIFT | TBX__POOL_SPENT | TBX__POOL_RETIRE))
+        _exit(0);
+    if (read_status(ps->status_fd, &st) != 0)
+        _exit(125); /* its dispositions unknown, it cannot serve on clean */
+    reset_signals(&st);
+}
+
 void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
 {
-    pool_state ps = {req_fd, res_fd, -1, -1, max_calls, 0, 0, 0, -1, 0, 0};
+    pool_state ps = {.req_fd = req_fd, .res_fd = res_fd, .status_fd = -1, .fd_dir = -1,
+                     .task_dir = -1, .statm_fd = -1, .max_calls = max_calls, .rss_kib = -1};
     proc_status st;
     char why[TBX__MAX_MESSAGE + 1];
     /* The call's orphans come to us, to be killed at its end. */
@@ -239,10 +324,19 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
         _exit(125); /* the calls will see it exit before it served */
     ps.status_fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     ps.fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (ps.status_fd < 0 || ps.fd_dir < 0)
+    ps.task_dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ps.statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (ps.status_fd < 0 || ps.fd_dir < 0 || ps.task_dir < 0 || ps.statm_fd < 0)
         _exit(125);
-    ps.fds = count_fds(ps.fd_dir);
-    if (read_status(ps.status_fd, &st) != 0 || ps.fds < 0)
+    long page = sysconf(_SC_PAGESIZE);
+    ps.page_kib = page >= 1024 ? page / 1024 : 4;
+    /* The kernel counts them if the size agrees with the count. */
+    struct stat fd_st;
+    int counted = -1;
+    if (read_status(ps.status_fd, &st) != 0 || (ps.fds = count_fds(ps.fd_dir, st.fd_size)) < 0)
+        _exit(125);
+    ps.fd_counted = fstat(ps.fd_dir, &fd_st) == 0 && fd_st.st_size == ps.fds;
+    if (fingerprint(&ps, &st, &counted) != 0 || counted != ps.fds)
         _exit(125);
     ps.threads = st.threads;
     for (;;) {
@@ -257,7 +351,6 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
         ps.word = 0;
         serve_one(&ps, &rq);
         tbx__request_free(&rq);
-        if (ps.word & (TBX__POOL_DRIFT | TBX__POOL_SPENT | TBX__POOL_RETIRE))
-            _exit(0); /* as its last frame said */
+        after_frame(&ps);
     }
 }
