@@ -358,6 +358,11 @@ void tbx__cancel_close(tbx__call *call);
 int tbx__request_build(tbx__call *call);
 int tbx__request_start(tbx__call *call);
 void tbx__request_end(tbx__call *call);
+/* Sends what child.request_fd takes of the request now, without waiting:
+ * 1 when all of it is sent, 0 when the socket is full, or -errno.  A
+ * launcher may send before the engine's request_start, which goes on from
+ * where this stopped. */
+int tbx__request_send(tbx__call *call);
 /* 1 if the whole request has been sent. */
 int tbx__request_whole(const tbx__call *call);
 /* 1 if a worker, server or pooled child says START before fn for this call:

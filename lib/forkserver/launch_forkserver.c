@@ -1,11 +1,12 @@
 /*
  * The forkserver method's launcher.  A call hands the server two fds (the
  * server's end of a fresh control socket and the write end of the result
- * pipe; see wire.h), or takes a warm child; the request then goes down
- * the control socket as spawn's does.  The server forks and reaps: the child's
- * end is learned from its control messages (LAUNCHED with a pidfd, then
- * EXITED or ERROR), and its signals are asked of the server.  A server that
- * dies, or says nothing a while after SIGKILL, is given up on.
+ * pipe; see wire.h), or takes a warm child; the request goes down the
+ * control socket as spawn's does, written before the hand-over.  The
+ * server forks and reaps: the child's end is learned from its control
+ * messages (LAUNCHED with a pidfd, then EXITED or ERROR), and its signals
+ * are asked of the server.  A server that dies, or says nothing a while
+ * after SIGKILL, is given up on.
  */
 #include "forkserver/client.h"
 
@@ -133,8 +134,18 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     }
     if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
-    int bulk = -1;
+    int bulk = -1, whole = 0;
     rc = tbx__pipe(res, 0);
+    if (rc == 0) {
+        /* The request goes into the control socket first: when the server
+         * has the hello, the request is there to be read at once, without a
+         * wait for it on the server's loop.  Most fit whole; the rest goes
+         * out from the engine, on a second descriptor of the socket. */
+        child->request_fd = ctl[0];
+        whole = tbx__request_send(c);
+        child->request_fd = -1;
+        rc = whole < 0 ? whole : 0;
+    }
     if (rc == 0) {
         /* The request itself goes out from the engine, on the control
          * socket; the captured streams' write ends go to the child. */
@@ -155,10 +166,10 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     }
     tbx__close(ctl[1]);
     tbx__close(res[1]);
-    /* The request goes out on a second descriptor of the control socket:
-     * the engine polls for reading and writing separately. */
-    int req = rc == 0 ? fcntl(ctl[0], F_DUPFD_CLOEXEC, 0) : -1;
-    if (rc == 0 && req < 0)
+    /* What is left of the request goes out on a second descriptor of the
+     * control socket: the engine polls for reading and writing separately. */
+    int req = rc == 0 && whole == 0 ? fcntl(ctl[0], F_DUPFD_CLOEXEC, 0) : -1;
+    if (rc == 0 && whole == 0 && req < 0)
         rc = -errno;
     if (rc == TBX_ETIMEDOUT)
         c->out->message = "deadline passed before the forkserver took the call (it was "
