@@ -16,8 +16,11 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
-/* forkserver: LAUNCHED (with the child's pidfd), then EXITED or ERROR.  The
- * server reaps; its EXITED comes after the child's group is gone.  The socket
+/* forkserver: LAUNCHED, then EXITED or ERROR.  A call that may ask for a
+ * trace (and a warm child) hears LAUNCHED at the fork, with the child's
+ * pidfd; any other hears it with EXITED, in one wake-up, and holds no pidfd
+ * (an older server sends it at the fork all the same).  The server reaps;
+ * its EXITED comes after the child's group is gone.  The socket
  * closing before that means the server died.  Either way, no EXITED will
  * come: the call ends with what it has. */
 static void give_up_on_server(tbx__call *c)
@@ -211,9 +214,22 @@ int tbx__fs_client_watch(tbx__call *c, uv_handle_t **h)
                                              tbx__fs_client_control_cb);
 }
 
+/* Dead, as far as can be told without waiting (an escalation asks, so as
+ * not to count a signal sent to a child that already died): its pidfd says
+ * so, or the server's EXITED already waits on the control socket, behind
+ * the LAUNCHED that comes with it when there is no pidfd.  Peeked, not
+ * read: the control callback reads it as usual. */
 static int forkserver_exited(tbx__call *c)
 {
-    return c->child.pidfd >= 0 && tbx__pidfd_exited(c->child.pidfd);
+    if (c->child.pidfd >= 0)
+        return tbx__pidfd_exited(c->child.pidfd);
+    tbx__control m[2];
+    size_t at = c->child.pid > 0 ? 0 : 1;
+    if (c->control_got != 0 || c->child.control_fd < 0)
+        return 0;
+    ssize_t n = recv(c->child.control_fd, m, sizeof m, MSG_PEEK | MSG_DONTWAIT);
+    return n >= (ssize_t)((at + 1) * sizeof m[0]) && tbx__control_check(&m[at], 1) == 0 &&
+           m[at].kind == TBX__CTL_EXITED;
 }
 
 void tbx__fs_client_kill(tbx__call *c, int sig)
@@ -224,7 +240,7 @@ void tbx__fs_client_kill(tbx__call *c, int sig)
     if (tbx__fs_client_withdraw(c))
         return;
     /* The server signals the group (it alone may, since it reaps); the
-     * pidfd reaches the child at once. */
+     * pidfd, where we have one, reaches the child at once. */
     tbx__control m = {.magic = TBX__CONTROL_MAGIC, .kind = TBX__CTL_KILL, .code = sig};
     (void)send(c->child.control_fd, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (c->child.pidfd >= 0)

@@ -70,6 +70,7 @@ struct fs_call {
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
     pid_t pid;
+    int contain;              /* its TBX_CONTAIN_*, for LAUNCHED */
     tbx__cgroup cgroup;       /* the child's own cgroup, or none */
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -78,6 +79,7 @@ struct fs_call {
     tbx__control in;          /* a KILL arriving */
     size_t in_got;
     unsigned running : 1, reaped : 1, closing : 1;
+    unsigned announced : 1;   /* LAUNCHED is sent (else it goes with EXITED) */
     unsigned traces;           /* TRACE requests served: a trace holds the
                                   server's loop, so a call gets two at most
                                   (its deadline's and its crash's) */
