@@ -1,7 +1,7 @@
 /*
  * The forkserver method's launcher.  A call hands the server two fds (the
- * server's end of a fresh control socket and the write end of the result
- * pipe; see wire.h), or takes a warm child; the request goes down the
+ * server's end of a fresh control socket and the child's end of the result
+ * socket; see wire.h), or takes a warm child; the request goes down the
  * control socket as spawn's does, written before the hand-over.  The
  * server forks and reaps: the child's end is learned from its control
  * messages (LAUNCHED with a pidfd, then EXITED or ERROR), and its signals
@@ -137,8 +137,12 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     }
     if (tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
         return -errno;
-    int bulk = -1, whole = 0;
-    rc = tbx__pipe(res, 0);
+    /* The result comes down a socket, as a fork child's does: a result past
+     * 1 MiB comes in a memfd the child makes then and sends with its header,
+     * so that the call holds none while it runs.  (An older server sends
+     * every result down it as bytes.) */
+    int whole = 0;
+    rc = tbx__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, res) != 0 ? -errno : 0;
     if (rc == 0) {
         /* The request goes into the control socket first: when the server
          * has the hello, the request is there to be read at once, without a
@@ -159,12 +163,8 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         }
         if (backtrace)
             fds[n++] = c->capture[TBX__BACKTRACE].child_fd;
-        bulk = tbx__bulk_create(c->opts.max_result);
-        if (bulk >= 0)
-            fds[n++] = bulk;
         rc = tbx__fs_client_hand_over(c, TBX__HELLO_CALL,
-                       (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0) |
-                           (bulk >= 0 ? TBX__HELLO_BULK : 0),
+                       (capture ? TBX__HELLO_CAPTURE : 0) | (backtrace ? TBX__HELLO_BACKTRACE : 0),
                        0, fds, n);
     }
     tbx__close(ctl[1]);
@@ -181,7 +181,6 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
         /* Closing our end tells the server, if it has the call, to drop it. */
         tbx__close(ctl[0]);
         tbx__close(res[0]);
-        tbx__close(bulk);
         return rc;
     }
     child->pid = 0; /* until LAUNCHED */
@@ -189,7 +188,8 @@ static int forkserver_launch(tbx__call *c, tbx__child *child)
     child->result_fd = res[0];
     child->control_fd = ctl[0];
     child->request_fd = req;
-    child->bulk_fd = bulk;
+    child->bulk_fd = -1; /* until the child sends one */
+    child->result_sock = 1;
     child->worker = tbx__says_start(c);
     return 0;
 }

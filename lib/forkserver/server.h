@@ -69,6 +69,8 @@ struct fs_call {
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
+    unsigned make_bulk : 1;   /* none came, and the result goes down a
+                                 socket: the child makes one if it needs it */
     pid_t pid;
     int contain;              /* its TBX_CONTAIN_*, for LAUNCHED */
     tbx__cgroup cgroup;       /* the child's own cgroup, or none */

@@ -220,7 +220,7 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
     tbx__request_spec(&c->rq, c->result_fd, &spec);
     server_steps(&spec, c, mask, server);
     spec.backtrace_fd = c->backtrace_fd;
-    spec.bulk_fd = c->bulk_fd;
+    spec.bulk_fd = c->make_bulk ? TBX__BULK_MAKE : c->bulk_fd;
     tbx__child_main(&spec);
 }
 
@@ -340,5 +340,11 @@ void tbx__fs_server_launch(fs_call *c)
     int rc = tbx__request_resolve(&c->rq, why, sizeof why);
     if (rc != 0)
         return tbx__fs_server_refuse(c, rc, why);
+    /* A client that sent no memfd for a big result gets one from the child,
+     * with the result's header, if its result descriptor is a socket (an
+     * older client's pipe carries a result as bytes, whatever its size). */
+    struct stat st;
+    c->make_bulk = c->bulk_fd < 0 && c->rq.h.max_result >= TBX__BIG_PAYLOAD &&
+                   fstat(c->result_fd, &st) == 0 && S_ISSOCK(st.st_mode);
     tbx__fs_server_start_child(c);
 }
