@@ -118,8 +118,13 @@ static void server_silent_cb(tbx__deadline *d)
     tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
     if (c->reaped || c->finishing)
         return;
-    tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of child %d in time: "
-                           "giving up on it", (int)c->child.pid);
+    /* The pid is known only if LAUNCHED came at the fork. */
+    if (c->child.pid > 0)
+        tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of child %d in time: "
+                               "giving up on it", (int)c->child.pid);
+    else
+        tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of the call's child in "
+                               "time: giving up on it");
     give_up_on_server(c);
 }
 
