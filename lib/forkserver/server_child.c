@@ -261,8 +261,8 @@ static int at_limit(const fs_call *c, char *why, size_t why_len)
     return 1;
 }
 
-/* Forks the call's child (its request resolved, or warm: none yet) and tells
- * the caller LAUNCHED. */
+/* Forks the call's child (its request resolved, or warm: none yet); the
+ * caller hears LAUNCHED now or with EXITED. */
 void tbx__fs_server_start_child(fs_call *c)
 {
     fs_server *srv = c->srv;
