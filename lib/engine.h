@@ -56,6 +56,9 @@ enum { TBX__STDOUT, TBX__STDERR, TBX__BACKTRACE, TBX__NSTREAMS };
 /* How long after SIGKILL a forkserver may take to report its child's end
  * before the call gives up on it. */
 #define TBX__SERVER_SLACK_NS 1000000000ull
+/* A server that is still working (runnable, or it used CPU time in the last
+ * slack) is slow, not stuck: it may take up to this long after SIGKILL. */
+#define TBX__SERVER_BUSY_NS 10000000000ull
 
 typedef struct tbx__capture {
     int fd;                    /* our end; -1: not captured */
@@ -275,6 +278,8 @@ struct tbx__call {
     tbx__control control;
     size_t control_got;
     int control_fd_in;         /* a pidfd that came with a partial message */
+    uint64_t silent_since;     /* when the server was asked for SIGKILL */
+    uint64_t server_cpu;       /* the server's CPU ticks at the last look */
 
     /* The running child, who launched it, and its watchers. */
     const tbx__launcher *launcher;

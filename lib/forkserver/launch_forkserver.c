@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -50,11 +52,15 @@ void tbx__fs_client_control_cb(uv_poll_t *h, int status, int events)
 {
     tbx__call *c = h->data;
     TBX__UNUSED(events);
-    while (!c->reaped && status >= 0) {
+    /* An error on the socket (a server that closed its end with our KILL
+     * unread resets it) still lets what the server sent before be read
+     * first: its last words (LAUNCHED, EXITED) are not lost with it.  The
+     * poll has stopped then: nothing left to read means the server is gone. */
+    while (!c->reaped) {
         int fd = -1, nfds = 1;
         ssize_t n = tbx__recv_fds(c->child.control_fd, (char *)&c->control + c->control_got,
                                   sizeof c->control - c->control_got, &fd, &nfds, MSG_DONTWAIT);
-        if (n == -EAGAIN)
+        if (n == -EAGAIN && status >= 0)
             return;
         if (n <= 0)
             break;
@@ -109,14 +115,47 @@ void tbx__fs_client_control_cb(uv_poll_t *h, int status, int events)
         server_gone(c);
 }
 
-/* The forkserver did not report its child's end a second after SIGKILL: the
- * call ends here, with the verdict it had.  Our end of the control socket
- * closes with it, which tells the server, whenever it wakes, to kill the
- * child; the pidfd, if we have one, has already had SIGKILL. */
+/* The server's state and CPU ticks (user + system) from /proc/PID/stat,
+ * or 0 if it cannot be read. */
+static char server_state(uint64_t *ticks)
+{
+    char buf[512], path[32];
+    pid_t pid = tbx_forkserver_pid();
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = pid > 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    ssize_t n = fd >= 0 ? tbx__read(fd, buf, sizeof buf - 1) : -1;
+    tbx__close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    char *p = n > 0 ? strrchr(buf, ')') : NULL; /* the name may hold anything */
+    char state = 0;
+    unsigned long long ut = 0, st = 0;
+    /* ") S ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime" */
+    if (p == NULL || sscanf(p + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                            &state, &ut, &st) != 3)
+        return 0;
+    *ticks = ut + st;
+    return state;
+}
+
+/* The forkserver did not report its child's end a second after SIGKILL.  A
+ * server that is still working (runnable, or it used CPU time meanwhile:
+ * many children to reap, on a loaded machine) gets another second, up to
+ * TBX__SERVER_BUSY_NS; one that is stopped, or sleeps without a word, is
+ * given up on: the call ends here, with the verdict it had.  Our end of the
+ * control socket closes with it, which tells the server, whenever it
+ * wakes, to kill the child; the pidfd, if we have one, has already had
+ * SIGKILL. */
 static void server_silent_cb(tbx__deadline *d)
 {
     tbx__call *c = (tbx__call *)((char *)d - offsetof(tbx__call, deadline));
     if (c->reaped || c->finishing)
+        return;
+    uint64_t now = tbx__now_ns(), ticks = 0;
+    char state = server_state(&ticks);
+    int busy = state == 'R' || state == 'D' || (state != 0 && ticks != c->server_cpu);
+    c->server_cpu = ticks;
+    if (busy && now - c->silent_since < TBX__SERVER_BUSY_NS &&
+        tbx__deadline_start(&c->deadline, c->loop, now + TBX__SERVER_SLACK_NS) == 0)
         return;
     /* The pid is known only if LAUNCHED came at the fork. */
     if (c->child.pid > 0)
@@ -126,6 +165,16 @@ static void server_silent_cb(tbx__deadline *d)
         tbx__log(TBX_LOG_WARN, "the forkserver did not report the end of the call's child in "
                                "time: giving up on it");
     give_up_on_server(c);
+}
+
+/* Gives the server TBX__SERVER_SLACK_NS to report the end after SIGKILL. */
+static void await_server(tbx__call *c)
+{
+    uint64_t ticks = 0;
+    c->silent_since = tbx__now_ns();
+    c->server_cpu = server_state(&ticks) != 0 ? ticks : 0;
+    c->deadline.cb = server_silent_cb;
+    (void)tbx__deadline_start(&c->deadline, c->loop, c->silent_since + TBX__SERVER_SLACK_NS);
 }
 
 
@@ -253,10 +302,8 @@ void tbx__fs_client_kill(tbx__call *c, int sig)
     /* The child ends when the server says so.  A server that is alive but
      * stuck must not hang the call: a little after SIGKILL it is given up on
      * (server_silent_cb). */
-    if (sig == SIGKILL) {
-        c->deadline.cb = server_silent_cb;
-        (void)tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__SERVER_SLACK_NS);
-    }
+    if (sig == SIGKILL)
+        await_server(c);
 }
 
 static void forkserver_signal(tbx__call *c, int sig)
@@ -270,10 +317,8 @@ static void forkserver_signal(tbx__call *c, int sig)
      * closes its end (server_silent_cb as for a KILL). */
     tbx__request_end(c);
     (void)shutdown(c->child.control_fd, SHUT_WR);
-    if (sig == SIGKILL) {
-        c->deadline.cb = server_silent_cb;
-        (void)tbx__deadline_start(&c->deadline, c->loop, tbx__now_ns() + TBX__SERVER_SLACK_NS);
-    }
+    if (sig == SIGKILL)
+        await_server(c);
 }
 
 /* The server, the child's parent, traces it into the backtrace pipe (from
