@@ -56,6 +56,9 @@ enum { TBX__STDOUT, TBX__STDERR, TBX__BACKTRACE, TBX__NSTREAMS };
 /* How long after SIGKILL a forkserver may take to report its child's end
  * before the call gives up on it. */
 #define TBX__SERVER_SLACK_NS 1000000000ull
+/* A server that is still working (runnable, or it used CPU time in the last
+ * slack) is slow, not stuck: it may take up to this long after SIGKILL. */
+#define TBX__SERVER_BUSY_NS 10000000000ull
 
 typedef struct tbx__capture {
     int fd;                    /* our end; -1: not captured */
@@ -275,6 +278,8 @@ struct tbx__call {
     tbx__control control;
     size_t control_got;
     int control_fd_in;         /* a pidfd that came with a partial message */
+    uint64_t silent_since;     /* when the server was asked for SIGKILL */
+    uint64_t server_cpu;       /* the server's CPU ticks at the last look */
 
     /* The running child, who launched it, and its watchers. */
     const tbx__launcher *launcher;
@@ -358,6 +363,11 @@ void tbx__cancel_close(tbx__call *call);
 int tbx__request_build(tbx__call *call);
 int tbx__request_start(tbx__call *call);
 void tbx__request_end(tbx__call *call);
+/* Sends what child.request_fd takes of the request now, without waiting:
+ * 1 when all of it is sent, 0 when the socket is full, or -errno.  A
+ * launcher may send before the engine's request_start, which goes on from
+ * where this stopped. */
+int tbx__request_send(tbx__call *call);
 /* 1 if the whole request has been sent. */
 int tbx__request_whole(const tbx__call *call);
 /* 1 if a worker, server or pooled child says START before fn for this call:

@@ -50,9 +50,13 @@ void tbx__engine_escalate(tbx__call *c, int why, int hard)
     }
     c->backtrace_pending = 0;
     if (hard || c->opts.grace_s <= 0 || c->frame_done || c->kill_signal == SIGTERM) {
-        if (c->kill_signal == SIGTERM)
+        /* A forkserver's child may be known to its server only (pid 0). */
+        if (c->kill_signal == SIGTERM && c->child.pid > 0)
             tbx__call_log(c, TBX_LOG_INFO, "child %d still alive %.3f s after SIGTERM: sent SIGKILL",
                      (int)c->child.pid, c->opts.grace_s);
+        else if (c->kill_signal == SIGTERM)
+            tbx__call_log(c, TBX_LOG_INFO, "the child still alive %.3f s after SIGTERM: sent "
+                                           "SIGKILL", c->opts.grace_s);
         tbx__deadline_stop(&c->deadline);
         c->kill_signal = SIGKILL;
         signal_child(c, SIGKILL);

@@ -69,7 +69,7 @@ static void request_parts(const tbx__call *c, const char *part[NPARTS], size_t l
  * sent, 0 when the socket is full, or -errno (EPIPE: the child is gone, which
  * its exit will explain).  MSG_NOSIGNAL: a dead child never raises SIGPIPE in
  * the caller. */
-static int request_send(tbx__call *c)
+int tbx__request_send(tbx__call *c)
 {
     size_t total = request_len(c);
     while (c->request_sent < total) {
@@ -133,7 +133,7 @@ static void request_cb(uv_poll_t *h, int status, int events)
 {
     tbx__call *c = h->data;
     TBX__UNUSED(events);
-    if (status < 0 || request_send(c) != 0)
+    if (status < 0 || tbx__request_send(c) != 0)
         tbx__request_end(c);
 }
 
@@ -143,7 +143,7 @@ int tbx__request_start(tbx__call *c)
 {
     if (c->child.request_fd < 0)
         return 0;
-    int rc = request_send(c);
+    int rc = tbx__request_send(c);
     if (rc != 0) {
         tbx__request_end(c);
         return 0;

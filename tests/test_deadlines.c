@@ -128,6 +128,34 @@ TBX_TEST_T(deadline, negative_timeout_is_already_past, 60.0)
     tbx_forkserver_stop();
 }
 
+/* A loop's timer is left set at a deadline that went away (its call ended
+ * first).  A sooner deadline must set it anew, and a later one must still
+ * come on time after the timer fires early, for nothing.  One call that
+ * ends at once with a deadline of left_s, then one that hangs past its
+ * timeout_s. */
+static void deadline_after(tbx_method method, double left_s, double timeout_s)
+{
+    tbx_result r;
+    int rc = sleep_call(method, 0, left_s, 0.1, 1, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    tbx_result_free(&r);
+    double t0 = now_s();
+    rc = sleep_call(method, 20000, timeout_s, 0.1, 1, &r);
+    double took = now_s() - t0;
+    cr_assert_eq(rc, TBX_ETIMEDOUT, "%.1f s: %s: %s", timeout_s, tbx_err_name(rc), r.message);
+    cr_assert_geq(took, timeout_s, "timed out after %.2f s of its %.1f s", took, timeout_s);
+    cr_assert_lt(took, timeout_s + 0.1 + SLACK_S, "returned after %.2f s of its %.1f s", took,
+                 timeout_s);
+    tbx_result_free(&r);
+}
+
+TBX_TEST_T(deadline, a_deadline_after_an_ended_calls_comes_on_time, 60.0)
+{
+    deadline_after(*method, 10.0, 0.3); /* sooner than the timer is set */
+    deadline_after(*method, 0.2, 1.0);  /* later: the timer fires early first */
+    tbx_forkserver_stop();
+}
+
 /* ------------------------------------- the forkserver's launch, bounded */
 
 /* A server still running its preload hooks holds a call no longer than its

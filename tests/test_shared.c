@@ -422,6 +422,38 @@ TBX_PLAIN_TEST(stall, a_stopped_server_cannot_hang_a_call)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* A server stopped mid-call: the call, which holds no pidfd of the child,
+ * gives up on the server a little after SIGKILL; the server, running again,
+ * finds the call's socket closed and kills the child (README, "No hang past
+ * the deadline"). */
+TBX_PLAIN_TEST(stall, a_server_stopped_mid_call_kills_the_child_when_it_runs_again)
+{
+    cr_assert_eq(tbx_forkserver_start(NULL), 0);
+    pid_t server = tbx_forkserver_pid();
+    char path[64];
+    temp_path(path, sizeof path);
+    msgpack_sbuffer sb;
+    pack(&sb, "s", path);
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 0.5;
+    o.grace_s = 0.1;
+    uv_loop_t loop;
+    tbx_req req;
+    tbx_result r;
+    start_async(&loop, &req, &r, fn_pid_then_hang, &sb, &o);
+    pid_t child = read_pid_file(path, 30);
+    cr_assert_eq(kill(server, SIGSTOP), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(r.status, TBX_ETIMEDOUT, "%s: %s", tbx_err_name(r.status), r.message);
+    cr_assert_lt(r.elapsed_s, 10.0, "the call waited %.1f s on a stopped server", r.elapsed_s);
+    cr_assert_eq(kill(server, SIGCONT), 0);
+    cr_assert(wait_gone(child, 30), "the child outlived its call once the server ran again");
+    tbx_result_free(&r);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    msgpack_sbuffer_destroy(&sb);
+    unlink(path);
+}
+
 /* A shared server of our own, and a raw connection to it (handshake done):
  * for tests that speak its protocol by hand.  raw_client_end undoes both. */
 static int raw_client(char *dir, size_t dir_len)

@@ -49,9 +49,10 @@ struct tbx_req {
  * made by the child, when the result grows past 1 MiB, and sent with it,
  * and the call's cgroup (opts.contain) is opened by its path when the call
  * ends, not held; spawn adds the socket its request goes down (until it is
- * sent).  A forkserver call holds 4: its result pipe, control socket, the
- * child's pidfd and a memfd for a big result.  Captured output, a backtrace
- * pipe and big args (a sealed memfd) add one each.  A loop with deadlines
+ * sent).  A forkserver call holds 2 as well: its result socket and its
+ * control socket to the server (the child's pidfd too when the call may ask
+ * for a trace).  Captured output, a backtrace pipe and big args (a sealed
+ * memfd) add one each.  A loop with deadlines
  * shares one timer descriptor among all its calls.  A pooled call
  * (TBX_POOL) holds its process's three (control, request, result).  For
  * 1,000 calls in flight, raise the soft RLIMIT_NOFILE to its hard limit

@@ -69,7 +69,10 @@ struct fs_call {
     int out_fd, err_fd;       /* captured: the child's 1 and 2 */
     int backtrace_fd;         /* where the child writes a backtrace */
     int bulk_fd;              /* the call's bulk memfd (bulk.c), or -1 */
+    unsigned make_bulk : 1;   /* none came, and the result goes down a
+                                 socket: the child makes one if it needs it */
     pid_t pid;
+    int contain;              /* its TBX_CONTAIN_*, for LAUNCHED */
     tbx__cgroup cgroup;       /* the child's own cgroup, or none */
     uv_poll_t control_poll, exit_poll;
     int handles;
@@ -78,6 +81,7 @@ struct fs_call {
     tbx__control in;          /* a KILL arriving */
     size_t in_got;
     unsigned running : 1, reaped : 1, closing : 1;
+    unsigned announced : 1;   /* LAUNCHED is sent (else it goes with EXITED) */
     unsigned traces;           /* TRACE requests served: a trace holds the
                                   server's loop, so a call gets two at most
                                   (its deadline's and its crash's) */

@@ -229,5 +229,13 @@ void tbx__fs_server_call_new(fs_server *srv, fs_client *client, const tbx__hello
         tbx__fs_server_start_child(c); /* warm, pool: its child waits for the caller's requests */
         return;
     }
-    (void)tbx__deadline_start(&c->deadline, &srv->loop, tbx__now_ns() + srv->request_timeout_ns);
+    /* A client writes its request before the hello: it is usually whole
+     * already, and the child is forked without a turn of the loop (nor a
+     * timer armed for the rest of it). */
+    int got = read_request(c);
+    if (got == 1)
+        tbx__fs_server_launch(c);
+    else if (got == 0)
+        (void)tbx__deadline_start(&c->deadline, &srv->loop,
+                                  tbx__now_ns() + srv->request_timeout_ns);
 }

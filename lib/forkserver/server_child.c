@@ -57,11 +57,17 @@ static void exit_cb(uv_poll_t *h, int status, int events)
     if (c->client != NULL)
         c->client->children--;
     end_containment(c);
-    tbx__control m = {TBX__CONTROL_MAGIC, TBX__CTL_EXITED, (int32_t)c->pid, wstatus,
-                      (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec,
-                      (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec,
-                      (uint64_t)ru.ru_maxrss};
-    tbx__fs_server_send(c, &m, -1);
+    /* LAUNCHED, if not sent at the fork, goes with EXITED: one message,
+     * one wake-up of the caller for both. */
+    tbx__control m[2] = {
+        {TBX__CONTROL_MAGIC, TBX__CTL_LAUNCHED, (int32_t)c->pid, c->contain, 0, 0, 0},
+        {TBX__CONTROL_MAGIC, TBX__CTL_EXITED, (int32_t)c->pid, wstatus,
+         (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec,
+         (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec,
+         (uint64_t)ru.ru_maxrss}};
+    int first = c->announced ? 1 : 0;
+    (void)tbx__send_fds(c->control_fd, &m[first], sizeof m - (size_t)first * sizeof m[0], NULL,
+                        0, MSG_DONTWAIT);
     tbx__fs_server_call_close(c);
 }
 
@@ -214,29 +220,57 @@ __attribute__((noreturn)) static void run_child(fs_call *c, const sigset_t *mask
     tbx__request_spec(&c->rq, c->result_fd, &spec);
     server_steps(&spec, c, mask, server);
     spec.backtrace_fd = c->backtrace_fd;
-    spec.bulk_fd = c->bulk_fd;
+    spec.bulk_fd = c->make_bulk ? TBX__BULK_MAKE : c->bulk_fd;
     tbx__child_main(&spec);
 }
 
-/* Forks the call's child (its request resolved, or warm: none yet) and tells
- * the caller LAUNCHED. */
+/* The backstop: the caller's own engine acts at the deadline; this catches
+ * a caller that cannot.  (A warm child's deadline is not known here: its
+ * caller's engine alone enforces it, and its going away.) */
+static void arm_backstop(fs_call *c)
+{
+    uint64_t grace = c->rq.h.grace_ns, at = 0;
+    if (c->rq.h.deadline_ns != 0)
+        at = c->rq.h.deadline_ns;
+    else if (c->rq.h.timeout_ns != 0)
+        /* A soft deadline counts from fn's start, which the server does not
+         * see; the start itself is bounded by the same timeout from the
+         * call, which came before this fork.  So the caller's deadline is
+         * at most two timeouts from now: the backstop never comes first. */
+        at = tbx__now_ns() + 2 * c->rq.h.timeout_ns;
+    if (at != 0)
+        (void)tbx__deadline_start(&c->deadline, &c->srv->loop, at + grace + BACKSTOP_SLACK_NS);
+    else
+        tbx__deadline_stop(&c->deadline);
+}
+
+/* 1 (and why) if the server, or the call's client, runs as many children
+ * as it may. */
+static int at_limit(const fs_call *c, char *why, size_t why_len)
+{
+    const fs_server *srv = c->srv;
+    unsigned per_client = srv->cfg->max_per_client;
+    if (srv->children >= srv->max_children)
+        snprintf(why, why_len, "the forkserver already runs its maximum of %u children",
+                 srv->max_children);
+    else if (per_client != 0 && c->client != NULL && c->client->children >= per_client)
+        snprintf(why, why_len, "this client already runs its maximum of %u children",
+                 per_client);
+    else
+        return 0;
+    return 1;
+}
+
+/* Forks the call's child (its request resolved, or warm: none yet); the
+ * caller hears LAUNCHED now or with EXITED. */
 void tbx__fs_server_start_child(fs_call *c)
 {
     fs_server *srv = c->srv;
     char why[TBX__MAX_MESSAGE + 1];
     sigset_t all, old;
     int rc;
-    if (srv->children >= srv->max_children) {
-        snprintf(why, sizeof why, "the forkserver already runs its maximum of %u children",
-                 srv->max_children);
+    if (at_limit(c, why, sizeof why))
         return tbx__fs_server_refuse(c, -EAGAIN, why);
-    }
-    unsigned per_client = srv->cfg->max_per_client;
-    if (per_client != 0 && c->client != NULL && c->client->children >= per_client) {
-        snprintf(why, sizeof why, "this client already runs its maximum of %u children",
-                 per_client);
-        return tbx__fs_server_refuse(c, -EAGAIN, why);
-    }
     /* A warm child's request is not known yet: it is contained. */
     int kind = srv->subreaper ? TBX_CONTAIN_SUBREAPER : TBX_CONTAIN_PGROUP;
     if ((c->request_fd >= 0 || !(c->rq.h.flags & TBX__REQ_NO_CONTAIN)) &&
@@ -262,6 +296,14 @@ void tbx__fs_server_start_child(fs_call *c)
     srv->children++;
     if (c->client != NULL)
         c->client->children++;
+    /* LAUNCHED now, with a pidfd, only where the caller needs the child
+     * while it runs: a warm or pooled child (its calls come later), or a
+     * call that may ask for a trace (older clients ask only once they know
+     * the pid).  For the others it goes with EXITED: the caller is not
+     * woken for it, and holds no pidfd while the call runs; its signals
+     * go through us (KILL), and if we are gone, PDEATHSIG ends the child. */
+    int announce = c->request_fd >= 0 ||
+                   (c->rq.h.flags & (TBX__REQ_BACKTRACE | TBX__REQ_CRASH_TRACE)) != 0;
     tbx__request_free(&c->rq); /* the child has its copy */
     /* The backtrace pipe stays: a trace the server takes goes down it. */
     int backtrace_fd = c->backtrace_fd;
@@ -283,24 +325,13 @@ void tbx__fs_server_start_child(fs_call *c)
     c->exit_poll.data = c;
     c->handles++;
     uv_poll_start(&c->exit_poll, UV_READABLE, exit_cb);
-    tbx__fs_server_send_control(c, TBX__CTL_LAUNCHED, kind, c->pidfd);
+    c->contain = kind;
+    if (announce) {
+        tbx__fs_server_send_control(c, TBX__CTL_LAUNCHED, kind, c->pidfd);
+        c->announced = 1;
+    }
 
-    /* The backstop: the caller's own engine acts at the deadline; this
-     * catches a caller that cannot.  (A warm child's deadline is not known
-     * here: its caller's engine alone enforces it, and its going away.) */
-    uint64_t grace = c->rq.h.grace_ns, at = 0;
-    if (c->rq.h.deadline_ns != 0)
-        at = c->rq.h.deadline_ns;
-    else if (c->rq.h.timeout_ns != 0)
-        /* A soft deadline counts from fn's start, which the server does not
-         * see; the start itself is bounded by the same timeout from the
-         * call, which came before this fork.  So the caller's deadline is
-         * at most two timeouts from now: the backstop never comes first. */
-        at = tbx__now_ns() + 2 * c->rq.h.timeout_ns;
-    if (at != 0)
-        (void)tbx__deadline_start(&c->deadline, &srv->loop, at + grace + BACKSTOP_SLACK_NS);
-    else
-        tbx__deadline_stop(&c->deadline);
+    arm_backstop(c);
 }
 
 void tbx__fs_server_launch(fs_call *c)
@@ -309,5 +340,11 @@ void tbx__fs_server_launch(fs_call *c)
     int rc = tbx__request_resolve(&c->rq, why, sizeof why);
     if (rc != 0)
         return tbx__fs_server_refuse(c, rc, why);
+    /* A client that sent no memfd for a big result gets one from the child,
+     * with the result's header, if its result descriptor is a socket (an
+     * older client's pipe carries a result as bytes, whatever its size). */
+    struct stat st;
+    c->make_bulk = c->bulk_fd < 0 && c->rq.h.max_result >= TBX__BIG_PAYLOAD &&
+                   fstat(c->result_fd, &st) == 0 && S_ISSOCK(st.st_mode);
     tbx__fs_server_start_child(c);
 }
