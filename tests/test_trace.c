@@ -210,6 +210,56 @@ TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_on_a_lock)
     end_child(pid);
 }
 
+/* The frames of a trace as named, one per line, without their addresses
+ * and the threads' ids (which differ from one child to the next). */
+static void frame_names(const char *text, char *out, size_t cap)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (const char *p = text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (p[0] != '#')
+            continue;
+        const char *name = strstr(p, " 0x");
+        name = name != NULL ? strchr(name + 1, ' ') : NULL;
+        const char *eol = strchr(p, '\n');
+        if (name == NULL || eol == NULL || len + (size_t)(eol - name) + 2 > cap)
+            continue;
+        memcpy(out + len, name, (size_t)(eol - name + 1));
+        len += (size_t)(eol - name + 1);
+        out[len] = '\0';
+    }
+}
+
+/* A second child of the same program, at the same addresses as a fork
+ * child is: its frames come named as the first's were, from the files the
+ * first trace read, none read again. */
+TBX_PLAIN_TEST(trace, a_second_trace_names_the_same_frames_reading_no_file_again)
+{
+    need_tracer();
+    /* Both children from one call site: their stacks are the same. */
+    char *text[2];
+    unsigned long reads = 0;
+    for (int i = 0; i < 2; i++) {
+        pid_t pid = start_child(lock_body, NULL, 0);
+        cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+        text[i] = trace_of(pid, pid, TEST_BUDGET_NS);
+        end_child(pid);
+        if (i == 0)
+            reads = tbx__trace_cache_reads();
+    }
+    cr_assert_gt(reads, 0, "the first trace read no file into the cache");
+    cr_assert_eq(tbx__trace_cache_reads(), reads, "the second trace read files again");
+    char *text1 = text[0], *text2 = text[1];
+    assert_frame(text2, "deadlock_on_held_lock");
+    static char names1[16384], names2[16384];
+    frame_names(text1, names1, sizeof names1);
+    frame_names(text2, names2, sizeof names2);
+    cr_assert_str_eq(names2, names1, "first:\n%s\nsecond:\n%s", text1, text2);
+    cr_assert(strstr(names2, "pthread_mutex_lock") != NULL, "%s", text2);
+    free(text1);
+    free(text2);
+}
+
 static void stop_body(int ready_fd, void *arg)
 {
     TBX__UNUSED(arg);
