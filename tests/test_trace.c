@@ -260,6 +260,48 @@ TBX_PLAIN_TEST(trace, a_second_trace_names_the_same_frames_reading_no_file_again
     free(text2);
 }
 
+/* One thread's trace of one child, for the test below. */
+typedef struct trace_job {
+    pid_t pid;
+    int rc;
+    char *text;
+} trace_job;
+
+static void *trace_job_run(void *arg)
+{
+    trace_job *job = arg;
+    job->rc = tbx__trace(job->pid, job->pid, TEST_BUDGET_NS, &job->text);
+    return NULL;
+}
+
+/* Threads tracing children of the same program at once share the cache's
+ * files as they are read: every trace names the frames as the others. */
+TBX_PLAIN_TEST(trace, traces_taken_at_once_by_several_threads_name_the_same_frames)
+{
+    need_tracer();
+    enum { N = 4 };
+    trace_job jobs[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (trace_job){start_child(lock_body, NULL, 0), -1, NULL};
+        cr_assert(is_stuck(jobs[i].pid, 5000), "the child never waited on the lock");
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(pthread_create(&threads[i], NULL, trace_job_run, &jobs[i]), 0);
+    static char names[N][16384];
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        end_child(jobs[i].pid);
+        cr_assert_eq(jobs[i].rc, 0, "tbx__trace: %s", strerror(-jobs[i].rc));
+        cr_log_info("%s", jobs[i].text);
+        assert_frame(jobs[i].text, "deadlock_on_held_lock");
+        frame_names(jobs[i].text, names[i], sizeof names[i]);
+        cr_assert_str_eq(names[i], names[0], "%s\n%s", jobs[0].text, jobs[i].text);
+    }
+    for (int i = 0; i < N; i++)
+        free(jobs[i].text);
+}
+
 static void stop_body(int ready_fd, void *arg)
 {
     TBX__UNUSED(arg);
