@@ -30,6 +30,10 @@
 /* The files (programs, libraries) whose symbols and line tables are kept
  * from one trace to the next, at most (trace_cache.c). */
 #define TBX__TRACE_CACHE_FILES 16
+/* ... and their debug information's bytes, decompressed, at most (libc's,
+ * from libc6-dbg, is about 12 MiB); more are dropped, least recently used
+ * first, once no trace holds them. */
+#define TBX__TRACE_CACHE_BYTES ((size_t)64 << 20)
 #define TBX__TRACE_MAX_FRAMES 64
 
 /* 1 if this build has the tracer and libdw could be loaded, else 0 (and

@@ -17,9 +17,9 @@
  * A file is known by its build-id (the same code, the same debug
  * information, whatever its path), or, without one, by its device, inode,
  * size and modification time.  At most TBX__TRACE_CACHE_FILES files are kept,
- * the least recently used one dropped for a new one; what one costs is
- * what libdw keeps of it (its decompressed debug sections and the line
- * tables looked up: the README gives libc's).
+ * of at most TBX__TRACE_CACHE_BYTES together, the least recently used ones
+ * no trace holds dropped: a file weighs what libdw keeps of it, its debug
+ * sections decompressed (the symbol and line tables it builds are smaller).
  *
  * Threads: the table has a lock, held only to find, add or drop an entry;
  * each entry has its own, held while its Dwfl is used (libdwfl is not safe
@@ -49,12 +49,14 @@ struct tbx__trace_file {
     pthread_mutex_t lock; /* held while dwfl is used */
     unsigned refs;        /* traces holding it; under the table's lock */
     uint64_t used;        /* the table's tick at its last get; likewise */
+    size_t weight;        /* its bytes in the table's total; likewise */
+    int weighed;          /* weight final: its lines were read */
     unsigned char build_id[MAX_BUILD_ID];
     int build_id_len; /* 0: known by st instead */
     struct stat st;
     char *path;
     int state; /* 0: not read yet; 1: read; -1: could not */
-    Elf *elf;  /* open on it, until dwfl takes it */
+    Elf *elf;  /* open on path, until dwfl takes it */
     Dwfl *dwfl;
     Dwfl_Module *mod;
     GElf_Addr bias;
@@ -64,7 +66,8 @@ static struct {
     pthread_mutex_t lock;
     tbx__trace_file *files[TBX__TRACE_CACHE_FILES];
     uint64_t tick;
-} cache = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0};
+    size_t bytes; /* the entries' weights */
+} cache = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0, 0};
 
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 static atomic_ulong files_read;
@@ -73,6 +76,7 @@ static void forget_cache(void)
 {
     memset(cache.files, 0, sizeof cache.files);
     cache.tick = 0;
+    cache.bytes = 0;
     pthread_mutex_init(&cache.lock, NULL);
 }
 
@@ -194,48 +198,65 @@ static tbx__trace_file *file_new(const tbx__trace_file *key)
     return f;
 }
 
-/* Under the table's lock: a free place, made by dropping the least recently
- * used entry no trace holds (into *dropped, freed by the caller once the
- * lock is let go: dwfl_end can take a while).  -1 if every entry is held. */
-static int free_place(tbx__trace_file **dropped)
+/* Under the table's lock: drops the least recently used entry no trace
+ * holds, into dropped (freed by the caller once the lock is let go:
+ * dwfl_end can take a while).  Returns its place, or -1 if every entry is
+ * held. */
+static int drop_oldest(tbx__trace_file **dropped, int *ndropped)
 {
     int oldest = -1;
     for (int i = 0; i < TBX__TRACE_CACHE_FILES; i++) {
         tbx__trace_file *f = cache.files[i];
-        if (f == NULL)
-            return i;
-        if (f->refs == 0 && (oldest < 0 || f->used < cache.files[oldest]->used))
+        if (f != NULL && f->refs == 0 && (oldest < 0 || f->used < cache.files[oldest]->used))
             oldest = i;
     }
     if (oldest >= 0) {
-        *dropped = cache.files[oldest];
+        dropped[(*ndropped)++] = cache.files[oldest];
+        cache.bytes -= cache.files[oldest]->weight;
         cache.files[oldest] = NULL;
     }
     return oldest;
 }
 
+/* Under the table's lock: the entry for key, made if new (with a place
+ * made by dropping the oldest if none is free).  NULL if every entry is
+ * held, or without memory. */
+static tbx__trace_file *find_or_add(const tbx__trace_file *key, tbx__trace_file **dropped,
+                                    int *ndropped)
+{
+    int place = -1;
+    for (int i = 0; i < TBX__TRACE_CACHE_FILES; i++) {
+        if (cache.files[i] != NULL && same_file(cache.files[i], key))
+            return cache.files[i];
+        if (cache.files[i] == NULL && place < 0)
+            place = i;
+    }
+    if (place < 0)
+        place = drop_oldest(dropped, ndropped);
+    if (place < 0 || (cache.files[place] = file_new(key)) == NULL)
+        return NULL;
+    return cache.files[place];
+}
+
 tbx__trace_file *tbx__trace_file_get(Dwfl_Module *live)
 {
-    tbx__trace_file key, *found = NULL, *dropped = NULL;
+    tbx__trace_file key, *dropped[TBX__TRACE_CACHE_FILES];
+    int ndropped = 0;
     if (identify(live, &key) != 0)
         return NULL;
     pthread_once(&cache_once, cache_register);
     pthread_mutex_lock(&cache.lock);
-    for (int i = 0; i < TBX__TRACE_CACHE_FILES && found == NULL; i++)
-        if (cache.files[i] != NULL && same_file(cache.files[i], &key))
-            found = cache.files[i];
-    if (found == NULL) {
-        int place = free_place(&dropped);
-        if (place >= 0 && (found = file_new(&key)) != NULL)
-            cache.files[place] = found;
-    }
+    tbx__trace_file *found = find_or_add(&key, dropped, &ndropped);
     if (found != NULL) {
         found->refs++;
         found->used = ++cache.tick;
     }
+    /* Over its bytes, the cache drops what no trace holds, oldest first. */
+    while (cache.bytes > TBX__TRACE_CACHE_BYTES && drop_oldest(dropped, &ndropped) >= 0)
+        ;
     pthread_mutex_unlock(&cache.lock);
-    if (dropped != NULL)
-        file_free(dropped);
+    for (int i = 0; i < ndropped; i++)
+        file_free(dropped[i]);
     return found;
 }
 
@@ -299,6 +320,42 @@ static int file_read(tbx__trace_file *f, Dwfl_Module *live)
     return 1;
 }
 
+/* What f holds once its lines have been read: the sections of the file
+ * its DWARF is in (or of its own file, without DWARF) that are not loaded
+ * in a process (debug information, symbols), at their decompressed size:
+ * libdw decompresses a section whole, and maps the rest.  Under f's lock,
+ * after its lines were read (getdwarf then only returns what is loaded). */
+static size_t file_weight(tbx__trace_file *f)
+{
+    GElf_Addr bias;
+    Dwarf *dwarf = tbx__dw.dwfl_module_getdwarf(f->mod, &bias);
+    Elf *elf =
+        dwarf != NULL ? tbx__dw.dwarf_getelf(dwarf) : tbx__dw.dwfl_module_getelf(f->mod, &bias);
+    size_t bytes = 0;
+    for (Elf_Scn *scn = NULL; elf != NULL && (scn = tbx__dw.elf_nextscn(elf, scn)) != NULL;) {
+        GElf_Shdr sh;
+        GElf_Chdr ch;
+        if (tbx__dw.gelf_getshdr(scn, &sh) == NULL || (sh.sh_flags & SHF_ALLOC) != 0 ||
+            sh.sh_type == SHT_NOBITS)
+            continue;
+        int compressed =
+            (sh.sh_flags & SHF_COMPRESSED) != 0 && tbx__dw.gelf_getchdr(scn, &ch) != NULL;
+        bytes += compressed ? ch.ch_size : sh.sh_size;
+    }
+    return bytes;
+}
+
+/* Counts f's weight in the table's total, once its lines are read. */
+static void weigh(tbx__trace_file *f)
+{
+    size_t bytes = file_weight(f);
+    pthread_mutex_lock(&cache.lock);
+    cache.bytes += bytes - f->weight;
+    f->weight = bytes;
+    pthread_mutex_unlock(&cache.lock);
+    f->weighed = 1;
+}
+
 /* Waits for f's lock until the deadline, by polling: the wait is rare (two
  * traces naming frames of one file at once), and a timed lock would count
  * on CLOCK_REALTIME or be unknown to ThreadSanitizer. */
@@ -322,8 +379,11 @@ int tbx__trace_file_name(tbx__trace_file *f, Dwfl_Module *live, Dwarf_Addr pc, i
     if (lock_until(f, deadline_ns) != 0)
         return -ETIMEDOUT;
     int rc = file_read(f, live) > 0 ? 0 : -ENOENT;
-    if (rc == 0)
+    if (rc == 0) {
         tbx__trace_name_in(f->mod, pc - live_bias + f->bias, lines, nm);
+        if (lines && !f->weighed)
+            weigh(f);
+    }
     pthread_mutex_unlock(&f->lock);
     return rc;
 }

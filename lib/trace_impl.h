@@ -12,19 +12,23 @@
 
 #include <elfutils/libdwelf.h>
 #include <elfutils/libdwfl.h>
+#include <gelf.h>
 #include <libelf.h>
 
 /* The libdwfl functions used, found by dlsym (trace_unwind.c); libelf's
  * come through libdw, which depends on it. */
-#define TBX__DW_FUNCTIONS(X)                                                                       \
-    X(dwfl_begin)                                                                                  \
-    X(dwfl_end)                                                                                    \
-    X(dwfl_errno) X(dwfl_errmsg) X(dwfl_report_begin) X(dwfl_report_end) X(dwfl_linux_proc_report) \
-        X(dwfl_linux_proc_find_elf) X(dwfl_standard_find_debuginfo) X(dwfl_linux_proc_attach)      \
-            X(dwfl_getthread_frames) X(dwfl_frame_pc) X(dwfl_addrmodule) X(dwfl_module_addrinfo)   \
-                X(dwfl_module_getsrc) X(dwfl_lineinfo) X(dwfl_module_info) X(dwfl_report_module)   \
-                    X(dwfl_module_getelf) X(dwfl_module_build_id) X(dwelf_elf_gnu_debuglink)       \
-                        X(dwfl_build_id_find_debuginfo) X(elf_begin) X(elf_cntl) X(elf_end)
+#define TBX__DW_FUNCTIONS(X)                                                                     \
+    X(dwfl_begin)                                                                                \
+    X(dwfl_end)                                                                                  \
+    X(dwfl_errno)                                                                                \
+    X(dwfl_errmsg) X(dwfl_report_begin) X(dwfl_report_end) X(dwfl_linux_proc_report)             \
+        X(dwfl_linux_proc_find_elf) X(dwfl_standard_find_debuginfo) X(dwfl_linux_proc_attach)    \
+            X(dwfl_getthread_frames) X(dwfl_frame_pc) X(dwfl_addrmodule) X(dwfl_module_addrinfo) \
+                X(dwfl_module_getsrc) X(dwfl_lineinfo) X(dwfl_module_info) X(dwfl_report_module) \
+                    X(dwfl_module_getelf) X(dwfl_module_build_id) X(dwelf_elf_gnu_debuglink)     \
+                        X(dwfl_build_id_find_debuginfo) X(dwfl_module_getdwarf) X(dwarf_getelf)  \
+                            X(elf_begin) X(elf_cntl) X(elf_end) X(elf_nextscn) X(gelf_getshdr)   \
+                                X(gelf_getchdr)
 
 typedef struct tbx__dw_table {
 #define TBX__DW_FIELD(name) __typeof__(name) *name;
