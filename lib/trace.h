@@ -66,6 +66,9 @@ int tbx__trace(pid_t pid, pid_t fn_tid, uint64_t budget_ns, char **out);
  * for) into the cache: a trace that meets only files read before adds
  * nothing.  For the tests. */
 unsigned long tbx__trace_cache_reads(void);
+/* The bytes the cache holds (debug information, decompressed), after
+ * setting its bound to max_bytes unless 0.  For the tests. */
+size_t tbx__trace_cache_bytes(size_t max_bytes);
 
 /* trace_unwind.c, for trace.c.  A thread as the trace found it. */
 typedef struct tbx__trace_thread {

@@ -17,9 +17,10 @@
  * A file is known by its build-id (the same code, the same debug
  * information, whatever its path), or, without one, by its device, inode,
  * size and modification time.  At most TBX__TRACE_CACHE_FILES files are kept,
- * of at most TBX__TRACE_CACHE_BYTES together, the least recently used ones
- * no trace holds dropped: a file weighs what libdw keeps of it, its debug
- * sections decompressed (the symbol and line tables it builds are smaller).
+ * of at most TBX__TRACE_CACHE_BYTES together once the traces using them are
+ * done, the least recently used ones dropped first: a file weighs what
+ * libdw keeps of it once its lines are read, its debug sections
+ * decompressed (the symbol and line tables it builds are smaller).
  *
  * Threads: the table has a lock, held only to find, add or drop an entry;
  * each entry has its own, held while its Dwfl is used (libdwfl is not safe
@@ -67,7 +68,8 @@ static struct {
     tbx__trace_file *files[TBX__TRACE_CACHE_FILES];
     uint64_t tick;
     size_t bytes; /* the entries' weights */
-} cache = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0, 0};
+    size_t max_bytes;
+} cache = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0, 0, TBX__TRACE_CACHE_BYTES};
 
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 static atomic_ulong files_read;
@@ -88,6 +90,16 @@ static void cache_register(void)
 unsigned long tbx__trace_cache_reads(void)
 {
     return atomic_load(&files_read);
+}
+
+size_t tbx__trace_cache_bytes(size_t max_bytes)
+{
+    pthread_mutex_lock(&cache.lock);
+    if (max_bytes != 0)
+        cache.max_bytes = max_bytes;
+    size_t bytes = cache.bytes;
+    pthread_mutex_unlock(&cache.lock);
+    return bytes;
 }
 
 /* A cached file's Dwfl is handed the file already open, read from memory
@@ -238,6 +250,14 @@ static tbx__trace_file *find_or_add(const tbx__trace_file *key, tbx__trace_file 
     return cache.files[place];
 }
 
+/* Lets the table's lock go, then frees what was dropped. */
+static void unlock_free(tbx__trace_file **dropped, int ndropped)
+{
+    pthread_mutex_unlock(&cache.lock);
+    for (int i = 0; i < ndropped; i++)
+        file_free(dropped[i]);
+}
+
 tbx__trace_file *tbx__trace_file_get(Dwfl_Module *live)
 {
     tbx__trace_file key, *dropped[TBX__TRACE_CACHE_FILES];
@@ -251,20 +271,21 @@ tbx__trace_file *tbx__trace_file_get(Dwfl_Module *live)
         found->refs++;
         found->used = ++cache.tick;
     }
-    /* Over its bytes, the cache drops what no trace holds, oldest first. */
-    while (cache.bytes > TBX__TRACE_CACHE_BYTES && drop_oldest(dropped, &ndropped) >= 0)
-        ;
-    pthread_mutex_unlock(&cache.lock);
-    for (int i = 0; i < ndropped; i++)
-        file_free(dropped[i]);
+    unlock_free(dropped, ndropped);
     return found;
 }
 
 void tbx__trace_file_put(tbx__trace_file *f)
 {
+    tbx__trace_file *dropped[TBX__TRACE_CACHE_FILES];
+    int ndropped = 0;
     pthread_mutex_lock(&cache.lock);
     f->refs--;
-    pthread_mutex_unlock(&cache.lock);
+    /* Over its bytes (a file weighs more once its lines are read), the
+     * cache drops what no trace holds, oldest first. */
+    while (cache.bytes > cache.max_bytes && drop_oldest(dropped, &ndropped) >= 0)
+        ;
+    unlock_free(dropped, ndropped);
 }
 
 /* Opens f's file to be read from memory, its descriptor closed at once: the
@@ -392,6 +413,12 @@ int tbx__trace_file_name(tbx__trace_file *f, Dwfl_Module *live, Dwarf_Addr pc, i
 
 unsigned long tbx__trace_cache_reads(void)
 {
+    return 0;
+}
+
+size_t tbx__trace_cache_bytes(size_t max_bytes)
+{
+    TBX__UNUSED(max_bytes);
     return 0;
 }
 

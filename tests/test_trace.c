@@ -260,6 +260,41 @@ TBX_PLAIN_TEST(trace, a_second_trace_names_the_same_frames_reading_no_file_again
     free(text2);
 }
 
+/* Over its bound in bytes, the cache drops the files no trace holds, once
+ * a trace is done with them: the next trace reads them again, and names
+ * the frames as before. */
+TBX_PLAIN_TEST(trace, the_cache_over_its_bytes_drops_what_no_trace_holds)
+{
+    need_tracer();
+    char *text[4];
+    unsigned long reads[4];
+    size_t bytes[4];
+    for (int i = 0; i < 4; i++) {
+        /* From the third trace on, the cache is bounded to a byte. */
+        if (i == 2)
+            (void)tbx__trace_cache_bytes(1);
+        pid_t pid = start_child(lock_body, NULL, 0);
+        cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+        text[i] = trace_of(pid, pid, TEST_BUDGET_NS);
+        end_child(pid);
+        reads[i] = tbx__trace_cache_reads();
+        bytes[i] = tbx__trace_cache_bytes(0);
+    }
+    (void)tbx__trace_cache_bytes(TBX__TRACE_CACHE_BYTES);
+    cr_assert_gt(bytes[0], 0, "the first trace's files weigh nothing");
+    cr_assert_eq(reads[1], reads[0], "the second trace read files again");
+    cr_assert_eq(bytes[1], bytes[0]);
+    cr_assert_eq(reads[2], reads[0], "the third trace read files again");
+    cr_assert_leq(bytes[2], 1, "%zu bytes kept over a bound of 1", bytes[2]);
+    cr_assert_gt(reads[3], reads[2], "the fourth trace found the files dropped before");
+    static char names[4][16384];
+    for (int i = 0; i < 4; i++) {
+        frame_names(text[i], names[i], sizeof names[i]);
+        cr_assert_str_eq(names[i], names[0], "%s\n%s", text[0], text[i]);
+        free(text[i]);
+    }
+}
+
 /* One thread's trace of one child, for the test below. */
 typedef struct trace_job {
     pid_t pid;
