@@ -295,6 +295,45 @@ TBX_PLAIN_TEST(trace, the_cache_over_its_bytes_drops_what_no_trace_holds)
     }
 }
 
+/* In a fork child of the test: traces a child of its own, and says by its
+ * exit status whether it started with an empty cache (1 if not), then read
+ * the files again (2 if not) and named fn's frame (3 if not). */
+static int trace_in_fork_child(void)
+{
+    if (tbx__trace_cache_bytes(0) != 0)
+        return 1;
+    unsigned long reads = tbx__trace_cache_reads();
+    pid_t pid = start_child(lock_body, NULL, 0);
+    char *text = NULL;
+    int r = is_stuck(pid, 5000) ? tbx__trace(pid, pid, TEST_BUDGET_NS, &text) : -1;
+    kill(pid, SIGKILL);
+    (void)waitpid(pid, NULL, 0);
+    if (tbx__trace_cache_reads() == reads)
+        return 2;
+    return r == 0 && strstr(text, " deadlock_on_held_lock+0x") != NULL ? 0 : 3;
+}
+
+/* A fork child forgets its parent's cache (another thread may have held a
+ * file at the fork): its traces read the files afresh. */
+TBX_PLAIN_TEST(trace, a_fork_child_starts_with_an_empty_cache)
+{
+    need_tracer();
+    pid_t pid = start_child(lock_body, NULL, 0);
+    cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+    free(trace_of(pid, pid, TEST_BUDGET_NS));
+    end_child(pid);
+    cr_assert_gt(tbx__trace_cache_bytes(0), 0);
+    pid_t sub = fork();
+    cr_assert(sub >= 0);
+    if (sub == 0)
+        _exit(trace_in_fork_child());
+    int st;
+    cr_assert_eq(waitpid(sub, &st, 0), sub);
+    cr_assert(WIFEXITED(st), "status %#x", st);
+    cr_assert_eq(WEXITSTATUS(st), 0, "1: the cache was not empty; 2: no file read again; 3: no "
+                                     "trace naming fn");
+}
+
 /* One thread's trace of one child, for the test below. */
 typedef struct trace_job {
     pid_t pid;
