@@ -25,7 +25,6 @@
 #include "common.h"
 
 #include <pthread.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,21 +77,16 @@ static double timed_out_call_us(int trace)
 static double first_trace_us(void)
 {
     double us;
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        bench_die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        bench_die("fork");
+    int read_fd, write_fd;
+    pid_t pid = bench_fork_piped(&read_fd, &write_fd);
     if (pid == 0) {
         us = timed_out_call_us(1);
-        _exit(write(fds[1], &us, sizeof us) == (ssize_t)sizeof us ? 0 : 1);
+        _exit(write(write_fd, &us, sizeof us) == (ssize_t)sizeof us ? 0 : 1);
     }
-    close(fds[1]);
     int st;
-    if (read(fds[0], &us, sizeof us) != (ssize_t)sizeof us)
+    if (read(read_fd, &us, sizeof us) != (ssize_t)sizeof us)
         bench_die("read");
-    close(fds[0]);
+    close(read_fd);
     if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
         bench_die("waitpid");
     return us;
