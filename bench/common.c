@@ -212,7 +212,7 @@ void bench_read16_reap(int fd, pid_t pid)
         bench_die("waitpid");
 }
 
-pid_t bench_fork_writer(int *read_fd)
+pid_t bench_fork_piped(int *read_fd, int *write_fd)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
@@ -220,10 +220,18 @@ pid_t bench_fork_writer(int *read_fd)
     pid_t pid = fork();
     if (pid < 0)
         bench_die("fork");
+    close(fds[pid == 0 ? 0 : 1]);
+    *read_fd = pid == 0 ? -1 : fds[0];
+    *write_fd = pid == 0 ? fds[1] : -1;
+    return pid;
+}
+
+pid_t bench_fork_writer(int *read_fd)
+{
+    int write_fd;
+    pid_t pid = bench_fork_piped(read_fd, &write_fd);
     if (pid == 0)
-        _exit(write(fds[1], "0123456789abcdef", 16) == 16 ? 0 : 1);
-    close(fds[1]);
-    *read_fd = fds[0];
+        _exit(write(write_fd, "0123456789abcdef", 16) == 16 ? 0 : 1);
     return pid;
 }
 

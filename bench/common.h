@@ -78,6 +78,11 @@ double bench_trivial_call_us(const struct tbx_opts *opts);
 /* perror(what) and exit(1). */
 __attribute__((noreturn)) void bench_die(const char *what);
 
+/* pipe2 + fork: returns 0 in the child, with the pipe's write end in
+ * *write_fd; in the parent the child's pid, with the read end in *read_fd
+ * (the other end closed on each side).  Dies on failure. */
+pid_t bench_fork_piped(int *read_fd, int *write_fd);
+
 /* pipe2 + fork of a child that writes 16 bytes and _exits: its pid, and
  * the pipe's read end in *read_fd. */
 pid_t bench_fork_writer(int *read_fd);

@@ -105,6 +105,7 @@ enum {
     TBX__FORGET_DEADLINES,  /* deadline.c: the loops' timerfds */
     TBX__FORGET_LOOPS,      /* loop.c: the threads' private loops */
     TBX__FORGET_CGROUPS,    /* cgroup_pool.c: the parent's cgroup leaves */
+    TBX__FORGET_TRACES,     /* trace_cache.c: the files traces have read */
     TBX__NFORGET
 };
 void tbx__forget_register(int place, void (*on_fork)(void), void (*on_call)(void));

@@ -27,6 +27,13 @@
  * most twice its budget. */
 #define TBX__TRACE_BUDGET_NS ((uint64_t)200 * 1000 * 1000)
 #define TBX__TRACE_MAX_THREADS 256
+/* The files (programs, libraries) whose symbols and line tables are kept
+ * from one trace to the next, at most (trace_cache.c). */
+#define TBX__TRACE_CACHE_FILES 16
+/* ... and their debug information's bytes, decompressed, at most (libc's,
+ * from libc6-dbg, is about 12 MiB); more are dropped, least recently used
+ * first, once no trace holds them. */
+#define TBX__TRACE_CACHE_BYTES ((size_t)64 << 20)
 #define TBX__TRACE_MAX_FRAMES 64
 
 /* 1 if this build has the tracer and libdw could be loaded, else 0 (and
@@ -53,6 +60,15 @@ int tbx__trace_available(const char **why);
  * refused: Yama, a container without it, another tracer), -ESRCH (pid is
  * gone), -ETIMEDOUT (no thread stopped within the budget), -ENOMEM. */
 int tbx__trace(pid_t pid, pid_t fn_tid, uint64_t budget_ns, char **out);
+
+/* How many times the traces of this process have read a file to name
+ * frames (a program or a library opened, or its separate debug file looked
+ * for) into the cache: a trace that meets only files read before adds
+ * nothing.  For the tests. */
+unsigned long tbx__trace_cache_reads(void);
+/* The bytes the cache holds (debug information, decompressed), after
+ * setting its bound to max_bytes unless 0.  For the tests. */
+size_t tbx__trace_cache_bytes(size_t max_bytes);
 
 /* trace_unwind.c, for trace.c.  A thread as the trace found it. */
 typedef struct tbx__trace_thread {

@@ -16,7 +16,7 @@
  * could bound).
  */
 #include "os.h"
-#include "trace.h"
+#include "trace_impl.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -26,7 +26,6 @@
 #ifdef TBX_HAVE_LIBDW
 
 #include <dlfcn.h>
-#include <elfutils/libdwfl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -74,20 +73,7 @@ static void put_thread_header(text_buf *t, const tbx__trace_thread *th, pid_t fn
         put(t, "\n");
 }
 
-/* The libdwfl functions used, found by dlsym. */
-#define DW_FUNCTIONS(X)                                                        \
-    X(dwfl_begin) X(dwfl_end) X(dwfl_errno) X(dwfl_errmsg)                      \
-    X(dwfl_report_begin) X(dwfl_report_end) X(dwfl_linux_proc_report)          \
-    X(dwfl_linux_proc_find_elf) X(dwfl_standard_find_debuginfo)                \
-    X(dwfl_linux_proc_attach) X(dwfl_getthread_frames) X(dwfl_frame_pc)        \
-    X(dwfl_addrmodule) X(dwfl_module_addrinfo) X(dwfl_module_getsrc)           \
-    X(dwfl_lineinfo) X(dwfl_module_info)
-
-static struct {
-#define DW_FIELD(name) __typeof__(name) *name;
-    DW_FUNCTIONS(DW_FIELD)
-#undef DW_FIELD
-} dw;
+tbx__dw_table tbx__dw;
 
 static pthread_once_t dw_once = PTHREAD_ONCE_INIT;
 static const char *dw_why = "libdw not loaded yet";
@@ -101,11 +87,11 @@ static void dw_load(void)
         return;
     }
 #define DW_LOOKUP(name)                                                         \
-    if ((*(void **)&dw.name = dlsym(h, #name)) == NULL) {                       \
+    if ((*(void **)&tbx__dw.name = dlsym(h, #name)) == NULL) {                  \
         dw_why = "libdw.so.1 lacks " #name;                                     \
         return;                                                                 \
     }
-    DW_FUNCTIONS(DW_LOOKUP)
+    TBX__DW_FUNCTIONS(DW_LOOKUP)
 #undef DW_LOOKUP
     dw_ok = 1;
     dw_why = NULL;
@@ -119,17 +105,15 @@ int tbx__trace_available(const char **why)
     return dw_ok;
 }
 
-/* Separate debug files are looked for on this machine only: with
- * DEBUGINFOD_URLS set, libdwfl's standard search would also ask a server. */
-static int find_debuginfo_local(Dwfl_Module *mod, void **userdata, const char *modname,
-                                Dwarf_Addr base, const char *file_name,
-                                const char *debuglink_file, GElf_Word debuglink_crc,
-                                char **debuginfo_file_name)
+int tbx__trace_find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname,
+                              Dwarf_Addr base, const char *file_name,
+                              const char *debuglink_file, GElf_Word debuglink_crc,
+                              char **debuginfo_file_name)
 {
     const char *urls = getenv("DEBUGINFOD_URLS");
     if (urls != NULL && urls[0] != '\0')
         return -1;
-    return dw.dwfl_standard_find_debuginfo(mod, userdata, modname, base, file_name,
+    return tbx__dw.dwfl_standard_find_debuginfo(mod, userdata, modname, base, file_name,
                                            debuglink_file, debuglink_crc,
                                            debuginfo_file_name);
 }
@@ -137,13 +121,6 @@ static int find_debuginfo_local(Dwfl_Module *mod, void **userdata, const char *m
 /* One thread's stack as taken while it was stopped: return addresses only.
  * Naming them (symbols, files, lines) reads files, not the process, so it
  * waits until the threads run again. */
-typedef struct frame_name {
-    const char *sym, *file;   /* owned by the Dwfl; NULL: not named */
-    GElf_Off off;
-    int line;
-    unsigned char sym_done, line_done; /* looked up */
-} frame_name;
-
 typedef struct stack {
     tbx__trace_thread thread;
     unsigned nframes;
@@ -151,8 +128,12 @@ typedef struct stack {
     int error;                /* the unwinder's dwfl_errno, 0 if none */
     Dwarf_Addr pc[TBX__TRACE_MAX_FRAMES];
     unsigned char activation[TBX__TRACE_MAX_FRAMES];
-    frame_name name[TBX__TRACE_MAX_FRAMES];
+    tbx__frame_name name[TBX__TRACE_MAX_FRAMES];
 } stack;
+
+/* The files (program, libraries) one trace names frames in, at most; more
+ * are named through the traced process's Dwfl, without the cache. */
+#define TRACE_FILES 32
 
 struct tbx__trace_stacks {
     Dwfl *dwfl;
@@ -161,6 +142,11 @@ struct tbx__trace_stacks {
     char exe[512];                /* the program's own file, named first */
     size_t n;
     uint64_t deadline_ns;
+    struct {
+        Dwfl_Module *live;
+        tbx__trace_file *file;    /* NULL: named through dwfl */
+    } files[TRACE_FILES];         /* the cache's entries this trace holds */
+    size_t nfiles;
     stack stacks[];
 };
 
@@ -169,7 +155,7 @@ static int frame_cb(Dwfl_Frame *state, void *arg)
     stack *st = arg;
     Dwarf_Addr pc;
     bool activation;
-    if (!dw.dwfl_frame_pc(state, &pc, &activation))
+    if (!tbx__dw.dwfl_frame_pc(state, &pc, &activation))
         return DWARF_CB_ABORT;
     if (st->nframes == TBX__TRACE_MAX_FRAMES) {
         st->more = 1;
@@ -182,20 +168,20 @@ static int frame_cb(Dwfl_Frame *state, void *arg)
 
 static Dwfl *open_process(tbx__trace_stacks *ts, pid_t pid)
 {
-    ts->callbacks.find_elf = dw.dwfl_linux_proc_find_elf;
-    ts->callbacks.find_debuginfo = find_debuginfo_local;
-    Dwfl *dwfl = dw.dwfl_begin(&ts->callbacks);
+    ts->callbacks.find_elf = tbx__dw.dwfl_linux_proc_find_elf;
+    ts->callbacks.find_debuginfo = tbx__trace_find_debuginfo;
+    Dwfl *dwfl = tbx__dw.dwfl_begin(&ts->callbacks);
     if (dwfl == NULL) {
-        snprintf(ts->open_error, sizeof ts->open_error, "libdwfl: %s", dw.dwfl_errmsg(-1));
+        snprintf(ts->open_error, sizeof ts->open_error, "libdwfl: %s", tbx__dw.dwfl_errmsg(-1));
         return NULL;
     }
-    dw.dwfl_report_begin(dwfl);
-    int r = dw.dwfl_linux_proc_report(dwfl, pid);
-    if (dw.dwfl_report_end(dwfl, NULL, NULL) != 0 || r != 0 ||
-        dw.dwfl_linux_proc_attach(dwfl, pid, true) != 0) {
+    tbx__dw.dwfl_report_begin(dwfl);
+    int r = tbx__dw.dwfl_linux_proc_report(dwfl, pid);
+    if (tbx__dw.dwfl_report_end(dwfl, NULL, NULL) != 0 || r != 0 ||
+        tbx__dw.dwfl_linux_proc_attach(dwfl, pid, true) != 0) {
         snprintf(ts->open_error, sizeof ts->open_error, "libdwfl could not read process %d: %s",
-                 (int)pid, r > 0 ? strerror(r) : dw.dwfl_errmsg(-1));
-        dw.dwfl_end(dwfl);
+                 (int)pid, r > 0 ? strerror(r) : tbx__dw.dwfl_errmsg(-1));
+        tbx__dw.dwfl_end(dwfl);
         return NULL;
     }
     return dwfl;
@@ -223,8 +209,8 @@ tbx__trace_stacks *tbx__trace_stacks_take(pid_t pid, const tbx__trace_thread *th
             st->thread.state = 'X';
             continue;
         }
-        if (dw.dwfl_getthread_frames(ts->dwfl, st->thread.tid, frame_cb, st) < 0 && !st->more)
-            st->error = dw.dwfl_errno() != 0 ? dw.dwfl_errno() : -1;
+        if (tbx__dw.dwfl_getthread_frames(ts->dwfl, st->thread.tid, frame_cb, st) < 0 && !st->more)
+            st->error = tbx__dw.dwfl_errno() != 0 ? tbx__dw.dwfl_errno() : -1;
     }
     return ts;
 }
@@ -237,16 +223,61 @@ static Dwarf_Addr lookup_pc(const stack *st, unsigned f)
 
 static const char *module_of(Dwfl *dwfl, Dwarf_Addr pc, Dwfl_Module **mod, Dwarf_Addr *start)
 {
-    *mod = dw.dwfl_addrmodule(dwfl, pc);
+    *mod = tbx__dw.dwfl_addrmodule(dwfl, pc);
     *start = 0;
-    return *mod != NULL ? dw.dwfl_module_info(*mod, NULL, start, NULL, NULL, NULL, NULL, NULL)
+    return *mod != NULL ? tbx__dw.dwfl_module_info(*mod, NULL, start, NULL, NULL, NULL, NULL, NULL)
                         : NULL;
+}
+
+void tbx__trace_name_in(Dwfl_Module *mod, Dwarf_Addr pc, int lines, tbx__frame_name *nm)
+{
+    if (!nm->sym_done) {
+        GElf_Sym sym;
+        nm->sym = tbx__dw.dwfl_module_addrinfo(mod, pc, &nm->off, &sym, NULL, NULL, NULL);
+        nm->sym_done = 1;
+    }
+    if (lines && !nm->line_done) {
+        Dwfl_Line *l = tbx__dw.dwfl_module_getsrc(mod, pc);
+        if (l != NULL)
+            nm->file = tbx__dw.dwfl_lineinfo(l, NULL, &nm->line, NULL, NULL, NULL);
+        nm->line_done = 1;
+    }
+}
+
+/* The cache's entry for the traced process's module mod, asked for once
+ * per trace and held until the trace is freed. */
+static tbx__trace_file *file_of(tbx__trace_stacks *ts, Dwfl_Module *mod)
+{
+    for (size_t i = 0; i < ts->nfiles; i++)
+        if (ts->files[i].live == mod)
+            return ts->files[i].file;
+    if (ts->nfiles == TRACE_FILES)
+        return NULL;
+    tbx__trace_file *file = tbx__trace_file_get(mod);
+    ts->files[ts->nfiles].live = mod;
+    ts->files[ts->nfiles++].file = file;
+    return file;
+}
+
+/* Names one frame from the cache, or from the traced process's own Dwfl
+ * where the cache has not its file (the vdso, a file replaced since). */
+static void name_frame(tbx__trace_stacks *ts, Dwfl_Module *mod, Dwarf_Addr pc, int lines,
+                       tbx__frame_name *nm)
+{
+    if (nm->sym_done && (!lines || nm->line_done))
+        return;
+    tbx__trace_file *file = file_of(ts, mod);
+    int r = file != NULL ? tbx__trace_file_name(file, mod, pc, lines, ts->deadline_ns, nm)
+                         : -ENOENT;
+    if (r == -ENOENT)
+        tbx__trace_name_in(mod, pc, lines, nm);
 }
 
 /* Names the frames until the deadline: the program's own first, with
  * their lines (fn's code, where a reader looks), then the libraries'
  * symbols, then their lines: a library's separate debug information (libc's
- * line tables, say) can take longer to read than all the rest. */
+ * line tables, say) can take longer to read than all the rest, the first
+ * time; the cache keeps it for the next traces. */
 static void name_frames(tbx__trace_stacks *ts, int program, int lines)
 {
     for (size_t i = 0; i < ts->n; i++) {
@@ -255,20 +286,9 @@ static void name_frames(tbx__trace_stacks *ts, int program, int lines)
             Dwarf_Addr pc = lookup_pc(st, f), start;
             Dwfl_Module *mod;
             const char *m = module_of(ts->dwfl, pc, &mod, &start);
-            frame_name *nm = &st->name[f];
             if (mod == NULL || (program && (m == NULL || strcmp(m, ts->exe) != 0)))
                 continue;
-            if (!nm->sym_done) {
-                GElf_Sym sym;
-                nm->sym = dw.dwfl_module_addrinfo(mod, pc, &nm->off, &sym, NULL, NULL, NULL);
-                nm->sym_done = 1;
-            }
-            if (lines && !nm->line_done) {
-                Dwfl_Line *l = dw.dwfl_module_getsrc(mod, pc);
-                if (l != NULL)
-                    nm->file = dw.dwfl_lineinfo(l, NULL, &nm->line, NULL, NULL, NULL);
-                nm->line_done = 1;
-            }
+            name_frame(ts, mod, pc, lines, &st->name[f]);
         }
     }
 }
@@ -278,7 +298,7 @@ static void put_frame(text_buf *t, Dwfl *dwfl, const stack *st, unsigned f, int 
     Dwarf_Addr pc = st->pc[f], lookup = lookup_pc(st, f), start;
     Dwfl_Module *mod;
     const char *modname = module_of(dwfl, lookup, &mod, &start);
-    const frame_name *nm = &st->name[f];
+    const tbx__frame_name *nm = &st->name[f];
     *late |= mod != NULL && !nm->line_done;
     put(t, "#%-2u 0x%016llx ", f, (unsigned long long)pc);
     if (nm->sym != NULL)
@@ -316,7 +336,7 @@ size_t tbx__trace_stacks_format(tbx__trace_stacks *ts, pid_t fn_tid, uint64_t de
             put(&t, "    ... (more frames)\n");
         else if (st->error != 0)
             put(&t, "    (%s: %s)\n", st->nframes == 0 ? "no frames" : "unwinding stopped",
-                dw.dwfl_errmsg(st->error));
+                tbx__dw.dwfl_errmsg(st->error));
     }
     if (late)
         put(&t, "(the trace's time ran out: some frames lack a line, or a name (given by module "
@@ -328,8 +348,11 @@ void tbx__trace_stacks_free(tbx__trace_stacks *ts)
 {
     if (ts == NULL)
         return;
+    for (size_t i = 0; i < ts->nfiles; i++)
+        if (ts->files[i].file != NULL)
+            tbx__trace_file_put(ts->files[i].file);
     if (ts->dwfl != NULL)
-        dw.dwfl_end(ts->dwfl);
+        tbx__dw.dwfl_end(ts->dwfl);
     free(ts);
 }
 

@@ -17,7 +17,7 @@ room_of() {
     child.h | child_setup.c | child.c | worker.c | worker_main.c | request_recv.c | registry.c)
         echo child ;;
     loop.h | loop.c | deadline.c) echo loop ;;
-    trace.h | trace.c | trace_unwind.c) echo trace ;;
+    trace.h | trace_impl.h | trace.c | trace_unwind.c | trace_cache.c) echo trace ;;
     launch_*.c) echo launcher ;;
     prepare.c) echo prepare ;;
     engine.h | engine.c | escalate.c | cancel.c | queue.c | request.c | streams.c | verdict.c | slots.c | call.c | \
@@ -46,7 +46,7 @@ declare -A allowed=(
     [child]="child.h wire.h cgroup.h"
     [loop]="loop.h os.h"
     # The tracer runs in the processes that own children: the caller, the server.
-    [trace]="trace.h os.h"
+    [trace]="trace.h trace_impl.h os.h"
     [engine]="engine.h loop.h wire.h cgroup.h trace.h"
     # A launcher makes the child: it knows the child's side too.
     [launcher]="engine.h child.h"

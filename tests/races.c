@@ -5,7 +5,8 @@
  * Built in every configuration and run by ctest as "races"; in a
  * -DTIMEBOX_SANITIZE=thread build it is the suite to run.
  *
- *   1. threads making blocking calls at once, every method, every outcome;
+ *   1. threads making blocking calls at once, every method, every outcome
+ *      (the calls that hang traced from outside at their deadline);
  *   2. threads each running a libuv loop of their own with async calls and
  *      cancels;
  *   3. the process-wide set-up changed while calls run: default method,
@@ -127,6 +128,9 @@ static tbx_opts opts_for(tbx_method m, int kind, int soft)
     o.hard_timeout = !soft;
     o.timeout_s = kind == K_HANG ? 0.1 : 60;
     o.grace_s = 0.1;
+    /* Traced from outside, threads at once: the tracer's cache of files
+     * read is shared by them. */
+    o.backtrace_on_timeout = kind == K_HANG && m != TBX_POOL;
     return o;
 }
 

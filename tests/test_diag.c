@@ -8,6 +8,8 @@
  */
 #include "helpers.h"
 
+#include "../lib/trace.h"
+
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -86,6 +88,49 @@ TBX_TEST(outside, a_child_blocking_every_signal_on_a_lock_says_where_with_file_a
     cr_assert(file != NULL && (eol == NULL || file < eol), "no file and line:\n%s", r.backtrace);
     cr_assert_gt(atoi(file + strlen("test_diag.c:")), 0);
     tbx_result_free(&r);
+}
+
+/* The rest of the line of text that names fn (its symbol, offset, file and
+ * line), into out. */
+static void frame_named(const char *text, const char *fn, char *out, size_t cap)
+{
+    char want[128];
+    snprintf(want, sizeof want, " %s+0x", fn);
+    const char *at = strstr(text, want);
+    cr_assert_not_null(at, "no frame in %s:\n%s", fn, text);
+    size_t len = strcspn(at, "\n");
+    cr_assert_lt(len, cap);
+    memcpy(out, at, len);
+    out[len] = '\0';
+}
+
+/* The second trace names frames from the files the first read (a spawned
+ * worker at other addresses than the first): the same names, files and
+ * lines.  Under fork and spawn this process traces, and reads no file
+ * again (unless the first trace's time ran out before it read them all). */
+TBX_TEST(outside, a_second_trace_names_fns_frames_as_the_first)
+{
+    if (*method == TBX_POOL)
+        cr_skip_test("TBX_POOL refuses backtraces (EINVAL, test_pool.c)");
+    if (!tracer_built())
+        cr_skip_test("built without libdw");
+    char named[2][2][512];
+    unsigned long reads[2];
+    int late = 0;
+    for (int i = 0; i < 2; i++) {
+        tbx_result r;
+        time_out_traced(*method, fn_blocked_on_lock, TBX_BACKTRACE_OUTSIDE, &r);
+        reads[i] = tbx__trace_cache_reads();
+        late |= i == 0 && strstr(r.backtrace, "time ran out") != NULL;
+        frame_named(r.backtrace, "tbx_test_wait_on_held_lock", named[i][0], sizeof named[i][0]);
+        frame_named(r.backtrace, "fn_blocked_on_lock", named[i][1], sizeof named[i][1]);
+        tbx_result_free(&r);
+    }
+    cr_assert(strstr(named[1][0], "test_diag.c:") != NULL, "%s", named[1][0]);
+    cr_assert_str_eq(named[1][0], named[0][0]);
+    cr_assert_str_eq(named[1][1], named[0][1]);
+    if ((*method == TBX_FORK || *method == TBX_SPAWN) && !late)
+        cr_assert_eq(reads[1], reads[0], "the second trace read files again");
 }
 
 /* A real fault: a write through a null pointer (volatile, so it happens). */

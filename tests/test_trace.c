@@ -210,6 +210,172 @@ TBX_PLAIN_TEST(trace, names_the_function_of_a_child_deadlocked_on_a_lock)
     end_child(pid);
 }
 
+/* The frames of a trace as named, one per line, without their addresses
+ * and the threads' ids (which differ from one child to the next). */
+static void frame_names(const char *text, char *out, size_t cap)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (const char *p = text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (p[0] != '#')
+            continue;
+        const char *name = strstr(p, " 0x");
+        name = name != NULL ? strchr(name + 1, ' ') : NULL;
+        const char *eol = strchr(p, '\n');
+        if (name == NULL || eol == NULL || len + (size_t)(eol - name) + 2 > cap)
+            continue;
+        memcpy(out + len, name, (size_t)(eol - name + 1));
+        len += (size_t)(eol - name + 1);
+        out[len] = '\0';
+    }
+}
+
+/* A second child of the same program, at the same addresses as a fork
+ * child is: its frames come named as the first's were, from the files the
+ * first trace read, none read again. */
+TBX_PLAIN_TEST(trace, a_second_trace_names_the_same_frames_reading_no_file_again)
+{
+    need_tracer();
+    /* Both children from one call site: their stacks are the same. */
+    char *text[2];
+    unsigned long reads = 0;
+    for (int i = 0; i < 2; i++) {
+        pid_t pid = start_child(lock_body, NULL, 0);
+        cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+        text[i] = trace_of(pid, pid, TEST_BUDGET_NS);
+        end_child(pid);
+        if (i == 0)
+            reads = tbx__trace_cache_reads();
+    }
+    cr_assert_gt(reads, 0, "the first trace read no file into the cache");
+    cr_assert_eq(tbx__trace_cache_reads(), reads, "the second trace read files again");
+    char *text1 = text[0], *text2 = text[1];
+    assert_frame(text2, "deadlock_on_held_lock");
+    static char names1[16384], names2[16384];
+    frame_names(text1, names1, sizeof names1);
+    frame_names(text2, names2, sizeof names2);
+    cr_assert_str_eq(names2, names1, "first:\n%s\nsecond:\n%s", text1, text2);
+    cr_assert(strstr(names2, "pthread_mutex_lock") != NULL, "%s", text2);
+    free(text1);
+    free(text2);
+}
+
+/* Over its bound in bytes, the cache drops the files no trace holds, once
+ * a trace is done with them: the next trace reads them again, and names
+ * the frames as before. */
+TBX_PLAIN_TEST(trace, the_cache_over_its_bytes_drops_what_no_trace_holds)
+{
+    need_tracer();
+    char *text[4];
+    unsigned long reads[4];
+    size_t bytes[4];
+    for (int i = 0; i < 4; i++) {
+        /* From the third trace on, the cache is bounded to a byte. */
+        if (i == 2)
+            (void)tbx__trace_cache_bytes(1);
+        pid_t pid = start_child(lock_body, NULL, 0);
+        cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+        text[i] = trace_of(pid, pid, TEST_BUDGET_NS);
+        end_child(pid);
+        reads[i] = tbx__trace_cache_reads();
+        bytes[i] = tbx__trace_cache_bytes(0);
+    }
+    (void)tbx__trace_cache_bytes(TBX__TRACE_CACHE_BYTES);
+    cr_assert_gt(bytes[0], 0, "the first trace's files weigh nothing");
+    cr_assert_eq(reads[1], reads[0], "the second trace read files again");
+    cr_assert_eq(bytes[1], bytes[0]);
+    cr_assert_eq(reads[2], reads[0], "the third trace read files again");
+    cr_assert_leq(bytes[2], 1, "%zu bytes kept over a bound of 1", bytes[2]);
+    cr_assert_gt(reads[3], reads[2], "the fourth trace found the files dropped before");
+    static char names[4][16384];
+    for (int i = 0; i < 4; i++) {
+        frame_names(text[i], names[i], sizeof names[i]);
+        cr_assert_str_eq(names[i], names[0], "%s\n%s", text[0], text[i]);
+        free(text[i]);
+    }
+}
+
+/* In a fork child of the test: traces a child of its own, and says by its
+ * exit status whether it started with an empty cache (1 if not), then read
+ * the files again (2 if not) and named fn's frame (3 if not). */
+static int trace_in_fork_child(void)
+{
+    if (tbx__trace_cache_bytes(0) != 0)
+        return 1;
+    unsigned long reads = tbx__trace_cache_reads();
+    pid_t pid = start_child(lock_body, NULL, 0);
+    char *text = NULL;
+    int r = is_stuck(pid, 5000) ? tbx__trace(pid, pid, TEST_BUDGET_NS, &text) : -1;
+    kill(pid, SIGKILL);
+    (void)waitpid(pid, NULL, 0);
+    if (tbx__trace_cache_reads() == reads)
+        return 2;
+    return r == 0 && strstr(text, " deadlock_on_held_lock+0x") != NULL ? 0 : 3;
+}
+
+/* A fork child forgets its parent's cache (another thread may have held a
+ * file at the fork): its traces read the files afresh. */
+TBX_PLAIN_TEST(trace, a_fork_child_starts_with_an_empty_cache)
+{
+    need_tracer();
+    pid_t pid = start_child(lock_body, NULL, 0);
+    cr_assert(is_stuck(pid, 5000), "the child never waited on the lock");
+    free(trace_of(pid, pid, TEST_BUDGET_NS));
+    end_child(pid);
+    cr_assert_gt(tbx__trace_cache_bytes(0), 0);
+    pid_t sub = fork();
+    cr_assert(sub >= 0);
+    if (sub == 0)
+        _exit(trace_in_fork_child());
+    int st;
+    cr_assert_eq(waitpid(sub, &st, 0), sub);
+    cr_assert(WIFEXITED(st), "status %#x", st);
+    cr_assert_eq(WEXITSTATUS(st), 0, "1: the cache was not empty; 2: no file read again; 3: no "
+                                     "trace naming fn");
+}
+
+/* One thread's trace of one child, for the test below. */
+typedef struct trace_job {
+    pid_t pid;
+    int rc;
+    char *text;
+} trace_job;
+
+static void *trace_job_run(void *arg)
+{
+    trace_job *job = arg;
+    job->rc = tbx__trace(job->pid, job->pid, TEST_BUDGET_NS, &job->text);
+    return NULL;
+}
+
+/* Threads tracing children of the same program at once share the cache's
+ * files as they are read: every trace names the frames as the others. */
+TBX_PLAIN_TEST(trace, traces_taken_at_once_by_several_threads_name_the_same_frames)
+{
+    need_tracer();
+    enum { N = 4 };
+    trace_job jobs[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (trace_job){start_child(lock_body, NULL, 0), -1, NULL};
+        cr_assert(is_stuck(jobs[i].pid, 5000), "the child never waited on the lock");
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(pthread_create(&threads[i], NULL, trace_job_run, &jobs[i]), 0);
+    static char names[N][16384];
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        end_child(jobs[i].pid);
+        cr_assert_eq(jobs[i].rc, 0, "tbx__trace: %s", strerror(-jobs[i].rc));
+        cr_log_info("%s", jobs[i].text);
+        assert_frame(jobs[i].text, "deadlock_on_held_lock");
+        frame_names(jobs[i].text, names[i], sizeof names[i]);
+        cr_assert_str_eq(names[i], names[0], "%s\n%s", jobs[0].text, jobs[i].text);
+    }
+    for (int i = 0; i < N; i++)
+        free(jobs[i].text);
+}
+
 static void stop_body(int ready_fd, void *arg)
 {
     TBX__UNUSED(arg);
