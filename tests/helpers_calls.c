@@ -282,7 +282,7 @@ void hreq_cb(tbx_req *req, tbx_result *r)
     h->calls++;
     const char *bad = mixed_mismatch(h->kind, h->n, r->status, r);
     if (bad != NULL)
-        snprintf(h->bad, sizeof h->bad, "%s", bad);
+        snprintf(h->bad, sizeof h->bad, "%.*s", (int)sizeof h->bad - 1, bad); /* cut to fit */
     tbx_result_free(r);
 }
 
