@@ -9,7 +9,7 @@
 # milliseconds); PAYLOAD_N (50 runs per size, fewer at large sizes) and
 # PAYLOAD_MAX_MIB (256); ASYNC_N (2000 calls per series) and ASYNC_SPAWN_N
 # (400); LIBDW_LINK_N (2000); TRACE_COST_N (100); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
-# PEERS_DEADLINE_N (see peers.sh); POOL_N (2000); HTTP_* (see http.sh).
+# PEERS_DEADLINE_N (see peers.sh); POOL_N (2000); PINGPONG_N (3000); HTTP_* (see http.sh).
 # SKIP_PAYLOAD=1, SKIP_ASYNC=1, SKIP_CALLER_COST=1, SKIP_PEERS=1,
 # SKIP_HTTP=1 and SKIP_PLOTS=1 leave a part out (the
 # whole run takes about 5 minutes on a 2-vCPU VM).  BENCH_COMMIT names the
@@ -56,6 +56,7 @@ run containment containment "${CONTAIN_N:-1000}"
     run trace_cost trace_cost "${TRACE_COST_N:-100}"
 run pool_latency pool_latency "${POOL_N:-2000}"
 run fds_in_flight fds_in_flight 100
+run pingpong pingpong "${PINGPONG_N:-3000}"
 [ "${SKIP_PAYLOAD:-0}" = 1 ] ||
     run payload payload "${PAYLOAD_N:-50}" "${PAYLOAD_MAX_MIB:-256}"
 [ "${SKIP_ASYNC:-0}" = 1 ] ||
