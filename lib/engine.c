@@ -401,6 +401,8 @@ static int watch(tbx__call *c)
         rc = uv_poll_start(&c->result_poll, UV_READABLE, tbx__engine_result_cb);
     if (rc == 0)
         rc = tbx__request_start(c);
+    if (rc == 0 && c->launcher->sent != NULL && tbx__request_whole(c))
+        c->launcher->sent(c);
     if (rc == 0)
         rc = tbx__cancel_watch(c);
     return rc;

@@ -133,7 +133,10 @@ typedef struct tbx__child {
  *   release    optional: as the call closes, before its descriptors do:
  *              takes back those that outlive the call (setting them to -1).
  *   ready      optional: 1 if the method is set up in this process (a
- *              method chosen per call may prefer it then). */
+ *              method chosen per call may prefer it then).
+ *   sent       optional: the request is whole on its way, before the loop
+ *              waits for the answer (a blocking call's launcher may wait a
+ *              few microseconds for it here, awake: see pool_own.c). */
 enum { TBX__ACCEPTS_CTX = 1, TBX__ACCEPTS_UNREGISTERED = 2, TBX__ACCEPTS_STREAMS = 4 };
 
 typedef struct tbx__launcher tbx__launcher;
@@ -157,6 +160,7 @@ struct tbx__launcher {
     void (*frame_done)(tbx__call *call);
     void (*release)(tbx__call *call);
     int (*ready)(void);
+    void (*sent)(tbx__call *call);
 };
 
 /* The launcher of a method, or NULL for one this build does not provide

@@ -128,3 +128,48 @@ TBX_PLAIN_TEST(pool_own, a_stop_on_another_thread_lets_a_threads_process_go)
     take_turns(&tu, restart);
     cr_assert_neq(tu.second, tu.first, "a process of the stopped pool served a call");
 }
+
+/* ---------------------------------------------- waiting awake, then not */
+
+static int fn_sleep_us(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    if (args->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        usleep((useconds_t)args->via.u64);
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_sleep_us);
+
+static pid_t sleep_call(unsigned us)
+{
+    unsigned char args[5] = {0xce, (unsigned char)(us >> 24), (unsigned char)(us >> 16),
+                             (unsigned char)(us >> 8), (unsigned char)us};
+    tbx_opts o = test_opts(TBX_POOL);
+    o.timeout_s = 30;
+    tbx_result r;
+    int rc = tbx_call(fn_sleep_us, args, sizeof args, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message ? r.message : "-");
+    pid_t pid = r.value.type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (pid_t)r.value.via.u64 : -1;
+    tbx_result_free(&r);
+    return pid;
+}
+
+/* Both sides wait awake for a while when calls come back to back (the
+ * caller for its answer, the pooled process for its next request), then
+ * sleep: an answer slower than that wait, and a request that comes after
+ * it, are served all the same, by the same process. */
+TBX_PLAIN_TEST(pool_own, answers_and_requests_past_the_awake_wait_are_served)
+{
+    start_pool(1, 0);
+    pid_t first = sleep_call(0);
+    cr_assert_gt(first, 0);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(sleep_call(0), first); /* back to back: waited for awake */
+    cr_assert_eq(sleep_call(20000), first);  /* an answer 20 ms away */
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(sleep_call(0), first);
+        usleep(5000); /* the next request 5 ms after the answer */
+    }
+    cr_assert_eq(sleep_call(0), first);
+    tbx_forkserver_stop();
+}

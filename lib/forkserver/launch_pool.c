@@ -406,12 +406,21 @@ static void pool_release(tbx__call *c)
  * the call is over there, its descendants dead; it ends here too. */
 static void pool_frame_done(tbx__call *c)
 {
+    if (c->child.slot != NULL)
+        tbx__pool_own_answered(c->child.slot);
     if (!(c->hdr.pool & TBX__POOL_DONE))
         return; /* a refusal before it exits: its EXITED ends the call */
     c->pool_word = c->hdr.pool;
     if (c->child.pid == 0)
         (void)await_launched(c);
     tbx__engine_child_ended(c, 0, 0); /* "exited 0": it served the call */
+}
+
+/* The request is whole: a blocking call may wait for the answer awake. */
+static void pool_sent(tbx__call *c)
+{
+    if (c->child.slot != NULL)
+        tbx__pool_own_sent(c->child.slot, c);
 }
 
 /* What became of the process, from its last word on the call (none: it was
@@ -467,6 +476,7 @@ const tbx__launcher tbx__launch_pool = {
     .abandon = pool_abandon,
     .ended = pool_ended,
     .frame_done = pool_frame_done,
+    .sent = pool_sent,
     .release = pool_release,
     .ready = pool_ready,
 };

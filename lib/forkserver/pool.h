@@ -22,6 +22,8 @@ struct tbx__pool_slot {
     tbx__call *call;            /* the call its handles serve now; NULL: idle */
     unsigned opened;            /* 1: result_h, 2: control_h initialised */
     int closes;                 /* handle closes to come before it is reused */
+    uint64_t sent_ns;           /* when its last request went (monotonic) */
+    uint64_t answered_ns;       /* how long its last answer took; 0: unknown */
 };
 
 /* pool_own.c, for the launcher.  A slot's handles are touched only by the
@@ -52,5 +54,11 @@ int tbx__pool_own_keep(tbx__pool_slot *w, tbx__call *call);
 void tbx__pool_own_close(tbx__pool_slot *w);
 tbx__pool_slot *tbx__pool_own_take_over(tbx__pool_slot *w);
 int tbx__pool_own_close_from(tbx__pool_slot *w);
+/* The request to w is whole on its way: a blocking call whose process
+ * answered its last call within TBX__POOL_AWAIT_NS waits for the answer
+ * that long, awake (see pool_own.c); frame_done then records the time. */
+#define TBX__POOL_AWAIT_NS 50000ull
+void tbx__pool_own_sent(tbx__pool_slot *w, tbx__call *call);
+void tbx__pool_own_answered(tbx__pool_slot *w);
 
 #endif /* TBX_FORKSERVER_POOL_H */

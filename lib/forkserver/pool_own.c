@@ -25,6 +25,7 @@
  */
 #include "forkserver/pool.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -196,4 +197,32 @@ int tbx__pool_own_close_from(tbx__pool_slot *w)
     if (loop != NULL)
         tbx__private_loop_leave(loop);
     return 1;
+}
+
+/* Waiting awake.  A pooled call is a round trip between two processes, and
+ * on an idle machine a process that sleeps while the other works is woken
+ * on a CPU of its own, which a halted virtual CPU makes tens of microseconds
+ * slower than the round trip itself (README, Performance; bench/pingpong.c).
+ * So a blocking call whose process answered its last call within
+ * TBX__POOL_AWAIT_NS polls for the answer that long before its loop sleeps:
+ * its CPU stays awake for the answer, and a slow answer costs that much
+ * CPU time at most once (the time is taken again at each answer).  An
+ * async call never waits here: its loop has other work.  The pooled
+ * process does the same for its next request (pool_serve.c). */
+void tbx__pool_own_sent(tbx__pool_slot *w, tbx__call *call)
+{
+    w->sent_ns = tbx__now_ns();
+    if (!tbx__private_loop_is(call->loop) || w->answered_ns == 0 ||
+        w->answered_ns > TBX__POOL_AWAIT_NS)
+        return;
+    struct pollfd p = {.fd = w->result, .events = POLLIN};
+    /* poll with no timeout never sleeps; an interrupted one ends the wait. */
+    while (poll(&p, 1, 0) == 0 && tbx__now_ns() - w->sent_ns < TBX__POOL_AWAIT_NS)
+        ;
+}
+
+void tbx__pool_own_answered(tbx__pool_slot *w)
+{
+    if (w->sent_ns != 0)
+        w->answered_ns = tbx__now_ns() - w->sent_ns;
 }
