@@ -21,6 +21,21 @@
 
 #define WARMUP 200
 
+enum { FLOOR, POOL, POOL_NODL, KINDS };
+
+typedef struct pool_run {
+    bench_floor_server *floor;
+    const tbx_opts *o, *nodl;
+} pool_run;
+
+static double measure(int kind, void *arg)
+{
+    pool_run *r = arg;
+    return kind == FLOOR  ? bench_persistent_floor_us(r->floor)
+           : kind == POOL ? bench_trivial_call_us(r->o)
+                          : bench_trivial_call_us(r->nodl);
+}
+
 int main(int argc, char **argv)
 {
     tbx_init(argc, argv);
@@ -38,21 +53,10 @@ int main(int argc, char **argv)
     nodl = o;
     nodl.timeout_s = 0;
 
-    enum { FLOOR, POOL, POOL_NODL, KINDS };
     static const char *names[KINDS] = {"persistent_floor", "tbx_pool", "tbx_pool_nodl"};
     bench_series s[KINDS];
-    for (int k = 0; k < KINDS; k++)
-        bench_series_init(&s[k], names[k], n);
-    for (size_t i = 0; i < WARMUP + n; i++) {
-        for (int j = 0; j < KINDS; j++) {
-            int k = (int)((i + (size_t)j) % KINDS);
-            double us = k == FLOOR  ? bench_persistent_floor_us(&floor)
-                        : k == POOL ? bench_trivial_call_us(&o)
-                                    : bench_trivial_call_us(&nodl);
-            if (i >= WARMUP)
-                bench_series_add(&s[k], us);
-        }
-    }
+    pool_run run = {&floor, &o, &nodl};
+    bench_interleave(s, names, KINDS, n, WARMUP, measure, &run);
     bench_row rows[KINDS];
     for (int k = 0; k < KINDS; k++) {
         rows[k].name = names[k];

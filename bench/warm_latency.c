@@ -26,11 +26,17 @@
 
 #define WARMUP 100
 
-/* A call, then time for its warm child's replacement to be forked, as
- * between real calls. */
-static double run_tbx(const tbx_opts *o)
+enum { PREFORK, FORK, WARM, KINDS };
+
+/* A floor, or a call followed by time for its warm child's replacement to
+ * be forked, as between real calls. */
+static double measure(int kind, void *arg)
 {
-    double us = bench_trivial_call_us(o);
+    if (kind == PREFORK)
+        return bench_prefork_floor_us();
+    if (kind == FORK)
+        return bench_fork_floor_us();
+    double us = bench_trivial_call_us(arg);
     usleep(200);
     return us;
 }
@@ -49,19 +55,9 @@ int main(int argc, char **argv)
     o.method = TBX_FORKSERVER;
     o.timeout_s = 10;
 
-    enum { PREFORK, FORK, WARM, KINDS };
     static const char *names[KINDS] = {"prefork_floor", "fork_floor", "tbx_warm"};
     bench_series s[KINDS];
-    for (int k = 0; k < KINDS; k++)
-        bench_series_init(&s[k], names[k], n);
-    for (size_t i = 0; i < WARMUP + n; i++) {
-        for (int j = 0; j < KINDS; j++) {
-            int k = (int)((i + (size_t)j) % KINDS);
-            double us = k == PREFORK ? bench_prefork_floor_us() : k == FORK ? bench_fork_floor_us() : run_tbx(&o);
-            if (i >= WARMUP)
-                bench_series_add(&s[k], us);
-        }
-    }
+    bench_interleave(s, names, KINDS, n, WARMUP, measure, &o);
     bench_row rows[KINDS];
     for (int k = 0; k < KINDS; k++) {
         rows[k].name = names[k];
