@@ -259,7 +259,7 @@ static int try_join(void)
     tbx__cgroup cg = TBX__CGROUP_INIT;
     if (tbx__cg.leaves == NULL && (tbx__cg.leaves = malloc(1)) == NULL)
         return -ENOMEM;
-    int rc = tbx__cgroup_open_leaf(0, &cg);
+    int rc = tbx__cgroup_open_leaf(0, 1, &cg);
     if (rc == 0)
         rc = child_joins(cg.procs_fd);
     tbx__close(cg.procs_fd);

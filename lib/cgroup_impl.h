@@ -39,9 +39,10 @@ void tbx__cgroup_setup(void);
 /* With the lock held: removes idle and dirty leaves and, with no busy one
  * left, the base. */
 void tbx__cgroup_cleanup_locked(void);
-/* Makes base/c<slot> if it is not there and opens its cgroup.procs into
- * cg->procs_fd.  0 or -errno. */
-int tbx__cgroup_open_leaf(size_t slot, tbx__cgroup *cg);
+/* Opens base/c<slot>'s cgroup.procs into cg->procs_fd, making the leaf
+ * first when fresh (no directory yet) or when it is not there.  0 or
+ * -errno. */
+int tbx__cgroup_open_leaf(size_t slot, int fresh, tbx__cgroup *cg);
 /* Kills everything in the cgroup dirfd is and waits until it is empty.
  * 0 or -ETIMEDOUT / -errno. */
 int tbx__cgroup_kill_dir(int dirfd);

@@ -56,18 +56,26 @@ static int leaf_path(size_t slot, char *path, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-int tbx__cgroup_open_leaf(size_t slot, tbx__cgroup *cg)
+int tbx__cgroup_open_leaf(size_t slot, int fresh, tbx__cgroup *cg)
 {
     char path[PATH_MAX + 48];
     int rc = leaf_path(slot, path, sizeof path - 16);
     if (rc != 0)
         return rc;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return -errno;
+    size_t dir_len = strlen(path);
     strcat(path, "/cgroup.procs");
-    cg->procs_fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (cg->procs_fd < 0)
-        return -errno;
+    /* An idle leaf is there: one open, no mkdir (a failed mkdir walks the
+     * path too).  One removed from outside meanwhile is made again. */
+    cg->procs_fd = fresh ? -1 : open(path, O_WRONLY | O_CLOEXEC);
+    if (cg->procs_fd < 0) {
+        path[dir_len] = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return -errno;
+        path[dir_len] = '/';
+        cg->procs_fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (cg->procs_fd < 0)
+            return -errno;
+    }
     cg->slot = (unsigned)slot;
     return 0;
 }
@@ -131,7 +139,7 @@ int tbx__cgroup_take(tbx__cgroup *cg)
     if (slot < 0)
         return (int)slot;
     /* Outside the lock: a mkdir is tens of microseconds. */
-    int rc = tbx__cgroup_open_leaf((size_t)slot, cg);
+    int rc = tbx__cgroup_open_leaf((size_t)slot, fresh, cg);
     cg->held = rc == 0;
     if (rc != 0) {
         pthread_mutex_lock(&tbx__cg.lock);
