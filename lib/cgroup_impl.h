@@ -27,6 +27,8 @@ typedef struct tbx__cgroup_state {
     unsigned char *leaves; /* TBX__LEAF_* per slot */
     size_t nleaves;
     unsigned busy, idle;
+    unsigned peak, peak_last; /* most busy at once, this epoch and the last */
+    unsigned takes;           /* leaves taken, for the epochs */
 } tbx__cgroup_state;
 
 extern tbx__cgroup_state tbx__cg;

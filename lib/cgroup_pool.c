@@ -23,9 +23,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Empty leaves kept for the calls to come; more are removed when given
- * back.  Each costs the kernel a few KiB, no descriptor of ours. */
-#define KEEP_IDLE 8
+/* Empty leaves kept for the calls to come: as many as were busy at once
+ * lately (at least KEEP_IDLE_MIN, at most KEEP_IDLE_MAX); more are removed
+ * when given back.  "Lately" is this epoch of takes and the last: a pool
+ * sized to a load that calls in flight come and go under makes no mkdir
+ * and no rmdir (a host whose calls in flight swing between 10 and 32 made
+ * and removed leaves all the time with a fixed 8), and one sized by a
+ * burst shrinks two epochs after it.  A leaf costs the kernel a few KiB,
+ * no descriptor of ours. */
+#define KEEP_IDLE_MIN 8u
+#define KEEP_IDLE_MAX 1024u
+#define PEAK_EPOCH 1024u
 
 int tbx__cgroup_no_kill_file;
 
@@ -38,6 +46,7 @@ static void forget_cgroups(void)
     tbx__cg.owner = 0;
     tbx__cg.nleaves = 0;
     tbx__cg.busy = tbx__cg.idle = 0;
+    tbx__cg.peak = tbx__cg.peak_last = tbx__cg.takes = 0;
 }
 
 void tbx__cgroup_ensure(void)
@@ -47,6 +56,7 @@ void tbx__cgroup_ensure(void)
     tbx__forget_register(TBX__FORGET_CGROUPS, forget_cgroups, NULL);
     tbx__cg.nleaves = 0;
     tbx__cg.busy = tbx__cg.idle = 0;
+    tbx__cg.peak = tbx__cg.peak_last = tbx__cg.takes = 0;
     tbx__cgroup_setup();
 }
 
@@ -124,6 +134,12 @@ static long slot_claim(int *fresh)
     }
     tbx__cg.leaves[i] = TBX__LEAF_BUSY;
     tbx__cg.busy++;
+    if (tbx__cg.busy > tbx__cg.peak)
+        tbx__cg.peak = tbx__cg.busy;
+    if (++tbx__cg.takes % PEAK_EPOCH == 0) {
+        tbx__cg.peak_last = tbx__cg.peak;
+        tbx__cg.peak = tbx__cg.busy;
+    }
     return (long)i;
 }
 
@@ -319,6 +335,13 @@ static int leaf_remove(size_t slot)
     return rc;
 }
 
+/* With the lock held: how many idle leaves to keep now. */
+static unsigned keep_idle(void)
+{
+    unsigned k = tbx__cg.peak > tbx__cg.peak_last ? tbx__cg.peak : tbx__cg.peak_last;
+    return k < KEEP_IDLE_MIN ? KEEP_IDLE_MIN : k > KEEP_IDLE_MAX ? KEEP_IDLE_MAX : k;
+}
+
 void tbx__cgroup_give(tbx__cgroup *cg, int clean)
 {
     if (!cg->held)
@@ -328,11 +351,20 @@ void tbx__cgroup_give(tbx__cgroup *cg, int clean)
     if (tbx__cg.owner == getpid() && cg->slot < tbx__cg.nleaves &&
         tbx__cg.leaves[cg->slot] == TBX__LEAF_BUSY) {
         tbx__cg.busy--;
-        if (clean && tbx__cg.idle < KEEP_IDLE) {
+        unsigned keep = keep_idle();
+        if (clean && tbx__cg.idle < keep) {
             tbx__cg.leaves[cg->slot] = TBX__LEAF_IDLE;
             tbx__cg.idle++;
         } else {
             (void)leaf_remove(cg->slot);
+            /* The peak fell: one more idle leaf goes, the last. */
+            for (size_t i = tbx__cg.nleaves; i-- > 0 && tbx__cg.idle > keep;) {
+                if (tbx__cg.leaves[i] == TBX__LEAF_IDLE) {
+                    tbx__cg.idle--;
+                    (void)leaf_remove(i);
+                    break;
+                }
+            }
         }
     }
     pthread_mutex_unlock(&tbx__cg.lock);

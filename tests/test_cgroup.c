@@ -234,9 +234,21 @@ TBX_PLAIN_TEST(cgroup, a_lent_leaf_holds_no_descriptor)
     cr_assert_eq(count_fds(), before);
 }
 
+static int count_leaves(void)
+{
+    char path[PATH_MAX + 32];
+    int dirs = 0;
+    for (unsigned i = 0; i < 64; i++) {
+        snprintf(path, sizeof path, "%s/c%u", tbx__cg.base, i);
+        dirs += access(path, F_OK) == 0;
+    }
+    return dirs;
+}
+
 /* Leaves are reused: the same one comes back once given back empty; calls in
- * flight each have their own; at most a few idle ones are kept; cleanup
- * removes the base. */
+ * flight each have their own; as many idle ones are kept as were busy at
+ * once lately (at least 8), and the pool shrinks back to 8 two epochs of
+ * 1,024 takes after its peak; cleanup removes the base. */
 TBX_PLAIN_TEST(cgroup, pool_lends_distinct_leaves_and_keeps_a_few)
 {
     need_cgroups();
@@ -258,12 +270,16 @@ TBX_PLAIN_TEST(cgroup, pool_lends_distinct_leaves_and_keeps_a_few)
         cr_assert_eq(tbx__cgroup_take(&many[i]), 0);
     for (int i = 0; i < 20; i++)
         tbx__cgroup_give(&many[i], 1);
-    int dirs = 0;
-    for (unsigned i = 0; i < 64; i++) {
-        snprintf(path, sizeof path, "%s/c%u", tbx__cg.base, i);
-        dirs += access(path, F_OK) == 0;
+    int dirs = count_leaves();
+    cr_assert_eq(dirs, 20, "%d idle leaves kept after 20 calls in flight", dirs);
+    /* One call at a time from now on: the peak of 20 is forgotten two
+     * epochs later, and the leaves beyond 8 go as calls give theirs back. */
+    for (int i = 0; i < 2 * 1024 + 32; i++) {
+        cr_assert_eq(tbx__cgroup_take(&a), 0);
+        tbx__cgroup_give(&a, 1);
     }
-    cr_assert(dirs > 0 && dirs <= 8, "%d idle leaves kept", dirs);
+    dirs = count_leaves();
+    cr_assert_eq(dirs, 8, "%d idle leaves kept long after the peak", dirs);
 
     char base[PATH_MAX];
     snprintf(base, sizeof base, "%s", tbx__cg.base);
