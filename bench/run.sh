@@ -5,7 +5,7 @@
 #
 # Environment: FORK_N (default 2000), LATENESS_N (default 200), METHOD_N
 # (default 500 at caller RSS 0), METHOD_N_256M (100 at 256 MiB), METHOD_N_1G
-# (40 at 1 GiB), CONTAIN_N (1000) and METHOD_N_4G (12 at 4 GiB, where each fork takes tens of
+# (40 at 1 GiB), CONTAIN_N (1000), CONTAIN_SPARSE_N (20, each 50 ms after the last) and METHOD_N_4G (12 at 4 GiB, where each fork takes tens of
 # milliseconds); PAYLOAD_N (50 runs per size, fewer at large sizes) and
 # PAYLOAD_MAX_MIB (256); ASYNC_N (2000 calls per series) and ASYNC_SPAWN_N
 # (400); LIBDW_LINK_N (2000); TRACE_COST_N (100); CALLER_COST_N (5) and CALLER_COST_MIB (1024); PEERS_N and
@@ -48,7 +48,7 @@ run method_latency method_latency_rss256 "${METHOD_N_256M:-100}" 256
 run method_latency method_latency_rss1024 "${METHOD_N_1G:-40}" 1024
 run method_latency method_latency_rss4096 "${METHOD_N_4G:-12}" 4096
 run warm_latency warm_latency "${WARM_N:-1000}"
-run containment containment "${CONTAIN_N:-1000}"
+run containment containment "${CONTAIN_N:-1000}" "${CONTAIN_SPARSE_N:-20}"
 # Built only where libdw-dev is installed.
 [ ! -x "$build/bench/bench_libdw_link" ] ||
     run libdw_link libdw_link "${LIBDW_LINK_N:-2000}"
