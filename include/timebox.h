@@ -305,11 +305,12 @@ typedef struct tbx_opts {
                              Default 256 MiB (also when 0); larger ->
                              TBX_ETOOBIG, child killed, parent memory
                              bounded by it.  A result of 1 MiB or more
-                             comes back in a memfd made for the call
-                             (packed into it once, sealed, then mapped
-                             read-only into the result: never copied
-                             through the pipe); under 1 MiB, none is
-                             made. */
+                             comes back in a memfd the child makes once
+                             the result passes 1 MiB (packed into it
+                             once, sealed, sent with the result's header,
+                             then mapped read-only into the result: never
+                             copied through the socket); under 1 MiB,
+                             none is made. */
     void *ctx;            /* Passed to fn.  Fork only: TBX_EINVAL with other
                              methods, since a pointer cannot cross an exec. */
     int backtrace_on_crash; /* 1: a child that dies of SIGSEGV, SIGBUS,
