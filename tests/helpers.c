@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -247,6 +248,39 @@ char proc_state(pid_t pid)
     char st;
     pid_t ppid;
     return read_stat(pid, &st, &ppid) ? st : 0;
+}
+
+bool proc_cgroup(pid_t pid, char *buf, size_t len)
+{
+    char path[64], line[PATH_MAX + 8];
+    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+    FILE *f = fopen(path, "re");
+    bool found = false;
+    while (f != NULL && !found && fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(buf, len, "%s", line + 3);
+            found = true;
+        }
+    }
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
+bool wait_in_leaf_of(pid_t pid, pid_t owner, char *buf, size_t len, double timeout_s)
+{
+    char want[48];
+    snprintf(want, sizeof want, "/timebox-%d/c", (int)owner);
+    double end = now_s() + timeout_s;
+    for (;;) {
+        const char *at = proc_cgroup(pid, buf, len) ? strstr(buf, want) : NULL;
+        if (at != NULL && strchr(at + strlen(want), '/') == NULL)
+            return true;
+        if (now_s() > end)
+            return false;
+        sleep_s(0.005);
+    }
 }
 
 bool wait_gone(pid_t pid, double timeout_s)

@@ -142,6 +142,13 @@ int count_children_of(pid_t pid);
 void reap_adopted(double timeout_s);
 /* 'R', 'S', 'Z', ... for pid, or 0 if it does not exist. */
 char proc_state(pid_t pid);
+/* pid's cgroup v2 path (the "0::" line of /proc/pid/cgroup) into buf;
+ * false if it cannot be read. */
+bool proc_cgroup(pid_t pid, char *buf, size_t len);
+/* Waits up to timeout_s for pid's cgroup v2 path (the "0::" line of
+ * /proc/pid/cgroup) to be a leaf of the timebox base of process owner
+ * (".../timebox-OWNER/cN"), copying the path into buf.  True if it was. */
+bool wait_in_leaf_of(pid_t pid, pid_t owner, char *buf, size_t len, double timeout_s);
 /* Waits up to timeout_s for pid to be gone: kill(pid, 0) fails with ESRCH,
  * or it is a zombie that is not our child (dead, its parent's to reap).
  * Returns true if it is gone. */
@@ -237,6 +244,11 @@ enum { MIX_OK, MIX_HANG, MIX_SEGV, MIX_FAIL, MIX_EXIT, MIX_KINDS };
  * gives, else what is wrong (a thread-local buffer).  Safe on any thread:
  * it asserts nothing, so threads can collect and the main thread assert. */
 const char *mixed_mismatch(int kind, int64_t n, int rc, const tbx_result *r);
+
+/* args: nil; -> [its pid, its cgroup v2 path ("" if unknown)]. */
+int fn_where(const msgpack_object *args, msgpack_packer *result, void *ctx);
+/* True if v (a result of fn_where) says pid, in the cgroup path cgroup. */
+bool where_is(const msgpack_object *v, pid_t pid, const char *cgroup);
 
 /* args: a bin; -> [its length, its fnv1a]. */
 int fn_sum(const msgpack_object *args, msgpack_packer *result, void *ctx);

@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -337,6 +338,30 @@ int fn_sum(const msgpack_object *args, msgpack_packer *pk, void *ctx)
     return msgpack_pack_uint64(pk, fnv1a(args->via.bin.ptr, args->via.bin.size));
 }
 TBX_REGISTER(fn_sum);
+
+int fn_where(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    char path[PATH_MAX];
+    if (!proc_cgroup(getpid(), path, sizeof path))
+        path[0] = '\0';
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_int64(pk, getpid());
+    size_t n = strlen(path);
+    msgpack_pack_str(pk, n);
+    return msgpack_pack_str_body(pk, path, n);
+}
+TBX_REGISTER(fn_where);
+
+bool where_is(const msgpack_object *v, pid_t pid, const char *cgroup)
+{
+    if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 2)
+        return false;
+    const msgpack_object *p = &v->via.array.ptr[0], *c = &v->via.array.ptr[1];
+    return p->type == MSGPACK_OBJECT_POSITIVE_INTEGER && p->via.u64 == (uint64_t)pid &&
+           c->type == MSGPACK_OBJECT_STR && c->via.str.size == strlen(cgroup) &&
+           memcmp(c->via.str.ptr, cgroup, c->via.str.size) == 0;
+}
 
 /* args: the size; packs a bin of that many patterned bytes. */
 int fn_pattern(const msgpack_object *args, msgpack_packer *pk, void *ctx)

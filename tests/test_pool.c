@@ -9,6 +9,7 @@
 #include "helpers.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <dirent.h>
 #include <errno.h>
@@ -60,6 +61,29 @@ TBX_PLAIN_TEST(pool, one_process_serves_calls_one_after_another)
     pid_t first = pool_call(fn_pid, TBX_POOL_KEPT);
     for (int i = 0; i < 20; i++)
         cr_assert_eq(pool_call(fn_pid, TBX_POOL_KEPT), first);
+}
+
+/* A pooled process joined its cgroup when it was made: between calls it
+ * is in a leaf of the server's, and its next call runs there, with no move
+ * into a cgroup on the call's way (README, "What a join costs"). */
+TBX_PLAIN_TEST(pool, a_pooled_process_is_in_its_cgroup_between_calls)
+{
+    if (tbx_containment() != TBX_CONTAIN_CGROUP)
+        cr_skip_test("no cgroups for this process");
+    start_pool(1, 0);
+    pid_t pid = pool_call(fn_pid, TBX_POOL_KEPT), server = tbx_forkserver_pid();
+    char leaf[PATH_MAX];
+    cr_assert(wait_in_leaf_of(pid, server, leaf, sizeof leaf, 10),
+              "pooled process %d is in %s, not in a leaf of timebox-%d", (int)pid, leaf,
+              (int)server);
+    tbx_opts o = pool_opts();
+    tbx_result r;
+    int rc = tbx_call(fn_where, nil, sizeof nil, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message ? r.message : "");
+    cr_assert_eq(r.containment, TBX_CONTAIN_CGROUP);
+    cr_assert(where_is(&r.value, pid, leaf), "the call did not run in process %d in %s",
+              (int)pid, leaf);
+    tbx_result_free(&r);
 }
 
 /* A descriptor left open is drift: the process says so and is replaced. */

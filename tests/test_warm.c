@@ -2,11 +2,13 @@
  * Warm children (tbx_forkserver_opts.warm_children) and a server that dies
  * or restarts: a stale slot is discarded (its child with it) and the call
  * goes cold on a fresh server; the pool refills after any restart; output
- * capture and backtraces work with warm children.  Issue 13, item 5.
+ * capture and backtraces work with warm children.  Issue 13, item 5.  And a
+ * warm child is in its cgroup before its call comes (issue 14).
  */
 #define _GNU_SOURCE
 #include "promises_util.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -111,6 +113,34 @@ TBX_PLAIN_TEST(warm, pool_refills_after_any_restart)
     cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
     tbx_result_free(&r);
     cr_assert(wait_pool(tbx_forkserver_pid(), 1, 10), "no warm child after a restart");
+    tbx_forkserver_stop();
+}
+
+/* A warm child joins its cgroup when it is made, not when its call comes:
+ * the call runs in the leaf the child was in before the call was made, so
+ * no move into a cgroup (which may wait for an RCU grace period: README,
+ * "What a join costs") lies on the call's way. */
+TBX_PLAIN_TEST(warm, a_warm_child_is_in_its_cgroup_before_its_call)
+{
+    if (tbx_containment() != TBX_CONTAIN_CGROUP)
+        cr_skip_test("no cgroups for this process");
+    cr_assert_eq(start_warm(1), 0);
+    pid_t server = tbx_forkserver_pid(), kid;
+    cr_assert(wait_pool(server, 1, 10), "no warm child");
+    cr_assert_eq(children_of(server, &kid, 1), 1);
+    char leaf[PATH_MAX];
+    cr_assert(wait_in_leaf_of(kid, server, leaf, sizeof leaf, 10),
+              "warm child %d is in %s, not in a leaf of timebox-%d", (int)kid, leaf, (int)server);
+    static const unsigned char nil = 0xc0;
+    tbx_opts o = test_opts(TBX_FORKSERVER);
+    o.timeout_s = 30;
+    tbx_result r;
+    int rc = tbx_call(fn_where, &nil, 1, &o, &r);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message);
+    cr_assert_eq(r.containment, TBX_CONTAIN_CGROUP);
+    cr_assert(where_is(&r.value, kid, leaf), "the call did not run in warm child %d in %s",
+              (int)kid, leaf);
+    tbx_result_free(&r);
     tbx_forkserver_stop();
 }
 
