@@ -404,9 +404,13 @@ TBX_PLAIN_TEST(trace, traces_a_stopped_child_and_leaves_it_stopped)
     end_child(pid);
 }
 
+/* Side threads of threads_body that have reached their function. */
+static unsigned side_threads_in;
+
 __attribute__((noinline)) static void *wait_in_side_thread(void *arg)
 {
     TBX__UNUSED(arg);
+    __atomic_add_fetch(&side_threads_in, 1, __ATOMIC_RELEASE);
     for (;;)
         pause();
     return NULL;
@@ -420,6 +424,10 @@ static void threads_body(int ready_fd, void *arg)
         if (pthread_create(&t, NULL, wait_in_side_thread, NULL) != 0)
             _exit(1);
     }
+    /* Ready only once every side thread is in its function: on a loaded
+     * machine one just created may still be in clone3. */
+    while (__atomic_load_n(&side_threads_in, __ATOMIC_ACQUIRE) < 3)
+        sched_yield();
     block_all_signals();
     (void)write(ready_fd, "r", 1);
     spin_with_signals_blocked();
