@@ -226,6 +226,22 @@ pid_t bench_fork_piped(int *read_fd, int *write_fd)
     return pid;
 }
 
+pid_t bench_fork_duplex(int *to_child, int *from_child)
+{
+    int q[2], a[2];
+    if (pipe2(q, O_CLOEXEC) != 0 || pipe2(a, O_CLOEXEC) != 0)
+        bench_die("pipe2");
+    pid_t pid = fork();
+    if (pid < 0)
+        bench_die("fork");
+    int child = pid == 0;
+    close(q[child ? 1 : 0]);
+    close(a[child ? 0 : 1]);
+    *to_child = q[child ? 0 : 1];
+    *from_child = a[child ? 1 : 0];
+    return pid;
+}
+
 pid_t bench_fork_writer(int *read_fd)
 {
     int write_fd;

@@ -83,6 +83,14 @@ __attribute__((noreturn)) void bench_die(const char *what);
  * (the other end closed on each side).  Dies on failure. */
 pid_t bench_fork_piped(int *read_fd, int *write_fd);
 
+/* Two pipes + fork: a request pipe to the child and an answer pipe back.
+ * In the parent (the child's pid returned), *to_child is the request
+ * pipe's write end and *from_child the answer pipe's read end; in the child
+ * (0 returned), *to_child is the request pipe's read end and *from_child
+ * the answer pipe's write end.  The other ends are closed on each side, so
+ * the parent's close of *to_child is the child's EOF.  Dies on failure. */
+pid_t bench_fork_duplex(int *to_child, int *from_child);
+
 /* pipe2 + fork of a child that writes 16 bytes and _exits: its pid, and
  * the pipe's read end in *read_fd. */
 pid_t bench_fork_writer(int *read_fd);

@@ -124,25 +124,14 @@ double bench_server_floor_us(const bench_floor_server *s)
  * pipe's write end, *res the answer pipe's read end. */
 static pid_t fork_answerer(int *req, int *res, int once)
 {
-    int q[2], a[2];
-    if (pipe2(q, O_CLOEXEC) != 0 || pipe2(a, O_CLOEXEC) != 0)
-        bench_die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        bench_die("fork");
+    pid_t pid = bench_fork_duplex(req, res);
     if (pid == 0) {
         char b;
-        close(q[1]); /* so that the caller's close is our EOF */
-        close(a[0]);
-        while (read(q[0], &b, 1) == 1)
-            if (write(a[1], reply, sizeof reply) != sizeof reply || once)
+        while (read(*req, &b, 1) == 1)
+            if (write(*res, reply, sizeof reply) != sizeof reply || once)
                 _exit(0);
         _exit(0);
     }
-    close(q[0]);
-    close(a[1]);
-    *req = q[1];
-    *res = a[0];
     return pid;
 }
 

@@ -53,19 +53,10 @@ static void answer(int in, int out)
 int main(int argc, char **argv)
 {
     size_t n = bench_arg_count(argc, argv, 1, 3000);
-    int req[2], res[2];
-    if (pipe2(req, O_CLOEXEC) != 0 || pipe2(res, O_CLOEXEC) != 0)
-        bench_die("pipe2");
-    pid_t pid = fork();
-    if (pid < 0)
-        bench_die("fork");
-    if (pid == 0) {
-        close(req[1]);
-        close(res[0]);
-        answer(req[0], res[1]);
-    }
-    close(req[0]);
-    close(res[1]);
+    int req, res;
+    pid_t pid = bench_fork_duplex(&req, &res);
+    if (pid == 0)
+        answer(req, res);
     char names[KINDS][32];
     bench_series s[KINDS];
     for (int k = 0; k < KINDS; k++) {
@@ -77,7 +68,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < (n + BLOCK) * KINDS; i++) {
         unsigned char k = (unsigned char)((i / BLOCK) % KINDS), got;
         uint64_t t0 = bench_now_ns();
-        if (write(req[1], &k, 1) != 1 || read(res[0], &got, 1) != 1 || got != k)
+        if (write(req, &k, 1) != 1 || read(res, &got, 1) != 1 || got != k)
             bench_die("round trip");
         double us = (double)(bench_now_ns() - t0) / 1000.0;
         if (done[k]++ >= BLOCK && done[k] <= n + BLOCK) /* the first block warms up */
@@ -91,7 +82,7 @@ int main(int argc, char **argv)
     }
     bench_report("pingpong", "pingpong: a one-byte round trip, work on the answering side", rows,
                  KINDS);
-    close(req[1]); /* the answering side reads EOF and exits */
+    close(req); /* the answering side reads EOF and exits */
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
         ;
