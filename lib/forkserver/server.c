@@ -22,13 +22,26 @@
 
 /* ------------------------------------------------------------- the server */
 
-/* Removes path if it is still the file we made (same device and inode):
- * a server started on the path since, after ours was removed, keeps its
- * own. */
-static void unlink_own(const char *path, const struct stat *own)
+/* Removes the socket if it is still the one we bound (same device and
+ * inode: our bound socket holds its inode, so the number cannot pass to a
+ * new file while we live): a server started on the path since, after ours
+ * was removed, keeps its own. */
+static void unlink_own_socket(const char *path, const struct stat *own)
 {
     struct stat st;
     if (lstat(path, &st) == 0 && st.st_dev == own->st_dev && st.st_ino == own->st_ino)
+        (void)unlink(path);
+}
+
+/* Removes the key file if it still holds our key.  Its inode says nothing:
+ * no one holds a key file open, so once ours is removed by hand the next
+ * file made in its directory may get the same number. */
+static void unlink_own_key(const char *socket_path, const uint8_t own[TBX__KEY_LEN])
+{
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+    uint8_t key[TBX__KEY_LEN];
+    snprintf(path, sizeof path, "%s.key", socket_path);
+    if (tbx__key_read(path, key, 1) == 0 && memcmp(key, own, sizeof key) == 0)
         (void)unlink(path);
 }
 
@@ -45,12 +58,9 @@ void tbx__fs_server_shutdown(fs_server *srv)
     if (srv->subreaper)
         tbx__fs_server_reap_orphans(NULL, 0);
     if (srv->have_socket)
-        unlink_own(srv->cfg->listen_path, &srv->socket_st);
-    if (srv->have_key) {
-        char key_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
-        snprintf(key_path, sizeof key_path, "%s.key", srv->cfg->listen_path);
-        unlink_own(key_path, &srv->key_st);
-    }
+        unlink_own_socket(srv->cfg->listen_path, &srv->socket_st);
+    if (srv->have_key)
+        unlink_own_key(srv->cfg->listen_path, srv->cfg->key);
     _exit(0);
 }
 
@@ -85,24 +95,15 @@ static int load_preloads(const char *preload)
 static int write_key(fs_server *srv, char *why, size_t why_len)
 {
     const tbx__fs_config *cfg = srv->cfg;
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8], hex[2 * TBX__KEY_LEN + 2];
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
     snprintf(path, sizeof path, "%s.key", cfg->listen_path);
     if (cfg->listen_fd >= 0 && tbx__key_read(path, srv->cfg->key, 1) == 0)
         return 0;
     (void)unlink(path); /* a dead server's: the socket beside it was ours to take */
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        int rc = -errno;
-        snprintf(why, why_len, "cannot write the key %s: %s", path, strerror(-rc));
-        return rc;
-    }
-    tbx__key_format(cfg->key, hex);
-    hex[2 * TBX__KEY_LEN] = '\n';
-    int rc = tbx__write_all(fd, hex, 2 * TBX__KEY_LEN + 1);
-    if (rc == 0 && fstat(fd, &srv->key_st) == 0)
+    int rc = tbx__key_write(path, cfg->key);
+    if (rc == 0)
         srv->have_key = 1;
-    tbx__close(fd);
-    if (rc != 0)
+    else
         snprintf(why, why_len, "cannot write the key %s: %s", path, strerror(-rc));
     return rc;
 }
@@ -163,7 +164,7 @@ void tbx__fs_server_run(tbx__fs_config *cfg)
         fprintf(stderr, "timebox-forkserver: pid %d serving on %s\n", (int)getpid(),
                 cfg->listen_path);
     if (rc != 0 && srv.have_socket) {
-        unlink_own(cfg->listen_path, &srv.socket_st);
+        unlink_own_socket(cfg->listen_path, &srv.socket_st);
         srv.have_socket = 0;
     }
     report_ready(cfg, rc);

@@ -99,7 +99,7 @@ struct fs_server {
     sigset_t handled;          /* signals whose disposition is not SIG_DFL */
     tbx__fs_config *cfg;
     int listen_fd;
-    struct stat socket_st, key_st; /* ours, removed at the end if still there */
+    struct stat socket_st; /* ours, removed at the end if still there */
     unsigned have_socket : 1, have_key : 1;
     uv_poll_t listen_poll;
     uv_signal_t term;
