@@ -145,7 +145,8 @@ int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char
  * -ENOMEM with a message in why. */
 int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len);
 void tbx__request_free(tbx__request *rq);
-/* The child spec that runs a resolved request. */
+/* The child spec that runs a resolved request; parent_pid is left 0 (not
+ * checked): the caller knows the process to die with, or that there is none. */
 void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *spec);
 
 /* Runs every TBX_PRELOAD hook; 0 or the first failure. */

@@ -176,7 +176,6 @@ void tbx__request_spec(const tbx__request *rq, int result_fd, tbx__child_spec *s
     spec->timeout_s = (double)rq->h.timeout_ns / 1e9;
     spec->deadline_ns = rq->h.deadline_ns;
     spec->max_result = (size_t)rq->h.max_result;
-    spec->parent_pid = getppid();
     spec->stdout_fd = spec->stderr_fd = -1; /* placed by whoever started us */
     spec->backtrace_fd = -1;
     spec->bulk_fd = -1;

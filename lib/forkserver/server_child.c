@@ -157,11 +157,9 @@ static int close_dynamic_fds(const fs_server *srv, const int *keep, int nkeep)
             return -1;
         from = (unsigned)stop[i] + 1;
     }
-    if (tbx__close_range(from, ~0u) != 0)
-        return -1;
-    tbx__close(srv->listen_fd);
-    tbx__close(srv->cfg->conn);
-    return 0;
+    /* The listening socket and the creator's connection are not stepped
+     * over: the ranges closed them. */
+    return tbx__close_range(from, ~0u) != 0 ? -1 : 0;
 }
 
 /* In the child (its setup's close_inherited step): every descriptor of the
