@@ -5,8 +5,9 @@
  * tbx__request_resolve (lookup by name, msgpack check, unpack) and
  * tbx__request_free, in the order lib/worker.c and
  * lib/forkserver/server_calls.c call them: the worker reads blocking, after
- * everything was sent; the server reads without blocking, a piece at a time,
- * as bytes arrive.
+ * everything was sent, and alone (its header's read takes the body's first
+ * bytes too); the server reads without blocking, a piece at a time, as bytes
+ * arrive.
  *
  * Input: one control byte, then the request (header, name, label, args).  The
  * control byte's low six bits give the size of the pieces the bytes arrive
@@ -136,6 +137,7 @@ static void as_worker(const input *in)
     if (at < in->sock_len)
         send_piece(sv[1], in, at, 1, in->sock_len - at);
     tbx__close(sv[1]);
+    rq.alone = 1; /* as lib/worker.c reads */
     if (tbx__request_read(&rq, sv[0], 0, "the worker", why, sizeof why) == 1)
         resolve(&rq);
     tbx__request_free(&rq);

@@ -128,10 +128,15 @@ typedef struct tbx__request {
     uint64_t got;              /* bytes received */
     size_t cap;                /* of args_buf */
     int args_fd;               /* big args' sealed memfd, until mapped; -1 */
+    int alone;                 /* set by the reader: nothing follows the
+                                  request on its socket until it is
+                                  answered, so the header's read may take
+                                  the body's first bytes too (into spill) */
+    char spill[256];
 } tbx__request;
 
 /* request_recv.c: the one request parser, for the spawn worker and the
- * forkserver.  init: an empty request (nothing held).  read: reads what has
+ * forkserver.  init: an empty request (nothing held; not alone).  read: reads what has
  * arrived on the socket fd (flags: MSG_DONTWAIT for a loop's, 0 to block)
  * and returns 1 once the request is whole (its header checked, big args
  * mapped), 0 when fd has nothing more now, -1 when the peer left or the

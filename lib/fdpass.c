@@ -52,16 +52,21 @@ ssize_t tbx__sendv_fds(int sock, const struct iovec *iov, int iovcnt, const int 
 
 ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags)
 {
+    struct iovec iov = {buf, len};
+    return tbx__recvv_fds(sock, &iov, 1, fds, nfds, flags);
+}
+
+ssize_t tbx__recvv_fds(int sock, struct iovec *iov, int iovcnt, int *fds, int *nfds, int flags)
+{
     union {
         char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
         struct cmsghdr align;
     } u;
-    struct iovec iov = {buf, len};
     struct msghdr msg;
     int want = *nfds, got = 0, bad = 0;
     memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)iovcnt;
     msg.msg_control = u.buf;
     msg.msg_controllen = sizeof u.buf;
     ssize_t n;

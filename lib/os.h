@@ -70,6 +70,8 @@ ssize_t tbx__send_fds(int sock, const void *buf, size_t len, const int *fds, int
 ssize_t tbx__sendv_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds,
                        int flags); /* the same, gathering iovcnt pieces */
 ssize_t tbx__recv_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int flags);
+ssize_t tbx__recvv_fds(int sock, struct iovec *iov, int iovcnt, int *fds, int *nfds,
+                       int flags); /* the same, scattering into iovcnt pieces */
 
 /* The system calls timebox makes that create a process or a descriptor, as
  * one table of pointers (as SQLite's os_unix.c keeps aSyscall[]): each entry

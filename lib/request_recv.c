@@ -38,12 +38,14 @@ static int take_bulk_args(tbx__request *rq, const char *who, char *why, size_t w
     return TBX_EPROTO;
 }
 
-/* Receives into the header; big args' memfd comes with its first bytes. */
+/* Receives into the header; big args' memfd comes with its first bytes.  A
+ * request read alone is read on into spill in the same system call. */
 static ssize_t recv_header(tbx__request *rq, int fd, int flags)
 {
     int got_fd = -1, nfds = 1;
-    ssize_t n = tbx__recv_fds(fd, (char *)&rq->h + rq->got, (size_t)(sizeof rq->h - rq->got),
-                              &got_fd, &nfds, flags);
+    struct iovec iov[2] = {{(char *)&rq->h + rq->got, (size_t)(sizeof rq->h - rq->got)},
+                           {rq->spill, sizeof rq->spill}};
+    ssize_t n = tbx__recvv_fds(fd, iov, rq->alone ? 2 : 1, &got_fd, &nfds, flags);
     if (nfds > 0 && rq->args_fd >= 0) { /* a second one: malformed */
         tbx__close(got_fd);
         return -ENOTUNIQ;
@@ -72,14 +74,38 @@ static ssize_t recv_body(tbx__request *rq, int fd, int flags, uint64_t at, uint6
     return n < 0 ? -errno : n;
 }
 
+/* The body's first bytes, read with the header into spill: they go where
+ * recv_body would have put them.  More than the body is malformed. */
+static int take_spill(tbx__request *rq, uint64_t spilled)
+{
+    uint64_t name_len = (uint64_t)rq->h.name_len + rq->h.label_len;
+    uint64_t args_len = rq->h.flags & TBX__REQ_ARGS_BULK ? 0 : rq->h.args_len;
+    if (spilled > name_len + args_len)
+        return TBX_EPROTO;
+    uint64_t to_name = spilled < name_len ? spilled : name_len;
+    memcpy(rq->name, rq->spill, (size_t)to_name);
+    if (spilled > to_name) { /* the args' first allocation holds the spill */
+        if (tbx__grow_buffer(&rq->args_buf, &rq->cap, args_len) != 0)
+            return -ENOMEM;
+        memcpy(rq->args_buf, rq->spill + to_name, (size_t)(spilled - to_name));
+    }
+    rq->got += spilled;
+    return 0;
+}
+
 int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char *why,
                       size_t why_len)
 {
     const uint64_t hsize = sizeof rq->h;
     for (;;) {
         ssize_t n;
+        uint64_t spilled = 0;
         if (rq->got < hsize) {
             n = recv_header(rq, fd, flags);
+            if (n > 0 && (uint64_t)n > hsize - rq->got) {
+                spilled = (uint64_t)n - (hsize - rq->got);
+                n -= (ssize_t)spilled;
+            }
         } else {
             uint64_t at = rq->got - hsize, name_len = (uint64_t)rq->h.name_len + rq->h.label_len;
             uint64_t args_at = at > name_len ? at - name_len : 0;
@@ -102,6 +128,13 @@ int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char
         rq->got += (uint64_t)n;
         if (rq->got == hsize && (tbx__request_check(&rq->h) != 0 ||
                                  !(rq->h.flags & TBX__REQ_ARGS_BULK) != (rq->args_fd < 0)))
+            break;
+        int rc = spilled > 0 ? take_spill(rq, spilled) : 0;
+        if (rc == -ENOMEM) {
+            snprintf(why, why_len, "%s has no memory for the args", who);
+            return rc;
+        }
+        if (rc != 0)
             break;
     }
     snprintf(why, why_len, "%s got a malformed request", who);

@@ -61,6 +61,7 @@ void tbx__worker_serve(pid_t parent_pid, int req_fd, int res_fd, int backtrace_f
     char why[TBX__MAX_MESSAGE + 1];
 
     tbx__request_init(&rq);
+    rq.alone = 1; /* the caller sends nothing more on req_fd */
     int rc = tbx__request_read(&rq, req_fd, 0, "the worker", why, sizeof why);
     if (rc == 0 || rc == -1)
         refuse(res_fd, TBX_EPROTO, "the worker's request was cut short");

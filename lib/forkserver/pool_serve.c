@@ -362,6 +362,7 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
     for (uint64_t gap_ns = 0;;) {
         tbx__request rq;
         tbx__request_init(&rq);
+        rq.alone = 1; /* the caller sends nothing more before the answer */
         uint64_t idle_from = tbx__now_ns();
         await_request(req_fd, gap_ns);
         int rc = tbx__request_read(&rq, req_fd, 0, "the pooled process", why, sizeof why);
