@@ -304,6 +304,36 @@ TBX_TEST(ok, args_768kib_and_8mib)
     }
 }
 
+/* Args of every size around the first read's reach: a worker, warm child or
+ * pooled process takes the header and up to 256 bytes after it (name, label,
+ * args) in one receive, the rest in the next.  Echoed intact, with no label
+ * and with one of TBX_MAX_LABEL bytes, whichever piece the bytes fall in. */
+TBX_TEST(ok, args_of_every_size_across_the_first_read)
+{
+    static char label[TBX_MAX_LABEL + 1];
+    memset(label, 'l', TBX_MAX_LABEL);
+    unsigned char data[600];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = pattern(i);
+    for (int with_label = 0; with_label < 2; with_label++) {
+        for (size_t len = with_label ? 0 : 200; len <= (with_label ? 40 : 300); len++) {
+            msgpack_sbuffer sb;
+            pack(&sb, "x", (const void *)data, len);
+            tbx_opts o = test_opts(*method);
+            o.label = with_label ? label : NULL;
+            tbx_result r;
+            int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+            check_common(rc, &r);
+            cr_assert_eq(rc, 0, "%zu bytes: %s: %s", len, tbx_err_name(rc), r.message);
+            cr_assert_eq(r.value.type, MSGPACK_OBJECT_BIN);
+            cr_assert_eq(r.value.via.bin.size, len);
+            cr_assert(len == 0 || memcmp(r.value.via.bin.ptr, data, len) == 0, "%zu bytes", len);
+            tbx_result_free(&r);
+            msgpack_sbuffer_destroy(&sb);
+        }
+    }
+}
+
 TBX_TEST(ok, opts_null_uses_defaults)
 {
     msgpack_sbuffer sb;
