@@ -18,12 +18,16 @@
  *   2  the same memfd, unsealed (the parser must refuse it);
  *   3  on the socket, but with a descriptor on the first two pieces (one
  *      more than any request brings).
+ * A request whose flags ask for REQ_CAPTURE brings two pipe ends after the
+ * memfd, as a pooled call does.  The worker's read takes REQ_CAPTURE, as a
+ * pooled process's does; the server's must refuse it.
  * The name "fuzz_fn" is registered here, so requests can get past the lookup.
  */
 #include "child.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,16 +106,39 @@ static int make_fd(const input *in)
     return fd;
 }
 
+/* 1 if the request's header, as far as it came, asks for REQ_CAPTURE. */
+static int asks_capture(const input *in)
+{
+    uint32_t flags;
+    if (in->sock_len < offsetof(tbx__request_header, flags) + sizeof flags)
+        return 0;
+    memcpy(&flags, in->sock + offsetof(tbx__request_header, flags), sizeof flags);
+    return (flags & TBX__REQ_CAPTURE) != 0;
+}
+
 /* Sends piece number k of the socket's bytes (from at); a descriptor goes
- * with the first piece, and in mode 3 with the second too. */
+ * with the first piece, and in mode 3 with the second too.  A request that
+ * asks for REQ_CAPTURE brings a pipe's write end twice after it on the
+ * first piece, as a pooled call does. */
 static size_t send_piece(int sock, const input *in, size_t at, int k, size_t piece)
 {
     size_t n = in->sock_len - at < piece ? in->sock_len - at : piece;
     if (n == 0)
         return 0;
+    int fds[3], nfds = 0, p[2] = {-1, -1};
     int fd = k == 0 || (k == 1 && in->mode == TWO_FDS) ? make_fd(in) : -1;
-    ssize_t w = tbx__send_fds(sock, in->sock + at, n, &fd, fd >= 0, 0);
+    if (fd >= 0)
+        fds[nfds++] = fd;
+    if (k == 0 && asks_capture(in)) {
+        if (pipe2(p, O_CLOEXEC) != 0)
+            __builtin_trap();
+        fds[nfds++] = p[1];
+        fds[nfds++] = p[1];
+    }
+    ssize_t w = tbx__send_fds(sock, in->sock + at, n, fds, nfds, 0);
     tbx__close(fd);
+    tbx__close(p[0]);
+    tbx__close(p[1]);
     if (w != (ssize_t)n)
         __builtin_trap();
     return n;
@@ -137,9 +164,13 @@ static void as_worker(const input *in)
     if (at < in->sock_len)
         send_piece(sv[1], in, at, 1, in->sock_len - at);
     tbx__close(sv[1]);
-    rq.alone = 1; /* as lib/worker.c reads */
-    if (tbx__request_read(&rq, sv[0], 0, "the worker", why, sizeof why) == 1)
+    rq.alone = 1; /* as lib/worker.c and a pooled process read */
+    rq.capture_ok = 1; /* as a pooled process reads */
+    if (tbx__request_read(&rq, sv[0], 0, "the worker", why, sizeof why) == 1) {
+        if ((rq.h.flags & TBX__REQ_CAPTURE) && (rq.out_fd < 0 || rq.err_fd < 0))
+            __builtin_trap(); /* taken without its pipes */
         resolve(&rq);
+    }
     tbx__request_free(&rq);
     tbx__close(sv[0]);
 }
@@ -168,6 +199,8 @@ static void as_server(const input *in)
         if (rc == 0 && sv[1] < 0)
             __builtin_trap(); /* the client left: the parser must say so */
     }
+    if (rc == 1 && (rq.h.flags & TBX__REQ_CAPTURE))
+        __builtin_trap(); /* the server takes no REQ_CAPTURE */
     if (rc == 1)
         resolve(&rq);
     tbx__request_free(&rq);

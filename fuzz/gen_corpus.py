@@ -80,7 +80,11 @@ seeds = {
         "lying_args": b"\x00" + request(b"fuzz_fn", b"\xdd\xff\xff\xff\xff\xc0"),
         "cut_short": b"\x00" + request(b"fuzz_fn", b"\x93\x01\x02\x03", args_len=100),
         "bad_magic": b"\x00" + request(b"fuzz_fn", b"\xc0", magic=0),
-        "bad_flags": b"\x00" + request(b"fuzz_fn", b"\xc0", flags=0x80),
+        "bad_flags": b"\x00" + request(b"fuzz_fn", b"\xc0", flags=0x100),
+        # REQ_CAPTURE (128): two pipe ends come with it, after the memfd
+        "capture": b"\x00" + request(b"fuzz_fn", b"\xc0", flags=1 | 128),
+        "capture_bulk": b"\x41" + request(b"fuzz_fn", b"\x92\xa2hi\x07", flags=1 | 16 | 128),
+        "capture_two_fds": b"\xc1" + request(b"fuzz_fn", b"\xc0", flags=1 | 16 | 128),
         "zero_name": b"\x00" + request(b"", b"\xc0"),
         "long_name": b"\x00" + request(b"n" * 300, b"\xc0"),
         "zero_max_result": b"\x00" + request(b"fuzz_fn", b"\xc0", max_result=0),

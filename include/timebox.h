@@ -249,7 +249,9 @@ typedef enum {
                                descriptors, threads, resident size) and is
                                replaced when it drifted: result.pool_fate says
                                so.  Child hooks run once per process, not per
-                               call.  fn must be registered; capture_output,
+                               call.  capture_output is the call's own: its
+                               pipes are the process's stdout and stderr for
+                               that call alone.  fn must be registered;
                                backtrace_on_timeout, backtrace_on_crash and
                                ctx are TBX_EINVAL; opts.contain does not apply
                                (a process is contained when it is forked); no
@@ -352,9 +354,11 @@ typedef struct tbx_opts {
                              blocks on them), keeping up to this many bytes
                              of each in the result (stdout_data, ...), the
                              rest counted as truncated.  0 (default): the
-                             child shares the caller's stdout and stderr.
-                             Not with warm children (a call that asks for it
-                             starts a fresh one). */
+                             child shares the caller's stdout and stderr
+                             (a pooled process, its server's).  Not with
+                             warm children (a call that asks for it starts a
+                             fresh one).  TBX_POOL: the pipes are the
+                             process's stdout and stderr for that call alone. */
     tbx_output_fn *on_output; /* NULL (default), or called with each chunk
                              of the child's output as it arrives, while the
                              call runs: stream 1 (stdout) or 2 (stderr), the

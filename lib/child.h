@@ -132,11 +132,16 @@ typedef struct tbx__request {
                                   request on its socket until it is
                                   answered, so the header's read may take
                                   the body's first bytes too (into spill) */
+    int capture_ok;            /* set by the reader: it takes REQ_CAPTURE
+                                  (a pooled process); else such a request
+                                  is malformed */
+    int out_fd, err_fd;        /* REQ_CAPTURE's pipes; -1 */
     char spill[256];
 } tbx__request;
 
 /* request_recv.c: the one request parser, for the spawn worker and the
- * forkserver.  init: an empty request (nothing held; not alone).  read: reads what has
+ * forkserver.  init: an empty request (nothing held; not alone, no
+ * capture).  read: reads what has
  * arrived on the socket fd (flags: MSG_DONTWAIT for a loop's, 0 to block)
  * and returns 1 once the request is whole (its header checked, big args
  * mapped), 0 when fd has nothing more now, -1 when the peer left or the

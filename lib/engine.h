@@ -98,8 +98,9 @@ typedef struct tbx__child {
  * a row of tbx__methods (methods.c), indexed by tbx_method.  The engine
  * (engine.c) names no method: whatever differs between them is here.
  *   accepts    TBX__ACCEPTS_*: what the method takes (a ctx pointer, an
- *              unregistered fn); the engine refuses the rest (EINVAL,
- *              ENOTREG) before anything is launched.
+ *              unregistered fn, the output captured, backtraces); the
+ *              engine refuses the rest (EINVAL, ENOTREG) before anything is
+ *              launched.
  *   not_started where a worker that timed out before its START was (its
  *              hooks, its main()), for the message.
  *   resolve    optional: the launcher that really serves this call (a method
@@ -137,7 +138,12 @@ typedef struct tbx__child {
  *   sent       optional: the request is whole on its way, before the loop
  *              waits for the answer (a blocking call's launcher may wait a
  *              few microseconds for it here, awake: see pool_own.c). */
-enum { TBX__ACCEPTS_CTX = 1, TBX__ACCEPTS_UNREGISTERED = 2, TBX__ACCEPTS_STREAMS = 4 };
+enum {
+    TBX__ACCEPTS_CTX = 1,
+    TBX__ACCEPTS_UNREGISTERED = 2,
+    TBX__ACCEPTS_STREAMS = 4, /* capture_output and the backtraces */
+    TBX__ACCEPTS_CAPTURE = 8  /* capture_output alone */
+};
 
 typedef struct tbx__launcher tbx__launcher;
 struct tbx__launcher {
@@ -258,6 +264,10 @@ struct tbx__call {
     char *request_copy;        /* the last request_copy_len bytes */
     size_t request_copy_len;
     uv_poll_t request_poll;
+    int capture_send[2];       /* a pooled call's stdout and stderr write
+                                  ends (REQ_CAPTURE), taken by its launcher:
+                                  sent with the request's first bytes, then
+                                  closed; else -1 */
 
     /* The cap on children (slots.c): waiting for a slot, or holding one. */
     tbx__waiter waiter;

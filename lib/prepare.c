@@ -57,10 +57,11 @@ static int check_common(tbx__call *c, const void *args, size_t args_len, const t
 static int check_accepted(tbx__call *c, size_t args_len)
 {
     const tbx__launcher *l = c->launcher;
-    int streams = c->opts.capture_output != 0 || c->opts.backtrace_on_timeout ||
-                  c->opts.backtrace_on_crash;
+    int traces = c->opts.backtrace_on_timeout || c->opts.backtrace_on_crash;
     if ((c->opts.ctx != NULL && !(l->accepts & TBX__ACCEPTS_CTX)) ||
-        (streams && !(l->accepts & TBX__ACCEPTS_STREAMS)) ||
+        (traces && !(l->accepts & TBX__ACCEPTS_STREAMS)) ||
+        (c->opts.capture_output != 0 &&
+         !(l->accepts & (TBX__ACCEPTS_STREAMS | TBX__ACCEPTS_CAPTURE))) ||
         (l->max_args != 0 && args_len > l->max_args))
         return TBX_EINVAL;
     if (l->accepts & TBX__ACCEPTS_UNREGISTERED) {
@@ -105,6 +106,7 @@ static void reset_child(tbx__call *c)
     c->child.warm = 0;
     c->child.pooled = 0;
     c->child.slot = NULL;
+    c->capture_send[0] = c->capture_send[1] = -1;
 }
 
 int tbx__engine_prepare(tbx__call *c, const void *args, size_t args_len,

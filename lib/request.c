@@ -65,6 +65,13 @@ static void request_parts(const tbx__call *c, const char *part[NPARTS], size_t l
     len[3] = args_inline(c);
 }
 
+static void close_capture_send(tbx__call *c)
+{
+    tbx__close(c->capture_send[0]);
+    tbx__close(c->capture_send[1]);
+    c->capture_send[0] = c->capture_send[1] = -1;
+}
+
 /* Sends what the socket takes of the request.  Returns 1 when all of it is
  * sent, 0 when the socket is full, or -errno (EPIPE: the child is gone, which
  * its exit will explain).  MSG_NOSIGNAL: a dead child never raises SIGPIPE in
@@ -93,12 +100,21 @@ int tbx__request_send(tbx__call *c)
                 skip = 0;
             }
         }
-        /* The args' memfd, if any, rides on the header's first byte. */
-        int nfds = c->request_sent == 0 && c->args_fd >= 0 ? 1 : 0;
-        ssize_t w = tbx__sendv_fds(c->child.request_fd, iov, n, &c->args_fd, nfds, MSG_DONTWAIT);
+        /* The args' memfd, if any, rides on the header's first byte, and
+         * then a pooled call's stdout and stderr pipes (REQ_CAPTURE: its
+         * launcher sends the first bytes while the call holds them). */
+        int fds[3], nfds = 0;
+        if (c->request_sent == 0 && c->args_fd >= 0)
+            fds[nfds++] = c->args_fd;
+        if (c->request_sent == 0 && c->capture_send[0] >= 0) {
+            fds[nfds++] = c->capture_send[0];
+            fds[nfds++] = c->capture_send[1];
+        }
+        ssize_t w = tbx__sendv_fds(c->child.request_fd, iov, n, fds, nfds, MSG_DONTWAIT);
         if (w < 0)
             return w == -EAGAIN ? 0 : (int)w;
         c->request_sent += (size_t)w;
+        close_capture_send(c); /* the process has its own now */
     }
     return 1;
 }
@@ -127,6 +143,7 @@ void tbx__request_end(tbx__call *c)
     }
     free(c->request_copy);
     c->request_copy = NULL;
+    close_capture_send(c);
 }
 
 static void request_cb(uv_poll_t *h, int status, int events)

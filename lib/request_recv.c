@@ -20,7 +20,7 @@
 void tbx__request_init(tbx__request *rq)
 {
     memset(rq, 0, sizeof *rq);
-    rq->args_fd = -1;
+    rq->args_fd = rq->out_fd = rq->err_fd = -1;
 }
 
 /* The args of a whole request: mapped from their memfd, if they came in one. */
@@ -38,21 +38,45 @@ static int take_bulk_args(tbx__request *rq, const char *who, char *why, size_t w
     return TBX_EPROTO;
 }
 
-/* Receives into the header; big args' memfd comes with its first bytes.  A
- * request read alone is read on into spill in the same system call. */
+/* Receives into the header.  The request's descriptors (big args' memfd,
+ * then a pooled call's stdout and stderr pipes) come with its first bytes,
+ * and are kept in args_fd, out_fd and err_fd in the order they came, until
+ * the header says which is which (take_fds).  A request read alone is read
+ * on into spill in the same system call. */
 static ssize_t recv_header(tbx__request *rq, int fd, int flags)
 {
-    int got_fd = -1, nfds = 1;
+    int got[3] = {-1, -1, -1}, nfds = 3;
     struct iovec iov[2] = {{(char *)&rq->h + rq->got, (size_t)(sizeof rq->h - rq->got)},
                            {rq->spill, sizeof rq->spill}};
-    ssize_t n = tbx__recvv_fds(fd, iov, rq->alone ? 2 : 1, &got_fd, &nfds, flags);
-    if (nfds > 0 && rq->args_fd >= 0) { /* a second one: malformed */
-        tbx__close(got_fd);
+    ssize_t n = tbx__recvv_fds(fd, iov, rq->alone ? 2 : 1, got, &nfds, flags);
+    if (nfds > 0 && rq->args_fd >= 0) { /* a second batch: malformed */
+        for (int i = 0; i < nfds; i++)
+            tbx__close(got[i]);
         return -ENOTUNIQ;
     }
-    if (nfds > 0)
-        rq->args_fd = got_fd;
+    if (nfds > 0) {
+        rq->args_fd = got[0];
+        rq->out_fd = got[1];
+        rq->err_fd = got[2];
+    }
     return n;
+}
+
+/* The header is whole: the descriptors that came must be the ones it
+ * announces, in that order; REQ_CAPTURE only to a reader that takes it. */
+static int take_fds(tbx__request *rq)
+{
+    int bulk = (rq->h.flags & TBX__REQ_ARGS_BULK) != 0;
+    int capture = (rq->h.flags & TBX__REQ_CAPTURE) != 0;
+    int came = (rq->args_fd >= 0) + (rq->out_fd >= 0) + (rq->err_fd >= 0);
+    if ((capture && !rq->capture_ok) || came != bulk + 2 * capture)
+        return TBX_EPROTO;
+    if (capture && !bulk) { /* the pipes came first */
+        rq->err_fd = rq->out_fd;
+        rq->out_fd = rq->args_fd;
+        rq->args_fd = -1;
+    }
+    return 0;
 }
 
 /* Receives into the name (and the label after it) and the args. */
@@ -126,8 +150,7 @@ int tbx__request_read(tbx__request *rq, int fd, int flags, const char *who, char
         if (n <= 0)
             return -1;
         rq->got += (uint64_t)n;
-        if (rq->got == hsize && (tbx__request_check(&rq->h) != 0 ||
-                                 !(rq->h.flags & TBX__REQ_ARGS_BULK) != (rq->args_fd < 0)))
+        if (rq->got == hsize && (tbx__request_check(&rq->h) != 0 || take_fds(rq) != 0))
             break;
         int rc = spilled > 0 ? take_spill(rq, spilled) : 0;
         if (rc == -ENOMEM) {
@@ -181,7 +204,9 @@ int tbx__request_resolve(tbx__request *rq, char *why, size_t why_len)
 void tbx__request_free(tbx__request *rq)
 {
     tbx__close(rq->args_fd);
-    rq->args_fd = -1;
+    tbx__close(rq->out_fd);
+    tbx__close(rq->err_fd);
+    rq->args_fd = rq->out_fd = rq->err_fd = -1;
     if (rq->unpacked)
         msgpack_zone_destroy(&rq->zone);
     rq->unpacked = 0;

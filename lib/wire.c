@@ -172,7 +172,7 @@ int tbx__request_check(const tbx__request_header *hdr)
 {
     const uint32_t known = TBX__REQ_RESET_SIGNALS | TBX__REQ_SOFT_DEADLINE | TBX__REQ_ALLOW_CORE |
                            TBX__REQ_BACKTRACE | TBX__REQ_ARGS_BULK | TBX__REQ_CRASH_TRACE |
-                           TBX__REQ_NO_CONTAIN;
+                           TBX__REQ_NO_CONTAIN | TBX__REQ_CAPTURE;
     if (hdr->magic != TBX__REQUEST_MAGIC || hdr->label_len > TBX_MAX_LABEL ||
         (hdr->flags & ~known) != 0 ||
         hdr->name_len == 0 || hdr->name_len > TBX__MAX_NAME || hdr->args_len == 0 ||

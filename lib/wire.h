@@ -86,6 +86,9 @@ enum {
     TBX__REQ_BACKTRACE = 8, /* a backtrace pipe comes with the call */
     TBX__REQ_NO_CONTAIN = 32, /* opts.contain = 0: no cgroup of its own */
     TBX__REQ_CRASH_TRACE = 64, /* opts.backtrace_on_crash */
+    TBX__REQ_CAPTURE = 128, /* to a pooled process: the write ends of the
+                               call's stdout and stderr pipes come with its
+                               first bytes (after the args' memfd, if any) */
     TBX__REQ_ARGS_BULK = 16 /* the args are not in the request but in a
                                sealed memfd sent with its first bytes
                                (SCM_RIGHTS, bulk.c) */

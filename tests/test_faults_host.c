@@ -352,9 +352,9 @@ TBX_TEST(child, a_program_fn_runs_inherits_no_call_descriptor)
     pack(&sb, "n");
     tbx_opts o = test_opts(*method);
     o.timeout_s = 60;
-    /* With the stdout, stderr and backtrace pipes (not for a pooled call,
-     * which has none). */
-    o.capture_output = *method != TBX_POOL;
+    /* With the stdout, stderr and backtrace pipes (a pooled call has no
+     * backtrace pipe). */
+    o.capture_output = 1;
     o.backtrace_on_timeout = *method != TBX_POOL;
     tbx_result r;
     int rc = tbx_call(fn_inheritable_fds, sb.data, sb.size, &o, &r);

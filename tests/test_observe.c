@@ -274,8 +274,6 @@ static int call_two_lines(tbx_method m, uint64_t gap_ms, size_t capture, chunks 
 
 TBX_TEST(output, each_chunk_reaches_the_callback_as_it_arrives)
 {
-    if (*method == TBX_POOL)
-        cr_skip_test("TBX_POOL refuses capture_output, which on_output needs (EINVAL, test_pool.c)");
     chunks ch;
     tbx_result r;
     int rc = call_two_lines(*method, 400, 4096, &ch, &r);
@@ -290,8 +288,6 @@ TBX_TEST(output, each_chunk_reaches_the_callback_as_it_arrives)
 
 TBX_TEST(output, the_callback_sees_no_more_than_capture_output_keeps)
 {
-    if (*method == TBX_POOL)
-        cr_skip_test("TBX_POOL refuses capture_output, which on_output needs (EINVAL, test_pool.c)");
     chunks ch;
     tbx_result r;
     int rc = call_two_lines(*method, 0, 8, &ch, &r);
@@ -337,8 +333,6 @@ static void async_done(tbx_req *req, tbx_result *r)
 
 TBX_TEST(output, on_the_loop_the_callback_and_the_observer_run_on_its_thread)
 {
-    if (*method == TBX_POOL)
-        cr_skip_test("TBX_POOL refuses capture_output, which on_output needs (EINVAL, test_pool.c)");
     msgpack_sbuffer sb;
     pack(&sb, "u", (uint64_t)100);
     async_seen s;

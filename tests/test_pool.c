@@ -307,14 +307,106 @@ TBX_PLAIN_TEST(pool, a_timeout_kills_and_replaces_the_process)
     cr_assert_neq(pool_call(fn_pid, TBX_POOL_KEPT), before);
 }
 
+/* args [text, fork]: text to stdout (left in stdio's buffer) and "!" to
+ * stderr; with fork, a grandchild that writes "g" to stdout itself and
+ * lives on, until the call's end kills it.  Packs its pid. */
+static int fn_say(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    const msgpack_object *a = args->via.array.ptr;
+    printf("%.*s", (int)a[0].via.str.size, a[0].via.str.ptr);
+    fputs("!", stderr);
+    if (a[1].via.u64 != 0) {
+        int p[2];
+        fflush(stdout);
+        if (pipe(p) != 0)
+            return tbx_fail(pk, 1, "pipe");
+        pid_t g = fork();
+        if (g == 0) {
+            if (write(1, "g", 1) == 1 && write(p[1], "", 1) == 1)
+                for (;;)
+                    pause();
+            _exit(1);
+        }
+        char b;
+        int ok = g > 0 && read(p[0], &b, 1) == 1;
+        close(p[0]);
+        close(p[1]);
+        if (!ok)
+            return tbx_fail(pk, 1, "no grandchild");
+    }
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_say);
+
+/* fn_say by pool, capturing its output if capture; checks what came back
+ * and returns the pid that served it. */
+static pid_t say(const char *text, int fork_too, size_t capture, const char *want_out)
+{
+    msgpack_sbuffer sb;
+    pack(&sb, "a s u", 2, text, (uint64_t)fork_too);
+    tbx_opts o = pool_opts();
+    o.capture_output = capture;
+    tbx_result r;
+    int rc = tbx_call(fn_say, sb.data, sb.size, &o, &r);
+    msgpack_sbuffer_destroy(&sb);
+    cr_assert_eq(rc, 0, "%s: %s", tbx_err_name(rc), r.message ? r.message : "");
+    cr_assert_eq(r.pool_fate, TBX_POOL_KEPT, "fate %d", r.pool_fate);
+    cr_assert_lt(r.elapsed_s, 10.0, "the call waited for its pipes' end");
+    if (capture == 0) {
+        cr_assert_null(r.stdout_data);
+    } else {
+        cr_assert_str_eq(r.stdout_data, want_out);
+        cr_assert_str_eq(r.stderr_data, "!");
+    }
+    pid_t pid = r.pid;
+    tbx_result_free(&r);
+    return pid;
+}
+
+/* What a pooled process's descriptor fd leads to. */
+static void fd_of(pid_t pid, int fd, char *target, size_t len)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
+    ssize_t n = readlink(path, target, len - 1);
+    cr_assert_gt(n, 0, "%s", path);
+    target[n] = '\0';
+}
+
+/* A pooled call's captured output is its own: what it printed, flushed at
+ * its end, and nothing of the calls before or after it in the same
+ * process, captured or not; between calls the process's stdout and stderr
+ * are its own again. */
+TBX_PLAIN_TEST(pool, captured_output_is_the_calls_own)
+{
+    start_pool(1, 0);
+    pid_t pid = say("before", 0, 0, NULL);
+    char out[256], err[256], now[256];
+    fd_of(pid, 1, out, sizeof out);
+    fd_of(pid, 2, err, sizeof err);
+    cr_assert_eq(say("one", 0, 4096, "one"), pid);
+    cr_assert_eq(say("two", 0, 0, NULL), pid);
+    cr_assert_eq(say("three", 0, 4096, "three"), pid);
+    fd_of(pid, 1, now, sizeof now);
+    cr_assert_str_eq(now, out, "its stdout is %s, was %s", now, out);
+    fd_of(pid, 2, now, sizeof now);
+    cr_assert_str_eq(now, err, "its stderr is %s, was %s", now, err);
+}
+
+/* A descendant that holds the call's stdout is killed at the call's end:
+ * what it wrote is captured, and the call does not wait for it. */
+TBX_PLAIN_TEST(pool, a_descendants_output_is_captured_and_it_ends_with_the_call)
+{
+    start_pool(1, 0);
+    pid_t pid = say("x", 1, 4096, "xg");
+    cr_assert_eq(say("y", 0, 4096, "y"), pid);
+}
+
 TBX_PLAIN_TEST(pool, options_it_cannot_honour_are_einval)
 {
     tbx_opts o = pool_opts();
     tbx_result r;
-    o.capture_output = 1024;
-    cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), TBX_EINVAL);
-    tbx_result_free(&r);
-    o = pool_opts();
     o.backtrace_on_timeout = 1;
     cr_assert_eq(tbx_call(fn_pid, nil, sizeof nil, &o, &r), TBX_EINVAL);
     tbx_result_free(&r);

@@ -125,7 +125,7 @@ static tbx_opts sweep_opts(tbx_method m)
 {
     tbx_opts o = test_opts(m);
     o.timeout_s = 30;
-    o.capture_output = m != TBX_POOL ? 4096 : 0; /* the pool refuses it */
+    o.capture_output = 4096;
     return o;
 }
 

@@ -294,6 +294,12 @@ static int pool_launch(tbx__call *c, tbx__child *child)
     child->worker = tbx__says_start(c);
     child->pooled = 1;
     child->slot = w;
+    /* The captured streams' write ends go to the process with the request
+     * (the engine closes the call's child ends once the launch returns). */
+    for (int i = 0; i < 2 && (c->request.flags & TBX__REQ_CAPTURE); i++) {
+        c->capture_send[i] = c->capture[TBX__STDOUT + i].child_fd;
+        c->capture[TBX__STDOUT + i].child_fd = -1;
+    }
     tbx__pool_own_lend(w, c, child);
     return 0;
 }
@@ -460,13 +466,24 @@ static void pool_abandon(tbx__call *c)
     TBX__UNUSED(c); /* the engine closes the slot's descriptors: it goes */
 }
 
+/* The request, as for a worker; a call that captures its output sends its
+ * pipes with it, for the process's stdout and stderr (pool_serve.c). */
+static int pool_prepare(tbx__call *c)
+{
+    int rc = tbx__request_build(c);
+    if (rc == 0 && c->opts.capture_output != 0)
+        c->request.flags |= TBX__REQ_CAPTURE;
+    return rc;
+}
+
 /* A fresh process of the server's, which finds fn by name; its stdout and
- * stderr are its own, for every call it serves (no capture, no backtrace
+ * stderr are its own but for a call that captures them (no backtrace
  * pipe). */
 const tbx__launcher tbx__launch_pool = {
     .name = "pool",
+    .accepts = TBX__ACCEPTS_CAPTURE,
     .max_args = TBX__MAX_ARGS,
-    .prepare = tbx__request_build,
+    .prepare = pool_prepare,
     .launch = pool_launch,
     .watch = pool_watch,
     .exited = pool_exited,

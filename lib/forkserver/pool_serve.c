@@ -18,6 +18,10 @@
  *     emptied: after the frame, off the caller's wait (a status read is
  *     the dearest part of the check), but before the next request is read,
  *     so that the next call finds them reset all the same;
+ *   - a call that captures its output (REQ_CAPTURE) has its pipes on 1 and 2
+ *     while it runs, the process's own kept aside and put back before the
+ *     frame (stdio flushed first), so that once the call's descendants are
+ *     dead only the caller holds the pipes;
  *   - resource limits cannot be raised back: a call that set some says
  *     RETIRE and the process exits after it;
  *   - after max_calls calls it says SPENT and exits.
@@ -67,6 +71,9 @@ typedef struct pool_state {
     int fds, threads;      /* the fingerprint: when it started */
     long rss_kib;          /* after its first call; -1 until then */
     int limited;           /* this call set resource limits */
+    int own_out, own_err;  /* the process's own stdout and stderr, kept
+                              while a call's captured ones are on 1 and 2;
+                              -1 when none is */
     uint32_t word;         /* the last call's pool word */
 } pool_state;
 
@@ -246,13 +253,59 @@ static void reset_signals(const proc_status *st)
         (void)sigprocmask(SIG_SETMASK, &empty, NULL);
 }
 
+static int dup_onto(int from, int to)
+{
+    int r;
+    do
+        r = dup2(from, to);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -1 : 0;
+}
+
+/* A call that captures its output (REQ_CAPTURE): its pipes go on 1 and 2
+ * for the call, the process's own kept aside (stdio was flushed at the last
+ * call's end; the pipes' descriptors came CLOEXEC, 1 and 2 are not).  0, or
+ * -1 if they could not be placed (the process then goes: what is on 1 and 2
+ * is unknown). */
+static int capture_begin(pool_state *ps, tbx__request *rq)
+{
+    if (rq->out_fd < 0)
+        return 0;
+    ps->own_out = fcntl(1, F_DUPFD_CLOEXEC, 3);
+    ps->own_err = ps->own_out >= 0 ? fcntl(2, F_DUPFD_CLOEXEC, 3) : -1;
+    int rc = ps->own_err >= 0 && dup_onto(rq->out_fd, 1) == 0 && dup_onto(rq->err_fd, 2) == 0
+                 ? 0
+                 : -1;
+    tbx__close(rq->out_fd);
+    tbx__close(rq->err_fd);
+    rq->out_fd = rq->err_fd = -1;
+    return rc;
+}
+
+/* The call's end (stdio flushed): the process's own stdout and stderr back
+ * on 1 and 2, so that once the call's descendants are dead no one holds
+ * the call's pipes but the caller. */
+static int capture_end(pool_state *ps)
+{
+    if (ps->own_out < 0)
+        return 0;
+    int rc = dup_onto(ps->own_out, 1) == 0 && dup_onto(ps->own_err, 2) == 0 ? 0 : -1;
+    tbx__close(ps->own_out);
+    tbx__close(ps->own_err);
+    ps->own_out = ps->own_err = -1;
+    return rc;
+}
+
 /* After fn, before its frame: what the frame tells (the call's descendants
- * dead, the fingerprint checked).  The frame's pool word. */
+ * dead, its captured output ended, the fingerprint checked).  The frame's
+ * pool word. */
 static uint32_t call_end(void *arg)
 {
     pool_state *ps = arg;
     proc_status st;
     uint32_t word = TBX__POOL_DONE;
+    if (capture_end(ps) != 0)
+        word |= TBX__POOL_DRIFT;
     kill_descendants();
     int fds = -1;
     if (fingerprint(ps, &st, &fds) != 0)
@@ -297,6 +350,8 @@ static void serve_one(pool_state *ps, tbx__request *rq)
     ps->limited = rq->h.limit_memory != 0 || rq->h.limit_cpu_s != 0 || rq->h.limit_files != 0;
     if (ps->limited)
         tbx__child_apply_limits(&spec);
+    if (capture_begin(ps, rq) != 0)
+        ps->limited = 1; /* it serves this call, and retires after it */
     if (tbx__child_run(&spec, 0, call_end, ps) != 0)
         _exit(126);
 }
@@ -335,7 +390,8 @@ static void await_request(int req_fd, uint64_t gap_ns)
 void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
 {
     pool_state ps = {.req_fd = req_fd, .res_fd = res_fd, .status_fd = -1, .fd_dir = -1,
-                     .task_dir = -1, .statm_fd = -1, .max_calls = max_calls, .rss_kib = -1};
+                     .task_dir = -1, .statm_fd = -1, .max_calls = max_calls, .rss_kib = -1,
+                     .own_out = -1, .own_err = -1};
     proc_status st;
     char why[TBX__MAX_MESSAGE + 1];
     /* The call's orphans come to us, to be killed at its end. */
@@ -363,6 +419,7 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
         tbx__request rq;
         tbx__request_init(&rq);
         rq.alone = 1; /* the caller sends nothing more before the answer */
+        rq.capture_ok = 1;
         uint64_t idle_from = tbx__now_ns();
         await_request(req_fd, gap_ns);
         int rc = tbx__request_read(&rq, req_fd, 0, "the pooled process", why, sizeof why);

@@ -181,6 +181,8 @@ static void close_inherited(void *arg)
         if (o != c)
             tbx__fs_server_close_child_ends(o);
         tbx__close(o->rq.args_fd);
+        tbx__close(o->rq.out_fd); /* a malformed request's, not yet refused */
+        tbx__close(o->rq.err_fd);
         tbx__close(o->pidfd);
     }
 }
