@@ -140,6 +140,112 @@ TBX_PLAIN_TEST(shared, processes_share_one_server)
 
 /* ------------------------------------------------ keeping others out */
 
+/* Prints its args' string to stdout and packs it (a pooled call's output
+ * through a shared server). */
+static int fn_print(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)ctx;
+    printf("%.*s", (int)args->via.str.size, args->via.str.ptr);
+    return msgpack_pack_object(pk, *args);
+}
+TBX_REGISTER(fn_print);
+
+/* The parent of pid, from /proc; 0 if it cannot be read. */
+static pid_t parent_of(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    size_t n = f != NULL ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f != NULL)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    int ppid = 0;
+    return p != NULL && sscanf(p + 1, " %*c %d", &ppid) == 1 ? (pid_t)ppid : 0;
+}
+
+/* A client of a shared server, attached by its path: TBX_POOL calls, each
+ * captured, all served by one pooled process the server forked for this
+ * client.  Sets *pid to that process; 0 if all went as said. */
+static int pool_client(pid_t *pid)
+{
+    if (tbx_forkserver_attach(getenv("TIMEBOX_FORKSERVER_SOCKET"), NULL, 0) != 0)
+        return 10;
+    pid_t first = 0;
+    for (int i = 0; i < 10; i++) {
+        msgpack_sbuffer sb;
+        char word[16];
+        snprintf(word, sizeof word, "w%d", i);
+        pack(&sb, "s", word);
+        tbx_opts o = test_opts(TBX_POOL);
+        o.timeout_s = 30;
+        o.capture_output = 64;
+        tbx_result r;
+        int rc = tbx_call(fn_print, sb.data, sb.size, &o, &r);
+        msgpack_sbuffer_destroy(&sb);
+        int ok = rc == 0 && obj_str_eq(&r.value, word) && r.stdout_data != NULL &&
+                 strcmp(r.stdout_data, word) == 0 && r.pool_fate == TBX_POOL_KEPT &&
+                 (first == 0 || r.pid == first);
+        first = first == 0 ? r.pid : first;
+        tbx_result_free(&r);
+        if (!ok)
+            return 11 + i;
+    }
+    *pid = first;
+    return 0;
+}
+
+/* TBX_POOL works for a shared server's clients: each client's calls go to
+ * pooled processes the server forked (its children), its own, kept
+ * between its calls; output capture included. */
+TBX_PLAIN_TEST(shared, clients_get_pooled_processes_of_their_own)
+{
+    char dir[64], path[96];
+    socket_dir(dir, sizeof dir, path, sizeof path);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    pid_t server = tbx_forkserver_pid();
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t kids[2];
+    for (int i = 0; i < 2; i++) {
+        kids[i] = fork();
+        cr_assert_geq(kids[i], 0);
+        if (kids[i] == 0) {
+            /* What it found, then it waits, attached (its pooled process
+             * lives as long as it does), until the test has looked. */
+            pid_t got[2] = {0, 0};
+            got[0] = pool_client(&got[1]);
+            if (write(p[1], got, sizeof got) == (ssize_t)sizeof got && got[0] == 0)
+                pause();
+            _exit(1);
+        }
+    }
+    pid_t pooled[2];
+    for (int i = 0; i < 2; i++) {
+        pid_t got[2];
+        cr_assert_eq(read(p[0], got, sizeof got), (ssize_t)sizeof got);
+        cr_assert_eq(got[0], 0, "a client failed: %d (10: attach; 11 + i: call i)", (int)got[0]);
+        pooled[i] = got[1];
+    }
+    cr_assert_neq(pooled[0], pooled[1], "two clients shared one pooled process");
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(parent_of(pooled[i]), server, "pooled process %d is not the server's",
+                     (int)pooled[i]);
+    for (int i = 0; i < 2; i++) {
+        int st;
+        cr_assert_eq(kill(kids[i], SIGTERM), 0);
+        cr_assert_eq(waitpid(kids[i], &st, 0), kids[i]);
+    }
+    stop_forkserver();
+    close(p[0]);
+    close(p[1]);
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
 TBX_PLAIN_TEST(shared, wrong_key_is_refused)
 {
     char dir[64], path[96];
