@@ -394,6 +394,29 @@ TBX_PLAIN_TEST(pool, captured_output_is_the_calls_own)
     cr_assert_str_eq(now, err, "its stderr is %s, was %s", now, err);
 }
 
+/* Closes this process's stdout and stderr. */
+static int fn_close_std(const msgpack_object *args, msgpack_packer *pk, void *ctx)
+{
+    (void)args, (void)ctx;
+    fflush(stdout);
+    close(1);
+    close(2);
+    return msgpack_pack_int64(pk, getpid());
+}
+TBX_REGISTER(fn_close_std);
+
+/* A process whose own stdout and stderr a call closed still captures the
+ * next call's output, and has them closed again after it. */
+TBX_PLAIN_TEST(pool, capture_works_after_a_call_closed_stdout)
+{
+    start_pool(1, 0);
+    pid_t pid = pool_call(fn_close_std, TBX_POOL_KEPT);
+    cr_assert_eq(say("seen", 0, 4096, "seen"), pid);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/1", (int)pid);
+    cr_assert_neq(access(path, F_OK), 0, "its stdout is open after the call");
+}
+
 /* A descendant that holds the call's stdout is killed at the call's end:
  * what it wrote is captured, and the call does not wait for it. */
 TBX_PLAIN_TEST(pool, a_descendants_output_is_captured_and_it_ends_with_the_call)

@@ -71,9 +71,9 @@ typedef struct pool_state {
     int fds, threads;      /* the fingerprint: when it started */
     long rss_kib;          /* after its first call; -1 until then */
     int limited;           /* this call set resource limits */
-    int own_out, own_err;  /* the process's own stdout and stderr, kept
-                              while a call's captured ones are on 1 and 2;
-                              -1 when none is */
+    int capturing;         /* a call's captured stdout and stderr are on
+                              1 and 2, the process's own kept aside in: */
+    int own_out, own_err;  /* (keep_aside) */
     uint32_t word;         /* the last call's pool word */
 } pool_state;
 
@@ -262,18 +262,53 @@ static int dup_onto(int from, int to)
     return r < 0 ? -1 : 0;
 }
 
+/* What capture_begin keeps of descriptor fd (1 or 2): a copy of it, or
+ * NOT_OPEN if the process had none there; -1 on failure. */
+#define NOT_OPEN (-2)
+static int keep_aside(int fd)
+{
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    return copy >= 0 ? copy : errno == EBADF ? NOT_OPEN : -1;
+}
+
+/* Puts back on fd what keep_aside kept (closing fd if nothing was open
+ * there). */
+static int put_back(int kept, int fd)
+{
+    if (kept == NOT_OPEN)
+        return tbx__close(fd);
+    int rc = kept >= 0 ? dup_onto(kept, fd) : -1;
+    tbx__close(kept);
+    return rc;
+}
+
+/* A received descriptor that landed on 0, 1 or 2 (a call closed the
+ * process's own) moves above them, leaving that number closed again. */
+static int lift(int *fd)
+{
+    if (*fd > 2)
+        return 0;
+    int moved = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+    tbx__close(*fd);
+    *fd = moved;
+    return moved >= 0 ? 0 : -1;
+}
+
 /* A call that captures its output (REQ_CAPTURE): its pipes go on 1 and 2
  * for the call, the process's own kept aside (stdio was flushed at the last
  * call's end; the pipes' descriptors came CLOEXEC, 1 and 2 are not).  0, or
- * -1 if they could not be placed (the process then goes: what is on 1 and 2
- * is unknown). */
+ * -1 if they could not be placed (the process then retires after the call:
+ * what is on 1 and 2 is not known). */
 static int capture_begin(pool_state *ps, tbx__request *rq)
 {
     if (rq->out_fd < 0)
         return 0;
-    ps->own_out = fcntl(1, F_DUPFD_CLOEXEC, 3);
-    ps->own_err = ps->own_out >= 0 ? fcntl(2, F_DUPFD_CLOEXEC, 3) : -1;
-    int rc = ps->own_err >= 0 && dup_onto(rq->out_fd, 1) == 0 && dup_onto(rq->err_fd, 2) == 0
+    ps->capturing = 1;
+    int lifted = lift(&rq->out_fd) == 0 && lift(&rq->err_fd) == 0;
+    ps->own_out = keep_aside(1);
+    ps->own_err = keep_aside(2);
+    int rc = lifted && ps->own_out != -1 && ps->own_err != -1 && dup_onto(rq->out_fd, 1) == 0 &&
+                     dup_onto(rq->err_fd, 2) == 0
                  ? 0
                  : -1;
     tbx__close(rq->out_fd);
@@ -287,13 +322,12 @@ static int capture_begin(pool_state *ps, tbx__request *rq)
  * the call's pipes but the caller. */
 static int capture_end(pool_state *ps)
 {
-    if (ps->own_out < 0)
+    if (!ps->capturing)
         return 0;
-    int rc = dup_onto(ps->own_out, 1) == 0 && dup_onto(ps->own_err, 2) == 0 ? 0 : -1;
-    tbx__close(ps->own_out);
-    tbx__close(ps->own_err);
+    int out = put_back(ps->own_out, 1), err = put_back(ps->own_err, 2);
+    ps->capturing = 0;
     ps->own_out = ps->own_err = -1;
-    return rc;
+    return out == 0 && err == 0 ? 0 : -1;
 }
 
 /* After fn, before its frame: what the frame tells (the call's descendants
@@ -391,7 +425,7 @@ void tbx__pool_serve(int req_fd, int res_fd, unsigned max_calls)
 {
     pool_state ps = {.req_fd = req_fd, .res_fd = res_fd, .status_fd = -1, .fd_dir = -1,
                      .task_dir = -1, .statm_fd = -1, .max_calls = max_calls, .rss_kib = -1,
-                     .own_out = -1, .own_err = -1};
+                     .own_out = -1, .own_err = -1, .capturing = 0};
     proc_status st;
     char why[TBX__MAX_MESSAGE + 1];
     /* The call's orphans come to us, to be killed at its end. */
