@@ -46,6 +46,23 @@ static tbx_forkserver_opts shared_opts(const char *path)
     return fo;
 }
 
+/* A shared server of this process's, on a socket in a fresh directory. */
+static void start_shared(char *dir, size_t len, char *path, size_t plen)
+{
+    socket_dir(dir, len, path, plen);
+    tbx_forkserver_opts fo = shared_opts(path);
+    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+}
+
+/* Stops it, forgets what it put in the environment, removes the directory. */
+static void end_shared(const char *dir)
+{
+    stop_forkserver();
+    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
+    unsetenv("TIMEBOX_FORKSERVER_KEY");
+    remove_dir(dir);
+}
+
 /* One call of fn_echo through the forkserver this process uses. */
 static int echo_call(const char *word, double timeout, tbx_result *r)
 {
@@ -95,9 +112,7 @@ static int worker_calls(void *arg)
 TBX_PLAIN_TEST(shared, processes_share_one_server)
 {
     char dir[64], path[96];
-    socket_dir(dir, sizeof dir, path, sizeof path);
-    tbx_forkserver_opts fo = shared_opts(path);
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    start_shared(dir, sizeof dir, path, sizeof path);
     cr_assert_str_eq(getenv("TIMEBOX_FORKSERVER_SOCKET"), path);
     cr_assert_not_null(getenv("TIMEBOX_FORKSERVER_KEY"));
     struct stat st;
@@ -202,9 +217,7 @@ static int pool_client(pid_t *pid)
 TBX_PLAIN_TEST(shared, clients_get_pooled_processes_of_their_own)
 {
     char dir[64], path[96];
-    socket_dir(dir, sizeof dir, path, sizeof path);
-    tbx_forkserver_opts fo = shared_opts(path);
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    start_shared(dir, sizeof dir, path, sizeof path);
     pid_t server = tbx_forkserver_pid();
     int p[2];
     cr_assert_eq(pipe(p), 0);
@@ -238,20 +251,15 @@ TBX_PLAIN_TEST(shared, clients_get_pooled_processes_of_their_own)
         cr_assert_eq(kill(kids[i], SIGTERM), 0);
         cr_assert_eq(waitpid(kids[i], &st, 0), kids[i]);
     }
-    stop_forkserver();
     close(p[0]);
     close(p[1]);
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    end_shared(dir);
 }
 
 TBX_PLAIN_TEST(shared, wrong_key_is_refused)
 {
     char dir[64], path[96];
-    socket_dir(dir, sizeof dir, path, sizeof path);
-    tbx_forkserver_opts fo = shared_opts(path);
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    start_shared(dir, sizeof dir, path, sizeof path);
     unsigned char key[32];
     memset(key, 0x5a, sizeof key);
     /* In another process: this one holds the server it started. */
@@ -264,10 +272,7 @@ TBX_PLAIN_TEST(shared, wrong_key_is_refused)
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a wrong key got in");
     /* A key of the wrong size is not even tried. */
     cr_assert_eq(tbx_forkserver_attach(path, key, 16), TBX_EINVAL);
-    stop_forkserver();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    end_shared(dir);
 }
 
 struct as_nobody {
@@ -328,10 +333,7 @@ TBX_PLAIN_TEST(shared, another_uid_is_refused)
     cr_assert_eq(tbx_forkserver_start(&fo), 0);
     a.want = 0;
     cr_assert_eq(in_process(attach_as_nobody, &a), 0, "an allowed uid with the key was refused");
-    stop_forkserver();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    end_shared(dir);
 }
 
 TBX_PLAIN_TEST(shared, unsafe_socket_paths_are_refused)
@@ -382,10 +384,7 @@ TBX_PLAIN_TEST(shared, client_killed_mid_call_leaves_no_child)
     int st;
     cr_assert_eq(waitpid(client, &st, 0), client);
     cr_assert(wait_gone(child, 10), "the dead client's child is still running");
-    stop_forkserver();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    end_shared(dir);
 }
 
 static int mixed_client(void *arg)
@@ -416,9 +415,7 @@ static int mixed_client(void *arg)
 TBX_PLAIN_TEST(shared, sixteen_clients_at_once)
 {
     char dir[64], path[96];
-    socket_dir(dir, sizeof dir, path, sizeof path);
-    tbx_forkserver_opts fo = shared_opts(path);
-    cr_assert_eq(tbx_forkserver_start(&fo), 0);
+    start_shared(dir, sizeof dir, path, sizeof path);
     pid_t kids[16];
     int ids[16];
     for (int i = 0; i < 16; i++) {
@@ -433,10 +430,7 @@ TBX_PLAIN_TEST(shared, sixteen_clients_at_once)
         cr_assert_eq(waitpid(kids[i], &st, 0), kids[i]);
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status %#x", i, st);
     }
-    stop_forkserver();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    end_shared(dir);
 }
 
 /* ------------------------------------------------------------ the daemon */
@@ -578,10 +572,7 @@ static int raw_client(char *dir, size_t dir_len)
 static void raw_client_end(int conn, const char *dir)
 {
     close(conn);
-    stop_forkserver();
-    unsetenv("TIMEBOX_FORKSERVER_SOCKET");
-    unsetenv("TIMEBOX_FORKSERVER_KEY");
-    remove_dir(dir);
+    end_shared(dir);
 }
 
 /* A hostile client gives the server, as its "result pipe", one that is full
