@@ -102,7 +102,8 @@ int tbx__request_send(tbx__call *c)
         }
         /* The args' memfd, if any, rides on the header's first byte, and
          * then a pooled call's stdout and stderr pipes (REQ_CAPTURE: its
-         * launcher sends the first bytes while the call holds them). */
+         * launcher took them into capture_send, which the engine does not
+         * close after the launch). */
         int fds[3], nfds = 0;
         if (c->request_sent == 0 && c->args_fd >= 0)
             fds[nfds++] = c->args_fd;
