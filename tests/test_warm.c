@@ -144,6 +144,37 @@ TBX_PLAIN_TEST(warm, a_warm_child_is_in_its_cgroup_before_its_call)
     tbx_forkserver_stop();
 }
 
+/* A warm child reads its request alone: the header's receive takes up to
+ * 256 bytes of what follows it.  Args of every size across that reach
+ * arrive intact, each call served by the warm child waiting for it. */
+TBX_PLAIN_TEST(warm, args_of_every_size_across_the_first_read)
+{
+    cr_assert_eq(start_warm(1), 0);
+    pid_t server = tbx_forkserver_pid();
+    unsigned char data[300];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = pattern(i);
+    for (size_t len = 200; len <= sizeof data; len += 3) {
+        pid_t kid;
+        cr_assert(wait_pool(server, 1, 10), "no warm child");
+        cr_assert_eq(children_of(server, &kid, 1), 1);
+        msgpack_sbuffer sb;
+        pack(&sb, "x", (const void *)data, len);
+        tbx_opts o = test_opts(TBX_FORKSERVER);
+        o.timeout_s = 30;
+        tbx_result r;
+        int rc = tbx_call(fn_echo, sb.data, sb.size, &o, &r);
+        msgpack_sbuffer_destroy(&sb);
+        cr_assert_eq(rc, 0, "%zu bytes: %s: %s", len, tbx_err_name(rc), r.message);
+        cr_assert_eq(r.pid, kid, "%zu bytes: not served by the warm child", len);
+        cr_assert_eq(r.value.type, MSGPACK_OBJECT_BIN);
+        cr_assert_eq(r.value.via.bin.size, len);
+        cr_assert(memcmp(r.value.via.bin.ptr, data, len) == 0, "%zu bytes", len);
+        tbx_result_free(&r);
+    }
+    tbx_forkserver_stop();
+}
+
 TBX_PLAIN_TEST(warm, capture_and_backtrace_work_with_warm_children)
 {
     cr_assert_eq(start_warm(2), 0);
